@@ -1,0 +1,150 @@
+"""Stage `blend`: per-action blend of the models' predictions by validated day-14 uAUC.
+
+Reads models/<name>/pred_offline.parquet (day-14 rows) and pred_online.parquet (test rows) of
+every model folder (or --models), the day-14 labels (data/prepared/actions.parquet) and the
+test rows (data/prepared/test.parquet).  Per action it searches non-negative weights summing
+to 1 that maximise the day-14 uAUC, blending either probabilities or per-user percentile
+ranks; a seeded half split of the users gives a held-out score for each (weights fitted on one
+half, scored on the other, both ways), the better input wins and its weights are refitted on
+all users.  When the data is synthetic the true day-14 probabilities are scored too (oracle).
+
+Writes ensemble/: pred_offline.parquet, pred_online.parquet (same format as a model),
+blend_weights.json, scores.json (layout in src/wbdc/report.py), report.md with PNG plots,
+config.json, run_info_blend.json.  Settings: configs/blend.yaml (--set blend.KEY=VALUE).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import pandas as pd  # noqa: E402
+
+from wbdc.blend import (BlendSettings, align_truth, find_models, fit_blend,  # noqa: E402
+                        load_day_labels, open_predictions)
+from wbdc.cli import run_main  # noqa: E402
+from wbdc.config import add_common_args, resolve  # noqa: E402
+from wbdc.io import InputError, read_json, require, write_json, write_parquet  # noqa: E402
+from wbdc.metrics import UAUCWarning, group_by_user, weighted_uauc  # noqa: E402
+from wbdc.paths import Paths  # noqa: E402
+from wbdc.report import empty_scores, render_report, rounded  # noqa: E402
+from wbdc.runinfo import StageRun  # noqa: E402
+from wbdc.schema import ACTIONS, LAST_TRAIN_DAY  # noqa: E402
+
+PREPARE_HINT = "run the prepare stage first (src/stages/prepare.py)"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", default=None,
+                   help="comma-separated model folders to blend (default: blend.models, else every "
+                        "models/<name>/ holding both prediction files)")
+    p.add_argument("--methods", default=None,
+                   help="comma-separated inputs to try per action: prob, rank (default: blend.methods)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def score(labels: pd.DataFrame, preds: pd.DataFrame, groups, caught: list) -> dict:
+    with warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always", UAUCWarning)
+        s = weighted_uauc(labels, preds, groups=groups)
+    caught.extend(str(x.message) for x in w)
+    return rounded(s)
+
+
+def oracle_scores(paths: Paths, labels: pd.DataFrame, groups, caught: list) -> dict | None:
+    meta = read_json(paths.prepared / "meta.json") if (paths.prepared / "meta.json").is_file() else {}
+    if not meta.get("synthetic") or not meta.get("truth_dir"):
+        return None
+    f = Path(meta["truth_dir"]) / "day14_prob.csv"
+    if not f.is_file():
+        print(f"[blend] warning: {f} not found; no oracle score", file=sys.stderr)
+        return None
+    truth = align_truth(pd.read_csv(f, engine="pyarrow"), labels, str(f))
+    return score(labels, truth, groups, caught)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    cfg = resolve(args)
+    b = cfg.setdefault("blend", {})
+    if args.models:
+        b["models"] = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.methods:
+        b["methods"] = [m.strip() for m in args.methods.split(",") if m.strip()]
+    try:
+        settings = BlendSettings.from_config(cfg)
+    except ValueError as e:
+        raise SystemExit(f"blend: {e}")
+    b["seed"] = settings.seed
+    paths = Paths.at(args.root)
+    out = paths.ensemble
+    progress = not args.no_progress
+
+    actions_f = require(paths.prepared / "actions.parquet", PREPARE_HINT)
+    test_f = require(paths.prepared / "test.parquet", PREPARE_HINT)
+    names, skipped = find_models(paths.models, b.get("models"))
+    for s in skipped:
+        print(f"[blend] warning: {s}", file=sys.stderr)
+    if not names:
+        raise FileNotFoundError(f"{paths.models}: no model folder with pred_offline.parquet and "
+                                "pred_online.parquet; run src/stages/train_lgb.py or train_nn.py")
+
+    with StageRun("blend", out) as run:
+        labels = load_day_labels(actions_f, LAST_TRAIN_DAY)
+        if len(labels) == 0:
+            raise InputError(f"{actions_f}: no rows of day {LAST_TRAIN_DAY} to blend on")
+        test = pd.read_parquet(test_f, columns=["userid", "feedid"])
+        offline = open_predictions(paths.models, names, "offline", labels, f"day-{LAST_TRAIN_DAY} labels ({actions_f})")
+        online = open_predictions(paths.models, names, "online", test, f"test rows ({test_f})")
+        print(f"[blend] {len(names)} models ({', '.join(names)}), {len(labels):,} day-14 rows, "
+              f"{len(test):,} test rows", file=sys.stderr)
+        g14 = group_by_user(labels["userid"].to_numpy())
+        gtest = group_by_user(test["userid"].to_numpy())
+
+        caught: list[str] = []
+        models = {n: score(labels, offline.frame(n), g14, caught) for n in names}
+        fit = fit_blend(labels, offline, settings, groups=g14, progress=progress)
+        blend_online = fit.weights.apply(online, gtest)
+
+        write_parquet(fit.offline, out / "pred_offline.parquet")
+        write_parquet(blend_online, out / "pred_online.parquet")
+        write_json({**fit.weights.to_json(), "settings": vars(settings) | {"methods": list(settings.methods)}},
+                   out / "blend_weights.json")
+        scores = empty_scores()
+        scores.update(
+            models=models,
+            blend=score(labels, fit.offline, g14, caught),
+            blend_heldout=score(labels, fit.heldout, g14, caught),
+            oracle=oracle_scores(paths, labels, g14, caught),
+            blend_weights={a: {m: round(w, 6) for m, w in fit.weights.actions[a].weights.items()}
+                           for a in ACTIONS},
+            blend_method={a: fit.weights.actions[a].method for a in ACTIONS},
+        )
+        write_json(scores, out / "scores.json")
+        write_json(cfg, out / "config.json")
+        for msg in dict.fromkeys(caught):
+            print(f"[blend] warning: {msg}", file=sys.stderr)
+        run.info.update(models=names, weighted=scores["blend"]["weighted"],
+                        weighted_heldout=scores["blend_heldout"]["weighted"])
+
+        w = max(len(n) for n in [*names, "blend_heldout", "oracle"])
+        print(f"{'':<{w}}  " + " ".join(f"{a[:8]:>8}" for a in [*ACTIONS, "weighted"]), file=sys.stderr)
+        rows = [*models.items(), ("blend", scores["blend"]), ("blend_heldout", scores["blend_heldout"])]
+        if scores["oracle"]:
+            rows.append(("oracle", scores["oracle"]))
+        for n, s in rows:
+            print(f"{n:<{w}}  " + " ".join("     n/a" if s[k] is None else f"{s[k]:8.5f}"
+                                           for k in [*ACTIONS, "weighted"]), file=sys.stderr)
+    report = render_report(paths)
+    print(f"[blend] wrote {out} (report: {report})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

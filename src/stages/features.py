@@ -1,0 +1,55 @@
+"""Stage `features`: leak-free per-day feature tables for days 2..15 from data/prepared/.
+
+For every target day d it writes features/day_XX.parquet (one row per exposure of day d, in
+order), users/day_XX.parquet (per-user history vectors), side tables for feeds and authors,
+pretrained tables (feed_pca, feed_w2v, author_w2v) and features/manifest.json, which the model
+stages read through wbdc.features.store.FeatureStore.  Only labels of days < d enter day d.
+Days whose inputs and config are unchanged are skipped (per-day fingerprints in the manifest).
+
+Examples:
+  .venv/bin/python src/stages/features.py                       # repo artifact root
+  .venv/bin/python src/stages/features.py --root /tmp/run --set features.pca.dim=16
+  .venv/bin/python src/stages/features.py --days 13 14 15 --force
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbdc.cli import run_main  # noqa: E402
+from wbdc.config import add_common_args, resolve  # noqa: E402
+from wbdc.features import build  # noqa: E402
+from wbdc.io import require, write_json  # noqa: E402
+from wbdc.paths import Paths  # noqa: E402
+from wbdc.runinfo import StageRun  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p)
+    p.add_argument("--days", type=int, nargs="+", default=None,
+                   help="target days to build (default: features.days, i.e. 2..15)")
+    p.add_argument("--force", action="store_true", help="rebuild every day even when up to date")
+    p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
+    args = p.parse_args()
+    cfg = resolve(args)
+    if args.days:
+        cfg["features"]["days"] = args.days
+    paths = Paths.at(args.root)
+    require(paths.prepared / "meta.json", "run the prepare stage (src/stages/prepare.py)")
+    out = paths.features
+    with StageRun("features", out) as run:
+        summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force)
+        write_json(cfg, out / "config.json")
+        run.info.update(summary)
+    t = summary["timings"]
+    steps = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s"))
+    print(f"[features] built days {summary['built'] or 'none'}; {steps}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,27 @@
+"""Print the run's summary table (stage times, peak memory, day-14 and online scores) and add it
+to ensemble/report.md. Called at the end of run_all.sh; safe to run any time."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbdc.cli import run_main  # noqa: E402
+from wbdc.config import add_common_args  # noqa: E402
+from wbdc.paths import Paths  # noqa: E402
+from wbdc.summary import write_summary  # noqa: E402
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__)
+    add_common_args(p)
+    p.add_argument("--total-seconds", type=float, default=None, help="wall time of the whole run")
+    args = p.parse_args()
+    print(write_summary(Paths.at(args.root), args.total_seconds))
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

@@ -1,0 +1,124 @@
+"""Stage `train_nn`: a multi-task net (Shared-Bottom, MMoE or PLE) over all 7 actions.
+
+    train_nn.py --arch sb|mmoe|ple [--mode offline|online|all]
+
+offline: train on the feature days <= 13, score the weighted uAUC on day 14 after every epoch,
+         stop early, keep the best state; writes pred_offline.parquet, scores.json, the gate
+         diagnostics (gates.csv, gates.png for mmoe/ple) and checkpoint_offline.pt.
+online:  retrain on days <= 14 for the offline best number of epochs (from scores.json, or
+         nn.online.epochs) and predict the test day; writes pred_online.parquet and
+         checkpoint_online.pt and adds an "online" entry to scores.json.
+all:     offline then online (default).
+
+Everything lands in models/<arch>/ under --root, with config.json and run_info_train_nn.json.
+Reads features/ (stage `features`) and data/prepared/actions.parquet (stage `prepare`, labels).
+Settings: configs/nn.yaml (override with --set nn.<key>=<value>).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from wbdc.cli import run_main  # noqa: E402
+from wbdc.config import add_common_args, resolve  # noqa: E402
+from wbdc.io import InputError, read_json, write_json, write_parquet  # noqa: E402
+from wbdc.paths import Paths  # noqa: E402
+from wbdc.runinfo import StageRun  # noqa: E402
+
+ARCHS = ("sb", "mmoe", "ple")
+ARCH_NAMES = {"sb": "Shared-Bottom", "mmoe": "MMoE", "ple": "PLE"}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--arch", choices=ARCHS, required=True,
+                   help="sb = Shared-Bottom, mmoe = MMoE, ple = PLE (nn.ple.n_levels=1: CGC)")
+    p.add_argument("--mode", choices=("offline", "online", "all"), default="all",
+                   help="offline: validate on day 14; online: refit on days <= 14 and predict "
+                        "the test day; all: both (default)")
+    p.add_argument("--epochs", type=float, default=None,
+                   help="maximum offline epochs (default: nn.train.epochs)")
+    p.add_argument("--online-epochs", type=float, default=None,
+                   help="online epochs (default: nn.online.epochs, else the offline best epoch)")
+    add_common_args(p)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    cfg = resolve(args)
+    if args.epochs is not None:
+        cfg["nn"]["train"]["epochs"] = args.epochs
+    if args.online_epochs is not None:
+        cfg["nn"]["online"]["epochs"] = args.online_epochs
+    paths = Paths.at(args.root)
+    out = paths.model(args.arch)
+    scores_path = out / "scores.json"
+
+    # imported late so that --help stays instant
+    from wbdc.features.store import FeatureStore
+    from wbdc.nn.diagnostics import write_gate_diagnostics
+    from wbdc.nn.pipeline import run_offline, run_online, save_checkpoint
+
+    store = FeatureStore(paths)
+    online_epochs = cfg["nn"]["online"].get("epochs")
+    if args.mode == "online" and online_epochs is None:
+        if not scores_path.exists():
+            raise FileNotFoundError(
+                f"{scores_path}: missing; run train_nn --arch {args.arch} --mode offline first "
+                "(it finds the best epoch) or pass --online-epochs")
+        prev = read_json(scores_path)
+        if "best_epoch" not in prev:
+            raise InputError(f"{scores_path}: no best_epoch; rerun train_nn --mode offline")
+        online_epochs = float(prev["best_epoch"])
+
+    with StageRun("train_nn", out) as run:
+        write_json(cfg, out / "config.json")
+        run.info.update({"arch": args.arch, "mode": args.mode})
+        scores = read_json(scores_path) if args.mode == "online" and scores_path.exists() else {}
+        if args.mode in ("offline", "all"):
+            res = run_offline(store, args.arch, cfg)
+            write_parquet(res.preds, out / "pred_offline.parquet")
+            save_checkpoint(out / "checkpoint_offline.pt", args.arch, res, cfg["nn"])
+            written = write_gate_diagnostics(
+                res.gates, out, f"{ARCH_NAMES[args.arch]}: mean gate weight on day 14")
+            scores = {
+                "offline": res.fit.best_scores,
+                "best_epoch": round(res.fit.best_epoch, 4),
+                "epochs_run": round(res.fit.epochs_run, 4),
+                "samples_per_s": round(res.fit.samples_per_s, 1),
+                "train_cpu_seconds": round(res.fit.cpu_seconds, 1),
+                "arch": args.arch,
+                "n_params": res.n_params,
+                "n_train_rows": res.n_train,
+                "seconds": res.seconds,
+                "gate_files": [p.name for p in written],
+                "history": res.fit.history,
+            }
+            if online_epochs is None:
+                online_epochs = max(res.fit.best_epoch, 1e-9)
+            run.info["offline_weighted"] = res.fit.best_scores.get("weighted")
+            print(f"[train_nn] {args.arch} offline weighted uAUC {res.fit.best_score:.6f} "
+                  f"(best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
+                  f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
+        if args.mode in ("online", "all"):
+            res = run_online(store, args.arch, cfg, float(online_epochs))
+            write_parquet(res.preds, out / "pred_online.parquet")
+            save_checkpoint(out / "checkpoint_online.pt", args.arch, res, cfg["nn"])
+            scores["online"] = {"epochs": round(float(online_epochs), 4),
+                                "samples_per_s": round(res.fit.samples_per_s, 1),
+                                "n_train_rows": res.n_train, "n_test_rows": len(res.preds),
+                                "seconds": res.seconds}
+            print(f"[train_nn] {args.arch} online: {res.n_train:,} training rows, "
+                  f"{online_epochs:g} epochs, {len(res.preds):,} test rows predicted",
+                  file=sys.stderr)
+        write_json(scores, scores_path)
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)

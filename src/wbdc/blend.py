@@ -1,0 +1,486 @@
+"""Blend model predictions per action by validated weighted uAUC.
+
+The weighted score is a weighted sum of per-action uAUCs, so each action is blended on its own:
+non-negative weights summing to 1 over the models, found by a derivative-free search on the
+simplex (:func:`simplex_search`; uAUC is a step function of the weights).  Two inputs are
+tried per action:
+
+* ``prob``: the models' probabilities as they are;
+* ``rank``: each model's per-user percentile ranks (:func:`per_user_pct_rank`).  uAUC only
+  looks at the order inside a user, and ranks make models with different calibration (a
+  down-sampled GBDT against a net trained on all rows) comparable before they are mixed.
+
+Choosing weights on day 14 and scoring them on day 14 flatters the blend, so the users are
+split in two seeded halves; weights fitted on one half score the other, both ways, and the
+uAUC of these cross-fitted predictions is the *held-out* score.  The input (prob or rank) with
+the better held-out score wins per action and its weights are refitted on all users.
+
+Each search evaluation is one matrix-vector product and one uAUC call on precomputed user
+groups restricted to the users that can be scored for that action (both classes present):
+for the rare actions that is a small fraction of the rows.
+"""
+from __future__ import annotations
+
+import sys
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from .io import InputError
+from .metrics import UAUCWarning, UserGroups, group_by_user, uauc
+from .schema import ACTIONS
+
+METHODS = ("prob", "rank")
+KEYS = ("userid", "feedid")
+PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet"}
+MODEL_HINT = "run a model stage first (src/stages/train_lgb.py or src/stages/train_nn.py)"
+
+
+# ------------------------------------------------------------------------------ settings
+
+@dataclass(frozen=True)
+class BlendSettings:
+    """Search settings (``configs/blend.yaml``).
+
+    Weights live on a grid of ``1 / grid_units``; the search moves ``start_step`` units of
+    weight between two models at a time and halves the step when no move helps.
+    """
+
+    methods: tuple[str, ...] = METHODS
+    seed: int = 2021
+    grid_units: int = 40
+    start_step: int = 8
+    max_evals: int = 200
+
+    @classmethod
+    def from_config(cls, cfg: Mapping) -> "BlendSettings":
+        b = cfg.get("blend", {}) or {}
+        search = b.get("search", {}) or {}
+        seed = b.get("seed")
+        if seed is None:
+            seed = cfg.get("data", {}).get("seed", 2021)
+        methods = tuple(b.get("methods") or METHODS)
+        bad = [m for m in methods if m not in METHODS]
+        if bad:
+            raise ValueError(f"blend.methods: unknown {bad} (choose from {list(METHODS)})")
+        s = cls(methods=methods, seed=int(seed),
+                grid_units=int(search.get("grid_units", 40)),
+                start_step=int(search.get("start_step_units", 8)),
+                max_evals=int(search.get("max_evals", 200)))
+        if s.grid_units < 1 or not 1 <= s.start_step <= s.grid_units or s.max_evals < 1:
+            raise ValueError("blend.search: need grid_units >= 1, 1 <= start_step_units <= "
+                             f"grid_units and max_evals >= 1 (got {s.grid_units}, "
+                             f"{s.start_step}, {s.max_evals})")
+        return s
+
+
+# ------------------------------------------------------------------------------ rank transform
+
+def per_user_pct_rank(values: np.ndarray, groups: UserGroups) -> np.ndarray:
+    """Per-user percentile rank ``(average rank - 0.5) / n_user`` in (0, 1), float32.
+
+    Ties get the same (average) rank, so within every user the order, ties included, is
+    exactly that of ``values`` and the uAUC of the ranks equals the uAUC of the values.
+    """
+    v = np.asarray(values, dtype=np.float64)
+    n = len(v)
+    if n != groups.n_rows:
+        raise ValueError(f"per_user_pct_rank: {n} values but groups built on {groups.n_rows} rows")
+    if n == 0:
+        return np.zeros(0, np.float32)
+    sizes = groups.sizes
+    code = np.repeat(np.arange(groups.n_users, dtype=np.int64), sizes)  # user code, user order
+    vu = groups.take(v)
+    srt = np.lexsort((vu, code))                       # by user, then by value
+    vs, cs = vu[srt], code[srt]
+    new = np.empty(n, bool)
+    new[0] = True
+    new[1:] = (vs[1:] != vs[:-1]) | (cs[1:] != cs[:-1])
+    starts = np.flatnonzero(new)
+    ends = np.append(starts[1:], n)
+    tie_id = np.cumsum(new) - 1
+    avg_pos = ((starts + ends - 1) / 2.0)[tie_id]      # 0-based position in the sorted array
+    user_start = groups.offsets[:-1][cs]
+    pct_sorted = (avg_pos - user_start + 0.5) / sizes[cs]
+    pct_user = np.empty(n, np.float64)
+    pct_user[srt] = pct_sorted
+    out = np.empty(n, np.float32)
+    if groups.order is None:
+        out[:] = pct_user
+    else:
+        out[groups.order] = pct_user
+    return out
+
+
+# ------------------------------------------------------------------------------ search
+
+@dataclass
+class SearchResult:
+    weights: np.ndarray   # float64, non-negative, sums to 1
+    score: float
+    evals: int
+
+
+def _even_split(total: int, m: int) -> tuple[int, ...]:
+    base, extra = divmod(total, m)
+    return tuple(base + (1 if i < extra else 0) for i in range(m))
+
+
+def simplex_search(score: Callable[[np.ndarray], float], n_models: int, *, grid_units: int = 40,
+                   start_step: int = 8, max_evals: int = 200) -> SearchResult:
+    """Maximise ``score(weights)`` over non-negative weights summing to 1.
+
+    Starts from the best of every single model and the (near) equal mix, then hill-climbs by
+    moving ``step / grid_units`` of weight from one model to another, halving the step when
+    no move improves; stops at step 0 or after ``max_evals`` distinct evaluations.  Only
+    strict improvements are taken, so the result is at least as good as every single model,
+    and ties keep the earlier (simpler) point.  Deterministic.  NaN scores count as -inf.
+    """
+    if n_models < 1:
+        raise ValueError("simplex_search: need at least one model")
+    cache: dict[tuple[int, ...], float] = {}
+
+    def f(units: tuple[int, ...]) -> float:
+        if units not in cache:
+            s = float(score(np.asarray(units, np.float64) / grid_units))
+            cache[units] = -np.inf if np.isnan(s) else s
+        return cache[units]
+
+    if n_models == 1:
+        one = (grid_units,)
+        return SearchResult(np.ones(1), f(one), len(cache))
+    starts = [tuple(grid_units if j == i else 0 for j in range(n_models)) for i in range(n_models)]
+    starts.append(_even_split(grid_units, n_models))
+    best = starts[0]
+    for s in starts:
+        if f(s) > f(best):
+            best = s
+    step = start_step
+    while step >= 1 and len(cache) < max_evals:
+        improved = False
+        for i in range(n_models):           # receiver
+            for j in range(n_models):       # donor
+                if i == j or best[j] < step or len(cache) >= max_evals:
+                    continue
+                cand = list(best)
+                cand[i] += step
+                cand[j] -= step
+                cand = tuple(cand)
+                if f(cand) > f(best):
+                    best, improved = cand, True
+        if not improved:
+            step //= 2
+    return SearchResult(np.asarray(best, np.float64) / grid_units, f(best), len(cache))
+
+
+def split_users(user_ids: np.ndarray, seed: int) -> np.ndarray:
+    """Seeded half split: bool per user (True = half A), exactly ``n // 2`` users in A."""
+    n = len(user_ids)
+    rng = np.random.default_rng(seed)
+    in_a = np.zeros(n, bool)
+    in_a[rng.permutation(n)[: n // 2]] = True
+    return in_a
+
+
+# ------------------------------------------------------------------------------ model inputs
+
+def find_models(models_dir: str | Path, names: Sequence[str] | None = None
+                ) -> tuple[list[str], list[str]]:
+    """Models under ``models_dir`` holding both prediction files, sorted by name (or in the
+    order of ``names``); plus one warning line per folder skipped for lacking a file.
+
+    A name in ``names`` without a folder is an error (likely a typo).
+    """
+    models_dir = Path(models_dir)
+    if names:
+        missing = [n for n in names if not (models_dir / n).is_dir()]
+        if missing:
+            have = sorted(p.name for p in models_dir.glob("*") if p.is_dir()) if models_dir.is_dir() else []
+            raise FileNotFoundError(f"{models_dir}: no model folder for {', '.join(missing)} "
+                                    f"(found: {', '.join(have) or 'none'}); {MODEL_HINT}")
+        candidates = list(dict.fromkeys(names))
+    else:
+        candidates = sorted(p.name for p in models_dir.glob("*") if p.is_dir()
+                            and not p.name.startswith(".")) if models_dir.is_dir() else []
+    found, skipped = [], []
+    for n in candidates:
+        lacking = [f for f in PRED_FILES.values() if not (models_dir / n / f).is_file()]
+        if lacking:
+            skipped.append(f"{models_dir / n}: skipped, no {' / '.join(lacking)}")
+        else:
+            found.append(n)
+    return found, skipped
+
+
+@dataclass
+class ModelSet:
+    """Several models' predictions on the same rows (checked against ``keys``); columns are
+    read from disk per action so only one action's matrix is in memory at a time."""
+
+    names: list[str]
+    files: list[Path]
+    keys: pd.DataFrame
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def column(self, action: str) -> np.ndarray:
+        """float32 [n_rows, n_models] predictions of ``action``."""
+        out = np.empty((len(self.keys), len(self.names)), np.float32)
+        for j, f in enumerate(self.files):
+            out[:, j] = _read_checked(f, action)
+        return out
+
+    def frame(self, name: str) -> pd.DataFrame:
+        """One model's userid, feedid and 7 action columns."""
+        f = self.files[self.names.index(name)]
+        df = self.keys.copy()
+        for a in ACTIONS:
+            df[a] = _read_checked(f, a)
+        return df
+
+
+def _read_checked(path: Path, action: str) -> np.ndarray:
+    v = pq.read_table(path, columns=[action]).column(0).to_numpy().astype(np.float32, copy=False)
+    bad = ~((v >= 0) & (v <= 1))           # NaN fails both comparisons
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise InputError(f"{path}: column {action} has {int(bad.sum())} values that are NaN or "
+                         f"outside [0, 1] (first {v[i]} at row {i + 1})")
+    return v
+
+
+def open_predictions(models_dir: str | Path, names: Sequence[str], which: str,
+                     keys: pd.DataFrame, keys_name: str) -> ModelSet:
+    """Check every model's ``pred_<which>.parquet`` against ``keys`` (same rows, same order)."""
+    models_dir = Path(models_dir)
+    files = []
+    want = [*KEYS, *ACTIONS]
+    k_user = keys["userid"].to_numpy()
+    k_feed = keys["feedid"].to_numpy()
+    for n in names:
+        f = models_dir / n / PRED_FILES[which]
+        schema_names = pq.read_schema(f).names
+        missing = [c for c in want if c not in schema_names]
+        if missing:
+            raise InputError(f"{f}: missing columns {', '.join(missing)}")
+        t = pq.read_table(f, columns=list(KEYS))
+        if t.num_rows != len(keys):
+            raise InputError(f"{f}: {t.num_rows:,} rows but {keys_name} has {len(keys):,}; "
+                             f"predictions must have one row per {keys_name} row, in order")
+        u = t.column("userid").to_numpy()
+        fe = t.column("feedid").to_numpy()
+        bad = (u != k_user) | (fe != k_feed)
+        if bad.any():
+            i = int(np.argmax(bad))
+            raise InputError(f"{f}: rows do not align with {keys_name} on (userid, feedid): "
+                             f"{int(bad.sum()):,} differ, first at row {i + 1} "
+                             f"(got {u[i]}, {fe[i]}; expected {k_user[i]}, {k_feed[i]})")
+        files.append(f)
+    return ModelSet(list(names), files, keys[list(KEYS)].reset_index(drop=True))
+
+
+# ------------------------------------------------------------------------------ weights
+
+@dataclass
+class ActionBlend:
+    """The blend of one action: the chosen input, its weights, and what it scored."""
+
+    method: str
+    weights: dict[str, float]
+    in_sample: float | None = None
+    heldout: float | None = None
+    heldout_by_method: dict[str, float | None] = field(default_factory=dict)
+    half_weights: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    evals: int = 0
+
+
+@dataclass
+class BlendWeights:
+    models: list[str]
+    actions: dict[str, ActionBlend]
+
+    def to_json(self) -> dict:
+        return {"models": list(self.models),
+                "actions": {a: asdict(b) for a, b in self.actions.items()}}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> "BlendWeights":
+        return cls(list(d["models"]), {a: ActionBlend(**b) for a, b in d["actions"].items()})
+
+    def weight_vector(self, action: str) -> np.ndarray:
+        w = self.actions[action].weights
+        return np.asarray([w.get(m, 0.0) for m in self.models], np.float32)
+
+    def apply(self, preds: ModelSet, groups: UserGroups | None = None) -> pd.DataFrame:
+        """userid, feedid and the 7 blended columns (float32) for the rows of ``preds``.
+
+        ``groups`` (the user grouping of those rows) is needed when an action blends ranks;
+        it is computed here when not given.
+        """
+        if list(preds.names) != list(self.models):
+            raise ValueError(f"blend weights are for models {self.models}, "
+                             f"predictions hold {preds.names}")
+        out = preds.keys.copy()
+        for a in ACTIONS:
+            x = preds.column(a)
+            if self.actions[a].method == "rank":
+                if groups is None:
+                    groups = group_by_user(preds.keys["userid"].to_numpy())
+                x = rank_columns(x, groups)
+            out[a] = np.clip(x @ self.weight_vector(a), 0.0, 1.0).astype(np.float32)
+        return out
+
+
+def rank_columns(x: np.ndarray, groups: UserGroups) -> np.ndarray:
+    return np.stack([per_user_pct_rank(x[:, j], groups) for j in range(x.shape[1])], axis=1)
+
+
+def _nan_to_none(v: float) -> float | None:
+    return None if v is None or np.isnan(v) else float(v)
+
+
+def _quiet_uauc(y, p, groups) -> float:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UAUCWarning)
+        return uauc(y, p, groups=groups)
+
+
+@dataclass
+class _Subset:
+    """The rows of the scoreable users (both classes) of one action inside one user set."""
+
+    rows: np.ndarray
+    groups: UserGroups
+    y: np.ndarray
+
+
+def _subset(user_code: np.ndarray, y: np.ndarray, user_mask: np.ndarray,
+            userids: np.ndarray) -> _Subset | None:
+    n_users = len(user_mask)
+    pos = np.bincount(user_code, weights=y, minlength=n_users)
+    size = np.bincount(user_code, minlength=n_users)
+    ok = user_mask & (pos > 0) & (pos < size)
+    rows = np.flatnonzero(ok[user_code])
+    if len(rows) == 0:
+        return None
+    return _Subset(rows, group_by_user(userids[rows]), y[rows])
+
+
+def _fit(x: np.ndarray, sub: _Subset | None, n_models: int, s: BlendSettings) -> SearchResult:
+    if sub is None:   # nothing to learn from: equal weights
+        return SearchResult(np.asarray(_even_split(s.grid_units, n_models), np.float64)
+                            / s.grid_units, float("nan"), 0)
+    xs = np.ascontiguousarray(x[sub.rows])
+
+    def score(w: np.ndarray) -> float:
+        return _quiet_uauc(sub.y, xs @ w.astype(np.float32), sub.groups)
+
+    return simplex_search(score, n_models, grid_units=s.grid_units, start_step=s.start_step,
+                          max_evals=s.max_evals)
+
+
+@dataclass
+class BlendFit:
+    weights: BlendWeights
+    offline: pd.DataFrame    # in-sample blend (weights fitted on all users)
+    heldout: pd.DataFrame    # cross-fitted blend: each half scored with the other half's weights
+
+
+def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
+              groups: UserGroups | None = None, progress: bool = True) -> BlendFit:
+    """Fit per-action blend weights on ``labels`` (userid, feedid, 7 actions; rows of
+    ``preds``), choosing prob or rank per action by the held-out score."""
+    userids = labels["userid"].to_numpy()
+    if groups is None:
+        groups = group_by_user(userids)
+    user_code = np.empty(len(userids), np.int64)
+    user_code[groups.order if groups.order is not None else slice(None)] = np.repeat(
+        np.arange(groups.n_users), groups.sizes)
+    in_a = split_users(groups.user_ids, settings.seed)
+    all_users = np.ones(groups.n_users, bool)
+    row_in_a = in_a[user_code]
+    m = len(preds.names)
+    names = list(preds.names)
+    blends: dict[str, ActionBlend] = {}
+    offline = preds.keys.copy()
+    heldout = preds.keys.copy()
+    it = ACTIONS
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(ACTIONS, desc="blend", unit="action", file=sys.stderr)
+    for a in it:
+        y = labels[a].to_numpy().astype(np.int8)
+        raw = preds.column(a)
+        subs = {"all": _subset(user_code, y, all_users, userids),
+                "A": _subset(user_code, y, in_a, userids),
+                "B": _subset(user_code, y, ~in_a, userids)}
+        inputs, cross, cross_score, halves, evals = {}, {}, {}, {}, 0
+        for method in settings.methods:
+            x = raw if method == "prob" else rank_columns(raw, groups)
+            inputs[method] = x
+            fa = _fit(x, subs["A"], m, settings)
+            fb = _fit(x, subs["B"], m, settings)
+            evals += fa.evals + fb.evals
+            # users of B get A's weights and the other way round
+            p = np.where(row_in_a, x @ fb.weights.astype(np.float32),
+                         x @ fa.weights.astype(np.float32)).astype(np.float32)
+            cross[method] = p
+            cross_score[method] = (_quiet_uauc(subs["all"].y, p[subs["all"].rows],
+                                               subs["all"].groups)
+                                   if subs["all"] is not None else float("nan"))
+            halves[method] = {"A": dict(zip(names, map(float, fa.weights))),
+                              "B": dict(zip(names, map(float, fb.weights)))}
+        # best held-out score wins; ties (and all-NaN) keep the first method listed
+        method = settings.methods[0]
+        for mth in settings.methods[1:]:
+            if cross_score[mth] > cross_score[method]:
+                method = mth
+        full = _fit(inputs[method], subs["all"], m, settings)
+        evals += full.evals
+        offline[a] = np.clip(inputs[method] @ full.weights.astype(np.float32), 0.0, 1.0)
+        heldout[a] = np.clip(cross[method], 0.0, 1.0)
+        blends[a] = ActionBlend(
+            method=method, weights=dict(zip(names, map(float, full.weights))),
+            in_sample=_nan_to_none(full.score), heldout=_nan_to_none(cross_score[method]),
+            heldout_by_method={k: _nan_to_none(v) for k, v in cross_score.items()},
+            half_weights=halves, evals=evals)
+        del inputs, cross
+    return BlendFit(BlendWeights(names, blends), offline, heldout)
+
+
+# ------------------------------------------------------------------------------ stage inputs
+
+def load_day_labels(actions_path: str | Path, day: int) -> pd.DataFrame:
+    """userid, feedid and the 7 labels of the prepared actions of ``day``, in stored order,
+    read batch by batch so the full table never sits in memory."""
+    cols = [*KEYS, "date_", *ACTIONS]
+    pf = pq.ParquetFile(actions_path)
+    parts = []
+    for batch in pf.iter_batches(columns=cols, batch_size=1 << 20):
+        df = batch.to_pandas()
+        parts.append(df.loc[df["date_"] == day, [*KEYS, *ACTIONS]])
+    if not parts:
+        return pd.DataFrame({c: pd.Series(dtype=np.int32 if c in KEYS else np.int8) for c in [*KEYS, *ACTIONS]})
+    return pd.concat(parts, ignore_index=True)
+
+
+def align_truth(truth: pd.DataFrame, keys: pd.DataFrame, name: str) -> pd.DataFrame:
+    """``truth`` checked to hold one row per ``keys`` row in order (userid, feedid, actions)."""
+    missing = [c for c in [*KEYS, *ACTIONS] if c not in truth.columns]
+    if missing:
+        raise InputError(f"{name}: missing columns {', '.join(missing)}")
+    if len(truth) != len(keys):
+        raise InputError(f"{name}: {len(truth):,} rows but expected {len(keys):,}")
+    bad = ((truth["userid"].to_numpy() != keys["userid"].to_numpy())
+           | (truth["feedid"].to_numpy() != keys["feedid"].to_numpy()))
+    if bad.any():
+        raise InputError(f"{name}: rows do not align on (userid, feedid), first mismatch at "
+                         f"row {int(np.argmax(bad)) + 1}")
+    return truth.reset_index(drop=True)
+

@@ -1,0 +1,213 @@
+"""FeatureStore: the one way model stages read the ``features`` stage's artifacts.
+
+Layout under ``paths.features`` (all written by ``src/stages/features.py``)::
+
+    manifest.json             what is built: days, columns (name, dtype, roles, group, table),
+                              per-day fingerprints, side tables, pretrained tables, cardinalities
+    day_02.parquet .. day_15.parquet
+                              one row per exposure of target day d, in that day's order
+                              (d <= 14: rows of data/prepared/actions.parquet with date_ == d in
+                              stored order; d == 15: data/prepared/test.parquet order)
+    users/day_XX.parquet      per-(userid, date_) user vectors (history strictly before date_);
+                              columns with ``table == "users"`` are joined into ``load_day``
+    feeds.parquet             static per-feed features (side table keyed by feedid)
+    authors.parquet           static per-author features (side table keyed by authorid)
+    feed_lists.parquet        per-feed manual keyword / tag id lists for the nets' multi-hot fields
+    pretrained/<name>.npy, pretrained/<name>_ids.npy
+                              pretrained vector tables (feed_pca, feed_w2v, author_w2v)
+
+Column roles: ``key`` (userid, feedid, date_, device: always returned by ``load_day``),
+``categorical`` (non-negative integer ids; columns whose source can be missing -- bgm ids,
+first keyword / tag -- store ``raw id + 1`` with 0 meaning missing; the manifest says which via
+``"offset": 1``), ``dense`` (float32 values, int8 flags), ``vector`` (components of per-(user, day) history
+vectors, float32, joined from ``users/``; kept out of ``dense`` so tree models do not pick up
+48 embedding components by default -- nets ask for them with ``columns("vector")``).  A column
+may hold two roles: userid, feedid and device are both keys and categorical ids. Labels are never stored in the feature
+tables; ``load_labels`` reads them from the prepared actions in the same order.
+"""
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+
+from ..io import InputError, file_digest, read_json
+from ..paths import Paths
+from ..schema import ACTIONS, LAST_TRAIN_DAY
+
+MANIFEST = "manifest.json"
+KEY_COLUMNS = ("userid", "feedid", "date_", "device")
+ROLES = ("key", "categorical", "dense", "vector")
+STAGE_HINT = "run the features stage first (src/stages/features.py)"
+
+
+def day_file(d: int) -> str:
+    return f"day_{d:02d}.parquet"
+
+
+def user_day_file(d: int) -> str:
+    return f"users/day_{d:02d}.parquet"
+
+
+class FeatureStore:
+    """Read-only view of ``features/``; cheap to create, reads tables lazily."""
+
+    def __init__(self, paths: Paths):
+        self.paths = paths
+        self.dir = Path(paths.features)
+        mpath = self.dir / MANIFEST
+        if not mpath.exists():
+            raise FileNotFoundError(f"{mpath}: missing; {STAGE_HINT}")
+        self.manifest: dict = read_json(mpath)
+        self._col = {c["name"]: c for c in self.manifest["columns"]}
+        self._labels: pd.DataFrame | None = None
+
+    # ------------------------------------------------------------------ description
+    @property
+    def days(self) -> list[int]:
+        return sorted(int(d) for d in self.manifest["day_tables"])
+
+    def columns(self, role: str, groups: Iterable[str] | None = None) -> list[str]:
+        """Column names holding ``role`` (key, categorical, dense, vector), in table order;
+        optionally only from ``groups``
+        (the manifest's ``groups`` lists them, e.g. ``window_stats``, ``user_vectors``)."""
+        if role not in ROLES:
+            raise ValueError(f"unknown role {role!r}; expected one of {ROLES}")
+        keep = None if groups is None else set(groups)
+        return [c["name"] for c in self.manifest["columns"]
+                if role in c["roles"] and (keep is None or c["group"] in keep)]
+
+    def column_info(self, col: str) -> dict:
+        """Manifest entry of one column: name, dtype, roles, group, table (+ offset for ids)."""
+        try:
+            return self._col[col]
+        except KeyError:
+            raise KeyError(f"{col!r} is not a feature column (see {self.dir / MANIFEST})") from None
+
+    def cardinality(self, col: str) -> int:
+        """Number of embedding rows a categorical column needs: max id + 1 over every id the
+        stage saw (all day tables and the feed table), so every stored id is < cardinality."""
+        card = self.manifest["cardinality"]
+        if col not in card:
+            raise KeyError(f"{col!r} is not a categorical column; categorical: {sorted(card)}")
+        return int(card[col])
+
+    # ------------------------------------------------------------------ day tables
+    def _check_day(self, d: int) -> None:
+        if str(int(d)) not in self.manifest["day_tables"]:
+            raise KeyError(f"day {d} not built; available days: {self.days}")
+
+    def load_day(self, d: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Key columns plus ``columns`` (default: every column) for target day ``d``,
+        rows in that day's order."""
+        self._check_day(d)
+        if columns is None:
+            wanted = [c["name"] for c in self.manifest["columns"]]
+        else:
+            for c in columns:
+                self.column_info(c)
+            wanted = list(dict.fromkeys([*KEY_COLUMNS, *columns]))
+        own = [c for c in wanted if self._col[c]["table"] == "day"]
+        own = list(dict.fromkeys([*KEY_COLUMNS, *own]))
+        df = pq.read_table(self.dir / day_file(d), columns=own).to_pandas()
+        user_cols = [c for c in wanted if self._col[c]["table"] == "users"]
+        if user_cols:
+            df = self._join_users(df, d, user_cols)
+        return df[list(dict.fromkeys([*KEY_COLUMNS, *wanted]))]
+
+    def _join_users(self, df: pd.DataFrame, d: int, cols: list[str]) -> pd.DataFrame:
+        side = pq.read_table(self.dir / user_day_file(d), columns=["userid", *cols]).to_pandas()
+        uid = side["userid"].to_numpy()  # written sorted by userid
+        pos = np.searchsorted(uid, df["userid"].to_numpy())
+        pos = np.minimum(pos, len(uid) - 1)
+        if len(uid) == 0 or not np.array_equal(uid[pos], df["userid"].to_numpy()):
+            raise InputError(f"{self.dir / user_day_file(d)}: does not cover day {d}'s users; {STAGE_HINT}")
+        extra = {c: side[c].to_numpy()[pos] for c in cols}
+        return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
+
+    def load_days(self, days: Iterable[int], columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """``load_day`` of each day, concatenated in the given (day) order."""
+        frames = [self.load_day(d, columns) for d in days]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+    def n_rows(self, d: int) -> int:
+        self._check_day(d)
+        return int(self.manifest["day_tables"][str(int(d))]["rows"])
+
+    # ------------------------------------------------------------------ labels
+    def _actions(self) -> pd.DataFrame:
+        if self._labels is None:
+            path = self.paths.prepared / "actions.parquet"
+            if not path.exists():
+                raise FileNotFoundError(f"{path}: missing; run the prepare stage (src/stages/prepare.py)")
+            want = self.manifest["inputs"].get("actions.parquet")
+            if want is not None and file_digest(path) != want:
+                raise InputError(f"{path}: changed since the features were built; {STAGE_HINT}")
+            self._labels = pd.read_parquet(path, columns=["date_", *ACTIONS])
+        return self._labels
+
+    def load_labels(self, d: int) -> pd.DataFrame:
+        """The 7 action columns (int8) of day ``d`` (<= 14), row-aligned with ``load_day(d)``."""
+        if not 1 <= int(d) <= LAST_TRAIN_DAY:
+            raise ValueError(f"no labels for day {d}: labels exist for days 1..{LAST_TRAIN_DAY} "
+                             "(day 15 is the test day)")
+        acts = self._actions()
+        out = acts.loc[acts["date_"].to_numpy() == d, list(ACTIONS)].reset_index(drop=True)
+        if str(int(d)) in self.manifest["day_tables"] and len(out) != self.n_rows(d):
+            raise InputError(f"day {d}: {len(out)} label rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
+        return out.astype(np.int8)
+
+    # ------------------------------------------------------------------ pretrained / side tables
+    def _pretrained_entry(self, name: str) -> dict:
+        pre = self.manifest["pretrained"]
+        if name not in pre:
+            raise KeyError(f"no pretrained table {name!r}; available: {sorted(pre)}")
+        return pre[name]
+
+    def pretrained(self, name: str) -> tuple[np.ndarray, np.ndarray]:
+        """(ids int32 [n], vectors float32 [n, dim]) of a pretrained table; row i is id ids[i].
+        Ids without a vector (e.g. feeds never exposed, for word2vec) hold zeros."""
+        e = self._pretrained_entry(name)
+        ids = np.load(self.dir / e["ids_file"])
+        mat = np.load(self.dir / e["file"])
+        return ids.astype(np.int32, copy=False), mat.astype(np.float32, copy=False)
+
+    def pretrained_key(self, name: str) -> str:
+        """The id column a pretrained table is keyed by: ``feedid`` or ``authorid``."""
+        return str(self._pretrained_entry(name)["key"])
+
+    def side_table(self, name: str) -> pd.DataFrame:
+        """A side table by name: ``feeds`` (by feedid), ``authors`` (by authorid) or ``users``
+        (by userid, date_: every built day concatenated)."""
+        side = self.manifest["side_tables"]
+        if name not in side:
+            raise KeyError(f"no side table {name!r}; available: {sorted(side)}")
+        if name == "users":
+            frames = [pd.read_parquet(self.dir / user_day_file(d)) for d in self.days]
+            return pd.concat(frames, ignore_index=True)
+        return pd.read_parquet(self.dir / side[name]["file"])
+
+    def feed_lists(self) -> dict[str, tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]]:
+        """Per-feed multi-hot fields: ``name -> (feedids int32 [n], (indptr int64 [n+1],
+        values int32 [nnz]))``; feed ``feedids[i]`` holds ``values[indptr[i]:indptr[i+1]]``.
+        Values are raw id + 1 (0 is free for padding), the same ids as the first-keyword /
+        first-tag categorical columns; ``manifest["feed_lists"][name]["cardinality"]`` bounds them."""
+        info = self.manifest["feed_lists"]
+        table = pq.read_table(self.dir / info["file"])
+        feedids = table.column("feedid").to_numpy().astype(np.int32)
+        out = {}
+        for name in info["fields"]:
+            arr = table.column(name).combine_chunks()
+            offsets = arr.offsets.to_numpy().astype(np.int64)
+            values = arr.values.to_numpy().astype(np.int32)
+            start = offsets[0]
+            out[name] = (feedids, (offsets - start, values[start:offsets[-1]] if len(values) else values))
+        return out
+
+    @cached_property
+    def description(self) -> str:
+        return str(self.manifest.get("description", ""))

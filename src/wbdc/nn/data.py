@@ -1,0 +1,422 @@
+"""Array-backed data for the nets: feature selection, an encoder fitted on the training days,
+pre-built tensors and index batches.
+
+``Encoder.fit`` sees only the training rows: id vocabularies (index 0 is reserved for ids never
+seen in training, so a day-15 id that training never saw maps there), dense statistics and the
+token vocabularies of the multi-hot fields (tokens of feeds seen in training).  Side tables
+(multi-hot lists, pretrained vectors) are re-indexed onto one row space per key (``feedid``,
+``authorid``), row 0 = unknown key, so a batch carries one row number per key.
+"""
+from __future__ import annotations
+
+import fnmatch
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+
+from ..schema import ACTIONS
+from .inputs import BagField, PretrainedTable
+
+DEFAULT_CATEGORICAL = ("userid", "feedid", "authorid", "bgm_song_id", "bgm_singer_id", "device")
+DENSE_CLIP = 10.0
+
+
+# ------------------------------------------------------------------------------ selection
+
+@dataclass
+class FeatureSelection:
+    """Which store columns and side tables feed the net."""
+    categorical: list[str]
+    dense: list[str]
+    bags: list[str]
+    pretrained: list[str]
+    keys: list[str] = field(default_factory=list)     # id columns the side tables hang on
+    skipped: list[str] = field(default_factory=list)
+
+    def columns(self) -> list[str]:
+        """Day-table columns to load (keys the side tables hang on included)."""
+        cols = ["userid", "feedid", *self.categorical, *self.keys, *self.dense]
+        return list(dict.fromkeys(cols))
+
+
+def _as_list(value: Any, available: Sequence[str]) -> list[str]:
+    if value in (None, False):
+        return []
+    if value in ("all", True):
+        return list(available)
+    if isinstance(value, str):
+        return [value]
+    return [str(v) for v in value]
+
+
+def select_features(store, cfg: dict) -> FeatureSelection:
+    """Resolve ``nn.features`` against what the store offers.
+
+    Requested names the store lacks are skipped (and listed in ``skipped``) rather than failing,
+    so one config serves worlds whose feature sets differ a little.
+    """
+    keys = list(store.columns("key"))
+    cats_avail = list(store.columns("categorical"))
+    dense_avail = list(store.columns("dense"))
+    table_cols = set(keys) | set(cats_avail) | set(dense_avail)
+    skipped: list[str] = []
+
+    cats = []
+    for c in _as_list(cfg.get("categorical", list(DEFAULT_CATEGORICAL)), cats_avail):
+        (cats if c in table_cols else skipped).append(c)
+    if cfg.get("extra_categorical", False):
+        cats += [c for c in cats_avail if c not in cats]
+
+    exclude = list(cfg.get("dense_exclude") or [])
+    dense = []
+    for c in _as_list(cfg.get("dense", "all"), dense_avail):
+        if c not in dense_avail:
+            skipped.append(c)
+        elif not any(fnmatch.fnmatchcase(c, pat) for pat in exclude) and c not in cats:
+            dense.append(c)
+
+    lists_avail = list(store.feed_lists().keys()) if cfg.get("multi_hot") else []
+    bags = []
+    for b in _as_list(cfg.get("multi_hot", []), lists_avail):
+        (bags if b in lists_avail else skipped).append(b)
+
+    pre_avail = list(store.manifest.get("pretrained", []))
+    pretrained = []
+    for p in _as_list(cfg.get("pretrained", "all"), pre_avail):
+        if p not in pre_avail:
+            skipped.append(p)
+        elif store.pretrained_key(p) not in table_cols:
+            skipped.append(f"{p} (key {store.pretrained_key(p)} not in the day tables)")
+        else:
+            pretrained.append(p)
+    side_keys = (["feedid"] if bags else []) + [store.pretrained_key(p) for p in pretrained]
+    return FeatureSelection(cats, dense, bags, pretrained, list(dict.fromkeys(side_keys)), skipped)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """1-based position of each value in ``sorted_ids``; 0 where absent.  Vectorised."""
+    values = np.asarray(values)
+    if len(sorted_ids) == 0:
+        return np.zeros(len(values), np.int32)
+    pos = np.searchsorted(sorted_ids, values)
+    pos_c = np.minimum(pos, len(sorted_ids) - 1)
+    hit = sorted_ids[pos_c] == values
+    return np.where(hit, pos_c + 1, 0).astype(np.int32)
+
+
+def _to_csr(lists: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(indptr int64 [n+1], values int64) from a CSR pair, scipy sparse matrix or list of arrays."""
+    if hasattr(lists, "indptr") and hasattr(lists, "indices"):       # scipy.sparse CSR
+        return np.asarray(lists.indptr, np.int64), np.asarray(lists.indices, np.int64)
+    if isinstance(lists, tuple) and len(lists) == 2:
+        indptr, values = (np.asarray(a) for a in lists)
+        if indptr.ndim == 1 and values.ndim == 1 and len(indptr) >= 1 and indptr[0] == 0 \
+                and indptr[-1] == len(values):
+            return indptr.astype(np.int64), values.astype(np.int64)
+    seq = list(lists)
+    lengths = np.fromiter((0 if s is None else len(s) for s in seq), np.int64, len(seq))
+    indptr = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    chunks = [np.asarray(s, np.int64) for s in seq if s is not None and len(s)]
+    values = np.concatenate(chunks) if chunks else np.zeros(0, np.int64)
+    return indptr, values
+
+
+def _padded(indptr: np.ndarray, tokens: np.ndarray, rows: np.ndarray, n_rows: int,
+            max_len: int) -> np.ndarray:
+    """Scatter CSR lists (already mapped to token indices, 0 dropped) into ``[n_rows, L]``."""
+    keep = tokens > 0
+    lengths = np.diff(indptr)
+    owner = np.repeat(np.arange(len(lengths)), lengths)[keep]
+    tok = tokens[keep]
+    # position of each kept token within its list, after dropping the unmapped ones
+    counts = np.bincount(owner, minlength=len(lengths))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pos = np.arange(len(tok)) - starts[owner]
+    width = int(min(max_len, counts.max() if len(counts) else 0)) or 1
+    out = np.zeros((n_rows, width), np.int32)
+    sel = (pos < width) & (rows[owner] > 0)          # row 0 stays the empty "unknown" list
+    out[rows[owner[sel]], pos[sel]] = tok[sel]
+    return out
+
+
+# ------------------------------------------------------------------------------ arrays
+
+@dataclass
+class EncodedArrays:
+    """Row-aligned tensors of one set of rows (a few days, or the test day)."""
+    cat: Tensor                 # int32 [N, C]
+    keys: Tensor                # int32 [N, K]
+    dense: Tensor               # float16 or float32 [N, D]; batches are float32
+    labels: Tensor | None       # uint8 [N, T] or None
+    userid: np.ndarray
+    feedid: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.cat.shape[0])
+
+    def batch(self, idx: Tensor) -> dict[str, Tensor]:
+        out = {"cat": self.cat.index_select(0, idx), "keys": self.keys.index_select(0, idx),
+               "dense": self.dense.index_select(0, idx).float()}
+        if self.labels is not None:
+            out["labels"] = self.labels.index_select(0, idx).float()
+        return out
+
+    def labels_frame(self) -> pd.DataFrame:
+        assert self.labels is not None
+        return pd.DataFrame(self.labels.numpy(), columns=list(ACTIONS))
+
+
+def batch_indices(n: int, batch_size: int, shuffle: bool,
+                  generator: torch.Generator | None = None) -> Iterator[Tensor]:
+    """Index tensors over ``n`` rows: one permutation per call when shuffling, else in order."""
+    order = torch.randperm(n, generator=generator) if shuffle else torch.arange(n)
+    for s in range(0, n, batch_size):
+        yield order[s:s + batch_size]
+
+
+# ------------------------------------------------------------------------------ statistics
+
+class RunningStats:
+    """Per-column count, mean and M2 over finite values, merged chunk by chunk (Chan et al.),
+    for the raw values and for log1p of them, plus min and max: one pass over the days decides
+    the transform and gives its moments."""
+
+    def __init__(self, d: int):
+        self.n = np.zeros(d)
+        self.mean = np.zeros((2, d))
+        self.m2 = np.zeros((2, d))
+        self.lo = np.full(d, np.inf)
+        self.hi = np.full(d, -np.inf)
+
+    def update(self, j: int, x: np.ndarray) -> None:
+        x = x[np.isfinite(x)]
+        if len(x) == 0:
+            return
+        self.lo[j] = min(self.lo[j], float(x.min()))
+        self.hi[j] = max(self.hi[j], float(x.max()))
+        nb = len(x)
+        na = self.n[j]
+        n = na + nb
+        for k, v in enumerate((x, np.log1p(np.maximum(x, 0.0)))):
+            mb = float(v.mean())
+            m2b = float(((v - mb) ** 2).sum())
+            delta = mb - self.mean[k, j]
+            self.mean[k, j] += delta * nb / n
+            self.m2[k, j] += m2b + delta * delta * na * nb / n
+        self.n[j] = n
+
+    def finalize(self) -> dict[str, np.ndarray]:
+        """``log`` (log1p for non-negative columns reaching above 1: counts, durations),
+        ``mean`` and ``std`` of the chosen transform (std 1 for constant or empty columns)."""
+        use_log = (self.n > 0) & (self.lo >= 0) & (self.hi > 1)
+        k = use_log.astype(int)
+        cols = np.arange(len(self.n))
+        mean = np.where(self.n > 0, self.mean[k, cols], 0.0)
+        std = np.sqrt(np.where(self.n > 0, self.m2[k, cols] / np.maximum(self.n, 1), 1.0))
+        std = np.where(std > 1e-12, std, 1.0)
+        return {"log": use_log, "mean": mean, "std": std}
+
+
+def _day_sizes(store, days: Sequence[int]) -> list[int]:
+    if hasattr(store, "n_rows"):
+        return [int(store.n_rows(d)) for d in days]
+    return [len(store.load_day(d, columns=[])) for d in days]
+
+
+# ------------------------------------------------------------------------------ encoder
+
+class Encoder:
+    """Maps store rows to ``EncodedArrays``; fitted on training rows only (see module doc)."""
+
+    def __init__(self, selection: FeatureSelection, vocab: dict[str, np.ndarray],
+                 dense_stats: dict[str, np.ndarray], key_ids: dict[str, np.ndarray],
+                 token_vocab: dict[str, np.ndarray], max_list_len: int,
+                 dense_dtype: str = "float32"):
+        self.selection = selection
+        self.vocab = vocab                    # column -> sorted raw ids seen in training
+        self.dense_stats = dense_stats        # "log" bool [D], "mean", "std" float64 [D]
+        self.key_ids = key_ids                # key -> sorted raw ids of the side-table rows
+        self.token_vocab = token_vocab        # bag -> sorted raw token ids seen in training
+        self.max_list_len = int(max_list_len)
+        if dense_dtype not in ("float16", "float32"):
+            raise ValueError(f"dense_dtype must be float16 or float32, got {dense_dtype!r}")
+        self.dense_dtype = dense_dtype
+
+    # -- fitting
+    @classmethod
+    def fit(cls, train: pd.DataFrame | Iterable[pd.DataFrame], store, selection: FeatureSelection,
+            max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
+        """Fit on one frame or on an iterable of frames (one day at a time keeps memory low)."""
+        frames = [train] if isinstance(train, pd.DataFrame) else train
+        uniques: dict[str, list[np.ndarray]] = {c: [] for c in selection.categorical}
+        feeds_seen: list[np.ndarray] = []
+        stats = RunningStats(len(selection.dense))
+        for df in frames:
+            for c in selection.categorical:
+                uniques[c].append(np.unique(df[c].to_numpy()))
+            feeds_seen.append(np.unique(df["feedid"].to_numpy()))
+            for j, c in enumerate(selection.dense):
+                stats.update(j, df[c].to_numpy(np.float64, na_value=np.nan))
+        vocab = {c: np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64)
+                 for c, u in uniques.items()}
+        key_sets: dict[str, list[np.ndarray]] = {}
+        for p in selection.pretrained:
+            key_sets.setdefault(store.pretrained_key(p), []).append(
+                np.asarray(store.pretrained(p)[0]))
+        token_vocab: dict[str, np.ndarray] = {}
+        if selection.bags:
+            lists = store.feed_lists()
+            train_feeds = np.unique(np.concatenate(feeds_seen))
+            for b in selection.bags:
+                feeds, raw = lists[b]
+                feeds = np.asarray(feeds)
+                key_sets.setdefault("feedid", []).append(feeds)
+                indptr, values = _to_csr(raw)
+                owner = np.repeat(np.arange(len(feeds)), np.diff(indptr))
+                seen = np.isin(feeds, train_feeds)[owner]
+                token_vocab[b] = np.unique(values[seen])
+        key_ids = {k: np.unique(np.concatenate(v)) for k, v in key_sets.items()}
+        return cls(selection, vocab, stats.finalize(), key_ids, token_vocab, max_list_len,
+                   dense_dtype)
+
+    @classmethod
+    def fit_days(cls, store, days: Sequence[int], selection: FeatureSelection,
+                 max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
+        cols = selection.columns()
+        return cls.fit((store.load_day(d, columns=cols) for d in days), store, selection,
+                       max_list_len, dense_dtype)
+
+    # -- shapes
+    @property
+    def key_names(self) -> list[str]:
+        return list(self.key_ids)
+
+    @property
+    def cat_cardinalities(self) -> list[int]:
+        return [len(self.vocab[c]) + 1 for c in self.selection.categorical]
+
+    # -- encoding
+    def _fill(self, df: pd.DataFrame, cat: np.ndarray, keys: np.ndarray, dense: np.ndarray) -> None:
+        sel = self.selection
+        for j, c in enumerate(sel.categorical):
+            cat[:, j] = _lookup(self.vocab[c], df[c].to_numpy())
+        for j, k in enumerate(self.key_ids):
+            keys[:, j] = _lookup(self.key_ids[k], df[k].to_numpy())
+        st = self.dense_stats
+        for j, c in enumerate(sel.dense):
+            x = df[c].to_numpy(np.float64, na_value=np.nan)
+            if st["log"][j]:
+                x = np.log1p(np.maximum(x, 0.0))
+            z = (x - st["mean"][j]) / st["std"][j]
+            dense[:, j] = np.clip(np.nan_to_num(z, nan=0.0, posinf=DENSE_CLIP, neginf=-DENSE_CLIP),
+                                  -DENSE_CLIP, DENSE_CLIP)
+
+    def _alloc(self, n: int):
+        sel = self.selection
+        return (np.zeros((n, len(sel.categorical)), np.int32),
+                np.zeros((n, len(self.key_ids)), np.int32),
+                np.zeros((n, len(sel.dense)), np.dtype(self.dense_dtype)))
+
+    def encode(self, df: pd.DataFrame, labels: pd.DataFrame | None = None) -> EncodedArrays:
+        n = len(df)
+        cat, keys, dense = self._alloc(n)
+        self._fill(df, cat, keys, dense)
+        y = None
+        if labels is not None:
+            if len(labels) != n:
+                raise ValueError(f"labels have {len(labels)} rows, features {n}")
+            y = torch.from_numpy(labels[list(ACTIONS)].to_numpy(np.uint8))
+        return EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys),
+                             torch.from_numpy(dense), y,
+                             df["userid"].to_numpy(np.int32), df["feedid"].to_numpy(np.int32))
+
+    def encode_days(self, store, days: Sequence[int], labels: bool) -> EncodedArrays:
+        """Encode several days into preallocated arrays, one day table in memory at a time."""
+        sizes = _day_sizes(store, days)
+        n = int(sum(sizes))
+        cat, keys, dense = self._alloc(n)
+        y = np.zeros((n, len(ACTIONS)), np.uint8) if labels else None
+        userid, feedid = np.zeros(n, np.int32), np.zeros(n, np.int32)
+        cols = self.selection.columns()
+        off = 0
+        for d, size in zip(days, sizes):
+            df = store.load_day(d, columns=cols)
+            if len(df) != size:
+                raise ValueError(f"day {d}: {len(df)} rows, the store announced {size}")
+            sl = slice(off, off + size)
+            self._fill(df, cat[sl], keys[sl], dense[sl])
+            userid[sl], feedid[sl] = df["userid"].to_numpy(), df["feedid"].to_numpy()
+            if labels:
+                lab = store.load_labels(d)
+                if len(lab) != size:
+                    raise ValueError(f"day {d}: {len(lab)} label rows but {size} feature rows")
+                y[sl] = lab[list(ACTIONS)].to_numpy(np.uint8)
+            off += size
+            del df
+        return EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys),
+                             torch.from_numpy(dense), None if y is None else torch.from_numpy(y),
+                             userid, feedid)
+
+    # -- side tables
+    def side_tables(self, store) -> tuple[list[BagField], list[PretrainedTable]]:
+        """Multi-hot lists and pretrained matrices on the encoder's key rows (row 0 = unknown).
+
+        Pretrained columns are z-scored over their known rows so PCA and word2vec vectors
+        enter the net on the scale of the other inputs.
+        """
+        slot = {k: j for j, k in enumerate(self.key_ids)}
+        bags: list[BagField] = []
+        if self.selection.bags:
+            lists = store.feed_lists()
+            n_rows = len(self.key_ids["feedid"]) + 1
+            for b in self.selection.bags:
+                feeds, raw = lists[b]
+                indptr, values = _to_csr(raw)
+                rows = _lookup(self.key_ids["feedid"], np.asarray(feeds)).astype(np.int64)
+                tokens = _lookup(self.token_vocab[b], values).astype(np.int64)
+                mat = _padded(indptr, tokens, rows, n_rows, self.max_list_len)
+                bags.append(BagField(b, torch.from_numpy(mat), len(self.token_vocab[b]) + 1,
+                                     slot["feedid"]))
+        tables: list[PretrainedTable] = []
+        for p in self.selection.pretrained:
+            key = store.pretrained_key(p)
+            ids, matrix = store.pretrained(p)
+            matrix = np.asarray(matrix, np.float32)
+            mean, std = matrix.mean(0), matrix.std(0)
+            std[std < 1e-12] = 1.0
+            full = np.zeros((len(self.key_ids[key]) + 1, matrix.shape[1]), np.float32)
+            full[_lookup(self.key_ids[key], np.asarray(ids))] = (matrix - mean) / std
+            full[0] = 0.0
+            tables.append(PretrainedTable(p, torch.from_numpy(full), slot[key]))
+        return bags, tables
+
+    # -- checkpointing: plain tensors and python values only (loads with weights_only=True)
+    def state_dict(self) -> dict:
+        sel = self.selection
+        return {
+            "selection": {"categorical": sel.categorical, "dense": sel.dense, "bags": sel.bags,
+                          "pretrained": sel.pretrained, "keys": sel.keys},
+            "vocab": {c: torch.from_numpy(np.asarray(v, np.int64)) for c, v in self.vocab.items()},
+            "dense_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in self.dense_stats.items()},
+            "key_ids": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in self.key_ids.items()},
+            "token_vocab": {b: torch.from_numpy(np.asarray(v, np.int64))
+                            for b, v in self.token_vocab.items()},
+            "max_list_len": self.max_list_len,
+            "dense_dtype": self.dense_dtype,
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: dict) -> "Encoder":
+        s = state["selection"]
+        sel = FeatureSelection(list(s["categorical"]), list(s["dense"]), list(s["bags"]),
+                               list(s["pretrained"]), list(s["keys"]))
+        np_ = {k: {kk: vv.numpy() for kk, vv in state[k].items()}
+               for k in ("vocab", "dense_stats", "key_ids", "token_vocab")}
+        return cls(sel, np_["vocab"], np_["dense_stats"], np_["key_ids"], np_["token_vocab"],
+                   state["max_list_len"], state.get("dense_dtype", "float32"))

@@ -1,0 +1,136 @@
+"""Shared-Bottom, MMoE, CGC and PLE: a few lines of wiring each over ``wbdc.nn.modules``.
+
+A *core* maps the input vector ``[B, input_dim]`` to one logit per task ``[B, T]``;
+``MultiTaskNet`` puts an input layer in front of a core.  ``build_model`` builds either from the
+``nn`` config section.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+from torch import Tensor, nn
+
+from .modules import CGCLevel, ExpertBank, TowerBank
+
+ARCHS = ("sb", "mmoe", "ple")
+
+
+class SharedBottom(nn.Module):
+    """One shared MLP, one tower per task."""
+
+    def __init__(self, input_dim: int, n_tasks: int, bottom_dims: Sequence[int],
+                 tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.bottom = ExpertBank(1, input_dim, bottom_dims, dropout)
+        self.towers = TowerBank(n_tasks, self.bottom.output_dim, tower_dims, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.towers(self.bottom(x).squeeze(1))
+
+
+class MMoE(nn.Module):
+    """``n_experts`` experts shared by all tasks, one softmax gate per task (a CGC level with no
+    task-specific experts)."""
+
+    def __init__(self, input_dim: int, n_tasks: int, n_experts: int, expert_dims: Sequence[int],
+                 tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.level = CGCLevel(n_tasks, 0, n_experts, input_dim, expert_dims, last=True,
+                              dropout=dropout)
+        self.towers = TowerBank(n_tasks, self.level.output_dim, tower_dims, dropout)
+
+    @property
+    def levels(self) -> list[CGCLevel]:
+        return [self.level]
+
+    def forward(self, x: Tensor) -> Tensor:
+        task_out, _ = self.level(x, x)
+        return self.towers(task_out)
+
+
+class CGC(nn.Module):
+    """Customized gate control: one level of task-specific plus shared experts (PLE, 1 level)."""
+
+    def __init__(self, input_dim: int, n_tasks: int, n_specific: int, n_shared: int,
+                 expert_dims: Sequence[int], tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.level = CGCLevel(n_tasks, n_specific, n_shared, input_dim, expert_dims, last=True,
+                              dropout=dropout)
+        self.towers = TowerBank(n_tasks, self.level.output_dim, tower_dims, dropout)
+
+    @property
+    def levels(self) -> list[CGCLevel]:
+        return [self.level]
+
+    def forward(self, x: Tensor) -> Tensor:
+        task_out, _ = self.level(x, x)
+        return self.towers(task_out)
+
+
+class PLE(nn.Module):
+    """Progressive layered extraction: ``n_levels`` CGC levels stacked, towers on the last."""
+
+    def __init__(self, input_dim: int, n_tasks: int, n_levels: int, n_specific: int, n_shared: int,
+                 expert_dims: Sequence[int], tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        if n_levels < 1:
+            raise ValueError("PLE needs at least one level")
+        levels = []
+        dim = input_dim
+        for i in range(n_levels):
+            level = CGCLevel(n_tasks, n_specific, n_shared, dim, expert_dims,
+                             last=(i == n_levels - 1), dropout=dropout)
+            levels.append(level)
+            dim = level.output_dim
+        self.levels = nn.ModuleList(levels)
+        self.towers = TowerBank(n_tasks, dim, tower_dims, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        task_in, shared_in = x, x
+        for level in self.levels:
+            task_in, shared_in = level(task_in, shared_in)
+        return self.towers(task_in)
+
+
+class MultiTaskNet(nn.Module):
+    """Input layer + core: ``forward(batch) -> logits [B, T]``."""
+
+    def __init__(self, inputs: nn.Module, core: nn.Module):
+        super().__init__()
+        self.inputs = inputs
+        self.core = core
+
+    def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        return self.core(self.inputs(batch))
+
+
+def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
+    """``cfg`` is the architecture's section of the nn config (``nn.sb`` / ``nn.mmoe`` / ``nn.ple``)."""
+    dropout = float(cfg.get("dropout", 0.0))
+    towers = list(cfg.get("tower_dims", []))
+    if arch == "sb":
+        return SharedBottom(input_dim, n_tasks, list(cfg["bottom_dims"]), towers, dropout)
+    if arch == "mmoe":
+        return MMoE(input_dim, n_tasks, int(cfg["n_experts"]), list(cfg["expert_dims"]), towers,
+                    dropout)
+    if arch == "ple":
+        return PLE(input_dim, n_tasks, int(cfg["n_levels"]), int(cfg["n_specific"]),
+                   int(cfg["n_shared"]), list(cfg["expert_dims"]), towers, dropout)
+    raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+
+
+def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict) -> MultiTaskNet:
+    return MultiTaskNet(inputs, build_core(arch, inputs.output_dim, n_tasks, cfg))
+
+
+def gate_levels(model: nn.Module) -> list[CGCLevel]:
+    """The CGC levels of a model in forward order (empty for Shared-Bottom)."""
+    return [m for m in model.modules() if isinstance(m, CGCLevel)]
+
+
+def count_parameters(model: nn.Module) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+__all__ = ["ARCHS", "SharedBottom", "MMoE", "CGC", "PLE", "MultiTaskNet", "build_core",
+           "build_model", "gate_levels", "count_parameters"]

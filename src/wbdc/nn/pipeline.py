@@ -1,0 +1,187 @@
+"""Offline and online runs of one architecture over a FeatureStore.
+
+Offline: encoder fitted on the training days (<= 13), trained with early stopping on the day-14
+weighted uAUC, best state kept.  Online: a fresh encoder and model fitted on days <= 14 for the
+offline best number of epochs, then predicting day 15.  No file is written here; the stage does
+that.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ..io import InputError, atomic_path
+from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
+from .data import EncodedArrays, Encoder, FeatureSelection, select_features
+from .diagnostics import gate_means
+from .inputs import InputLayer
+from .losses import build_balancer
+from .models import MultiTaskNet, build_model, count_parameters
+from .trainer import FitResult, TrainConfig, Trainer, predict, seed_everything
+
+VALID_DAY = LAST_TRAIN_DAY
+
+
+def _log(msg: str) -> None:
+    print(f"[train_nn] {msg}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RunResult:
+    model: MultiTaskNet
+    encoder: Encoder
+    fit: FitResult
+    preds: pd.DataFrame           # userid, feedid, 7 actions
+    gates: pd.DataFrame | None    # offline only
+    n_train: int
+    n_params: int
+    seconds: dict
+
+
+def net_seed(cfg: dict) -> int:
+    s = cfg["nn"].get("seed")
+    return int(cfg.get("data", {}).get("seed", 2021) if s is None else s)
+
+
+def train_days(store, last_day: int, first_day: int | None) -> list[int]:
+    days = [d for d in store.days if d <= last_day and (first_day is None or d >= first_day)]
+    if not days:
+        raise InputError(f"the feature store has no target day <= {last_day} "
+                         f"(days: {list(store.days)})")
+    return days
+
+
+def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
+    emb = nn_cfg["embedding"]
+    bags, tables = encoder.side_tables(store)
+    inputs = InputLayer(encoder.cat_cardinalities, int(emb["dim"]), len(encoder.selection.dense),
+                        bags, tables, bag_dim=int(emb.get("bag_dim") or emb["dim"]),
+                        pretrained_trainable=bool(emb.get("pretrained_trainable", False)),
+                        sparse=bool(emb.get("sparse", True)))
+    return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
+
+
+def make_score_fn(valid: EncodedArrays):
+    """Weighted uAUC of predictions on ``valid`` (rounded to 6 decimals like the official
+    scorer); the user grouping is built once and reused at every evaluation."""
+    from ..metrics import group_by_user, weighted_uauc
+
+    groups = group_by_user(valid.userid)
+    labels = valid.labels_frame()
+
+    def score(preds: np.ndarray) -> dict:
+        p = {a: np.round(preds[:, i].astype(np.float64), 6) for i, a in enumerate(ACTIONS)}
+        return weighted_uauc(labels, p, groups=groups)
+
+    return score
+
+
+def prediction_frame(arrays: EncodedArrays, preds: np.ndarray) -> pd.DataFrame:
+    out = pd.DataFrame({"userid": arrays.userid, "feedid": arrays.feedid})
+    for i, a in enumerate(ACTIONS):
+        out[a] = preds[:, i].astype(np.float32)
+    return out
+
+
+def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection):
+    """Fit the encoder on ``days`` (one pass, a day at a time) and encode them (second pass)."""
+    t0 = time.perf_counter()
+    fcfg = cfg["nn"]["features"]
+    enc = Encoder.fit_days(store, days, selection, int(fcfg.get("max_list_len", 16)),
+                           str(fcfg.get("dense_dtype", "float32")))
+    arrays = enc.encode_days(store, days, labels=True)
+    _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
+         f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
+         f"{len(selection.pretrained)} pretrained ({time.perf_counter() - t0:.1f} s)")
+    return enc, arrays
+
+
+def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
+                 train: EncodedArrays | None = None) -> Trainer:
+    nn_cfg = cfg["nn"]
+    seed = net_seed(cfg)
+    seed_everything(seed, nn_cfg.get("threads", "auto"), bool(nn_cfg.get("deterministic", True)))
+    model = build_net(arch, enc, store, nn_cfg)
+    if train is not None and train.labels is not None:
+        model.core.towers.set_output_bias(train.labels.float().mean(0).tolist())
+    balancer = build_balancer(nn_cfg.get("loss", {}))
+    tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
+    return Trainer(model, balancer, tcfg)
+
+
+def run_offline(store, arch: str, cfg: dict) -> RunResult:
+    nn_cfg = cfg["nn"]
+    selection = select_features(store, nn_cfg["features"])
+    if selection.skipped:
+        _log(f"not in the feature store, skipped: {', '.join(selection.skipped)}")
+    if VALID_DAY not in store.days:
+        raise InputError(f"the feature store has no day {VALID_DAY} to validate on")
+    t0 = time.perf_counter()
+    days = train_days(store, VALID_DAY - 1, nn_cfg["train"].get("first_day"))
+    enc, train = _prepare(store, cfg, days, selection)
+    valid = enc.encode_days(store, [VALID_DAY], labels=True)
+    t_data = time.perf_counter() - t0
+    trainer = new_trainer(arch, enc, store, cfg, train)
+    _log(f"{arch}: {count_parameters(trainer.model):,} parameters, input width "
+         f"{trainer.model.inputs.output_dim}")
+    fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid, make_score_fn(valid))
+    t1 = time.perf_counter()
+    gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size)
+    if not nn_cfg.get("gates", {}).get("all_levels", True) and not gates.empty:
+        gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
+    preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
+    return RunResult(trainer.model, enc, fit, prediction_frame(valid, preds), gates, len(train),
+                     count_parameters(trainer.model),
+                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
+                      "diagnostics": round(time.perf_counter() - t1, 2)})
+
+
+def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:
+    nn_cfg = cfg["nn"]
+    selection = select_features(store, nn_cfg["features"])
+    if TEST_DAY not in store.days:
+        raise InputError(f"the feature store has no test day {TEST_DAY}")
+    t0 = time.perf_counter()
+    days = train_days(store, LAST_TRAIN_DAY, nn_cfg["train"].get("first_day"))
+    enc, train = _prepare(store, cfg, days, selection)
+    test = enc.encode_days(store, [TEST_DAY], labels=False)
+    t_data = time.perf_counter() - t0
+    trainer = new_trainer(arch, enc, store, cfg, train)
+    fit = trainer.fit(train, float(epochs))
+    preds = trainer.predict(test)
+    return RunResult(trainer.model, enc, fit, prediction_frame(test, preds), None, len(train),
+                     count_parameters(trainer.model),
+                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2)})
+
+
+# ------------------------------------------------------------------------------ checkpoints
+
+def save_checkpoint(path: str | Path, arch: str, result: RunResult, nn_cfg: dict) -> None:
+    state = {"arch": arch, "nn_config": nn_cfg, "model": result.model.state_dict(),
+             "encoder": result.encoder.state_dict()}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: str | Path, store) -> tuple[MultiTaskNet, Encoder]:
+    """Rebuild a saved net (side tables re-derived from ``store``, then overwritten by the saved
+    buffers) and its encoder."""
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    enc = Encoder.from_state_dict(state["encoder"])
+    model = build_net(state["arch"], enc, store, state["nn_config"])
+    model.load_state_dict(state["model"])
+    model.eval()
+    return model, enc
+
+
+def predict_rows(model: MultiTaskNet, enc: Encoder, df: pd.DataFrame,
+                 batch_size: int = 16384) -> pd.DataFrame:
+    arrays = enc.encode(df)
+    return prediction_frame(arrays, predict(model, arrays, batch_size))

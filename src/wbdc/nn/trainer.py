@@ -1,0 +1,258 @@
+"""Training loop shared by every architecture: array batches, per-task BCE, a loss balancer,
+evaluation with early stopping, best-state restore and prediction.
+
+The trainer sees a model (``batch -> logits [B, T]``), a balancer (``task losses -> loss``) and
+optionally a ``score_fn(preds [N, T]) -> {"weighted": ...}``; it never asks which model or
+balancer it holds.
+"""
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import EncodedArrays, batch_indices
+from .losses import task_bce
+
+ScoreFn = Callable[[np.ndarray], dict]
+
+
+def available_threads() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+def seed_everything(seed: int, threads: int | str | None = "auto", deterministic: bool = True) -> int:
+    """Seed torch and numpy, fix the thread count and ask for deterministic kernels.
+
+    Returns the number of threads in use.  Same seed + same thread count -> same weights.
+    """
+    n = available_threads() if threads in (None, "auto", 0) else int(threads)
+    torch.set_num_threads(max(1, n))
+    torch.manual_seed(seed)
+    np.random.seed(seed % (2 ** 32))
+    torch.use_deterministic_algorithms(bool(deterministic), warn_only=True)
+    return torch.get_num_threads()
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 4096
+    lr: float = 2e-3
+    optimizer: str = "adam"           # adam | adagrad
+    weight_decay: float = 0.0         # dense parameters only
+    patience: int = 1                 # evaluations without improvement before stopping
+    eval_every_steps: int = 0         # 0 = evaluate at epoch ends only
+    predict_batch_size: int = 16384
+    seed: int = 2021
+    progress: bool = True
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
+        return cls(**known)
+
+
+class _Optimizers:
+    """Dense and sparse parameter groups stepped together (SparseAdam cannot take dense grads,
+    Adam cannot take sparse ones)."""
+
+    def __init__(self, optimizers: list[torch.optim.Optimizer]):
+        self.optimizers = optimizers
+
+    def zero_grad(self) -> None:
+        for o in self.optimizers:
+            o.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        for o in self.optimizers:
+            o.step()
+
+
+def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
+    out = []
+    for m in model.modules():
+        if isinstance(m, (nn.Embedding, nn.EmbeddingBag)) and m.sparse and m.weight.requires_grad:
+            out.append(m.weight)
+    return out
+
+
+def build_optimizer(model: nn.Module, balancer: nn.Module, cfg: TrainConfig) -> _Optimizers:
+    sparse = _sparse_parameters(model)
+    sparse_ids = {id(p) for p in sparse}
+    dense = [p for p in model.parameters() if p.requires_grad and id(p) not in sparse_ids]
+    dense += [p for p in balancer.parameters() if p.requires_grad]
+    if cfg.optimizer == "adam":
+        opts: list[torch.optim.Optimizer] = [
+            torch.optim.Adam(dense, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)]
+        if sparse:
+            opts.append(torch.optim.SparseAdam(sparse, lr=cfg.lr))
+        return _Optimizers(opts)
+    if cfg.optimizer == "adagrad":
+        torch.sparse.check_sparse_tensor_invariants.disable()   # explicit: the default, silences a warning
+        groups = [{"params": dense, "weight_decay": cfg.weight_decay}]
+        if sparse:
+            groups.append({"params": sparse, "weight_decay": 0.0})
+        return _Optimizers([torch.optim.Adagrad(groups, lr=cfg.lr)])
+    raise ValueError(f"nn.train.optimizer={cfg.optimizer!r}; expected adam or adagrad")
+
+
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_score: float = float("nan")
+    best_epoch: float = 0.0          # epochs (fractional with step evaluation) at the best point
+    epochs_run: float = 0.0
+    steps: int = 0
+    samples: int = 0                 # training rows processed (all epochs)
+    train_seconds: float = 0.0
+    cpu_seconds: float = 0.0         # process CPU time of the training loop (all threads)
+    samples_per_s: float = 0.0
+    best_scores: dict = field(default_factory=dict)
+    best_preds: np.ndarray | None = None
+
+
+class Trainer:
+    def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig):
+        self.model = model
+        self.balancer = balancer
+        self.cfg = cfg
+        self.optimizer = build_optimizer(model, balancer, cfg)
+        self.generator = torch.Generator().manual_seed(int(cfg.seed))
+
+    # ------------------------------------------------------------------ training
+    def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
+        logits = self.model(batch)
+        task_losses = task_bce(logits, batch["labels"])
+        loss = self.balancer(task_losses)
+        self.optimizer.zero_grad()
+        loss.backward()
+        self.optimizer.step()
+        return float(loss.detach()), task_losses.detach()
+
+    def fit(self, train: EncodedArrays, epochs: float, valid: EncodedArrays | None = None,
+            score_fn: ScoreFn | None = None) -> FitResult:
+        """Train for ``epochs`` (may be fractional: stops after that share of the last epoch).
+
+        With ``valid`` and ``score_fn``: score after every epoch (and every
+        ``eval_every_steps``), stop after ``patience`` evaluations without improvement of
+        ``score["weighted"]`` and restore the best state.
+        """
+        if train.labels is None:
+            raise ValueError("training rows need labels")
+        n, bs = len(train), int(self.cfg.batch_size)
+        steps_per_epoch = max(1, math.ceil(n / bs))
+        total_steps = max(1, int(round(epochs * steps_per_epoch)))
+        evaluate = valid is not None and score_fn is not None
+        res = FitResult()
+        best_state = None
+        bad_evals = 0
+        step = samples = epoch = 0
+        eval_time = eval_cpu = 0.0
+        stop = False
+        t_start, c_start = time.perf_counter(), time.process_time()
+        while step < total_steps and not stop:
+            epoch += 1
+            self.model.train()
+            self.balancer.train()
+            bar = tqdm(total=min(n, (total_steps - step) * bs), unit="row", unit_scale=True,
+                       desc=f"epoch {epoch}", file=sys.stderr, disable=not self.cfg.progress,
+                       leave=False, mininterval=1.0)
+            loss_sum, loss_n = 0.0, 0
+            for idx in batch_indices(n, bs, shuffle=True, generator=self.generator):
+                loss, _ = self.train_step(train.batch(idx))
+                loss_sum += loss
+                loss_n += 1
+                step += 1
+                samples += len(idx)
+                bar.update(len(idx))
+                if loss_n % 50 == 0:
+                    bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
+                last = step >= total_steps
+                at_eval = evaluate and (step % steps_per_epoch == 0 or last or bool(
+                    self.cfg.eval_every_steps and step % self.cfg.eval_every_steps == 0))
+                if at_eval or last:
+                    record = {"epoch": epoch, "step": step, "epochs": round(step / steps_per_epoch, 4),
+                              "train_loss": loss_sum / loss_n,
+                              "train_seconds": round(time.perf_counter() - t_start - eval_time, 3)}
+                    if at_eval:
+                        te, ce = time.perf_counter(), time.process_time()
+                        preds = self.predict(valid)
+                        scores = score_fn(preds)
+                        record.update({f"valid_{k}": float(v) for k, v in scores.items()})
+                        if best_state is None or scores["weighted"] > res.best_score:
+                            res.best_score = float(scores["weighted"])
+                            res.best_scores = {k: float(v) for k, v in scores.items()}
+                            res.best_epoch = step / steps_per_epoch
+                            res.best_preds = preds
+                            best_state = self._snapshot()
+                            bad_evals = 0
+                        else:
+                            bad_evals += 1
+                            stop = bad_evals >= max(1, int(self.cfg.patience))
+                        self.model.train()
+                        self.balancer.train()
+                        eval_time += time.perf_counter() - te
+                        eval_cpu += time.process_time() - ce
+                        record["eval_seconds"] = round(time.perf_counter() - te, 3)
+                    res.history.append(record)
+                    if self.cfg.progress:
+                        tqdm.write(_format_record(record), file=sys.stderr)
+                if stop or last:
+                    break
+            bar.close()
+        train_time = time.perf_counter() - t_start - eval_time
+        res.cpu_seconds = time.process_time() - c_start - eval_cpu
+        res.steps = step
+        res.samples = samples
+        res.epochs_run = step / steps_per_epoch
+        res.train_seconds = train_time
+        res.samples_per_s = samples / train_time if train_time > 0 else float("nan")
+        if best_state is not None:
+            self._restore(best_state)
+        else:
+            res.best_epoch = res.epochs_run
+        return res
+
+    def _snapshot(self) -> dict:
+        return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},
+                "balancer": {k: v.detach().clone() for k, v in self.balancer.state_dict().items()}}
+
+    def _restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.balancer.load_state_dict(state["balancer"])
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def predict(self, data: EncodedArrays) -> np.ndarray:
+        return predict(self.model, data, self.cfg.predict_batch_size)
+
+
+@torch.no_grad()
+def predict(model: nn.Module, data: EncodedArrays, batch_size: int = 16384) -> np.ndarray:
+    """Probabilities ``float32 [N, T]`` in row order."""
+    model.eval()
+    out = []
+    for idx in batch_indices(len(data), batch_size, shuffle=False):
+        out.append(torch.sigmoid(model(data.batch(idx))))
+    if not out:
+        return np.zeros((0, 0), np.float32)
+    return torch.cat(out).numpy().astype(np.float32, copy=False)
+
+
+def _format_record(r: dict) -> str:
+    parts = [f"epoch {r['epoch']} step {r['step']}", f"loss {r['train_loss']:.5f}"]
+    if "valid_weighted" in r:
+        parts.append(f"valid weighted uAUC {r['valid_weighted']:.5f}")
+    parts.append(f"train {r['train_seconds']:.1f} s")
+    return "[train_nn] " + ", ".join(parts)

@@ -1,0 +1,267 @@
+"""The features stage end to end: reproducible files, manifest = files, cold feeds, no NaN,
+incremental rebuilds, the FeatureStore interface and the stage CLI."""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+from test_features_world import make_world, small_config
+
+from wbdc.features import build
+from wbdc.features.store import FeatureStore, day_file, user_day_file
+from wbdc.io import read_json
+from wbdc.paths import Paths
+from wbdc.schema import ACTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    paths = make_world(tmp_path_factory.mktemp("built"), seed=1)
+    summary = build.run(paths, small_config(), progress=False)
+    return paths, summary
+
+
+def np_types(schema) -> dict[str, str]:
+    return {n: np.dtype(t.to_pandas_dtype()).name for n, t in zip(schema.names, schema.types)}
+
+
+def feature_files(root: Path) -> dict[str, bytes]:
+    out = {}
+    for p in sorted((root / "features").rglob("*")):
+        if p.is_file():
+            out[str(p.relative_to(root))] = p.read_bytes()
+    return out
+
+
+def test_two_runs_with_the_same_seed_give_identical_files(built, tmp_path):
+    paths, _ = built
+    other = make_world(tmp_path, seed=1)
+    build.run(other, small_config(), progress=False)
+    a, b = feature_files(paths.root), feature_files(other.root)
+    assert sorted(a) == sorted(b)
+    assert len(a) >= 14 * 2 + 6 + 1
+    differ = [k for k in a if a[k] != b[k]]
+    assert differ == []
+
+
+def test_a_different_seed_changes_the_word2vec_vectors(built, tmp_path):
+    paths, _ = built
+    other = make_world(tmp_path, seed=1)
+    cfg = small_config(seed=99)
+    build.run(other, cfg, progress=False)
+    assert not np.array_equal(FeatureStore(paths).pretrained("feed_w2v")[1],
+                              FeatureStore(other).pretrained("feed_w2v")[1])
+
+
+def test_manifest_matches_the_files(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    m = fs.manifest
+    assert fs.days == list(range(2, 16))
+    day_cols = {c["name"]: c["dtype"] for c in m["columns"] if c["table"] == "day"}
+    user_cols = {c["name"]: c["dtype"] for c in m["columns"] if c["table"] == "users"}
+    assert len(user_cols) == 4 + 4
+    for d in fs.days:
+        schema = pq.read_schema(paths.features / day_file(d))
+        assert np_types(schema) == day_cols
+        assert pq.read_metadata(paths.features / day_file(d)).num_rows == m["day_tables"][str(d)]["rows"]
+        uschema = pq.read_schema(paths.features / user_day_file(d))
+        assert np_types(uschema) == {"userid": "int32", "date_": "int8", **user_cols}
+    for name, e in m["pretrained"].items():
+        ids, mat = np.load(paths.features / e["ids_file"]), np.load(paths.features / e["file"])
+        assert ids.dtype == np.int32 and mat.dtype == np.float32 and mat.shape == (len(ids), e["dim"])
+        assert fs.pretrained_key(name) == e["key"]
+    for role in ("key", "categorical", "dense", "vector"):
+        assert fs.columns(role), role
+    assert fs.columns("key") == ["userid", "feedid", "date_", "device"]
+    assert set(fs.columns("categorical")) == {"userid", "feedid", "device", "authorid", "bgm_song_id",
+                                              "bgm_singer_id", "manual_keyword_1", "manual_tag_1"}
+    assert not set(fs.columns("vector")) & set(fs.columns("dense"))
+    assert all(fs.column_info(c)["dtype"] in ("float32", "int8") for c in fs.columns("dense"))
+
+
+def test_rows_follow_the_prepared_order_and_labels_align(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    actions = pd.read_parquet(paths.prepared / "actions.parquet")
+    test = pd.read_parquet(paths.prepared / "test.parquet")
+    for d in (2, 9, 14):
+        day = actions[actions["date_"] == d].reset_index(drop=True)
+        df = fs.load_day(d, columns=["user_all_count"])
+        assert list(df.columns) == ["userid", "feedid", "date_", "device", "user_all_count"]
+        assert df["userid"].tolist() == day["userid"].tolist() and df["feedid"].tolist() == day["feedid"].tolist()
+        labels = fs.load_labels(d)
+        assert list(labels.columns) == list(ACTIONS) and (labels.dtypes == np.int8).all()
+        pd.testing.assert_frame_equal(labels, day[list(ACTIONS)].astype(np.int8))
+    t = fs.load_day(15, columns=[])
+    assert t["feedid"].tolist() == test["feedid"].tolist() and (t["date_"] == 15).all()
+    both = fs.load_days([3, 4], columns=["feed_all_count"])
+    assert len(both) == fs.n_rows(3) + fs.n_rows(4) and both["date_"].is_monotonic_increasing
+
+
+def test_cold_feeds_get_zero_counts_a_flag_and_no_nan_anywhere(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    for d in fs.days:
+        df = fs.load_day(d)
+        assert not df.isna().any().any(), d
+        assert np.isfinite(df[fs.columns("dense") + fs.columns("vector")].to_numpy(np.float64)).all()
+    t = fs.load_day(15)
+    cold = t["feedid"] >= 145  # make_world: the last 5 feeds never appear in the actions
+    assert cold.any()
+    assert (t.loc[cold, "feed_cold"] == 1).all() and (t.loc[~cold, "feed_cold"] == 0).all()
+    for c in [c for c in fs.columns("dense") if c.startswith("feed_") and ("count" in c or "_sum_" in c)
+              and "today" not in c]:
+        assert (t.loc[cold, c] == 0).all(), c
+    prior = t.loc[cold, "feed_all_rate_like"].unique()
+    assert len(prior) == 1 and 0 < prior[0] < 1
+    # users never seen before: zero history vectors and similarity 0
+    new_user = ~t["userid"].isin(pd.read_parquet(paths.prepared / "actions.parquet")["userid"])
+    assert new_user.any()
+    assert (t.loc[new_user, fs.columns("vector")] == 0).all().all()
+    assert (t.loc[new_user, "user_feed_w2v_sim"] == 0).all() and (t.loc[new_user, "user_cold"] == 1).all()
+
+
+def test_categorical_ids_fit_their_cardinality_and_missing_is_zero(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    df = fs.load_days(fs.days)
+    feeds = pq.read_table(paths.prepared / "feeds.parquet").to_pandas()
+    for c in fs.columns("categorical"):
+        assert df[c].min() >= 0 and df[c].max() < fs.cardinality(c), c
+    raw = df[["feedid", "bgm_song_id", "manual_tag_1"]].merge(feeds, on="feedid", suffixes=("", "_raw"))
+    assert ((raw["bgm_song_id"] == 0) == (raw["bgm_song_id_raw"] == -1)).all()
+    assert (raw.loc[raw["bgm_song_id"] > 0, "bgm_song_id"] == raw.loc[raw["bgm_song_id"] > 0, "bgm_song_id_raw"] + 1).all()
+    first = raw["manual_tag_list"].map(lambda x: x[0] + 1 if len(x) else 0)
+    assert (raw["manual_tag_1"] == first).all()
+    with pytest.raises(KeyError, match="not a categorical column"):
+        fs.cardinality("user_all_count")
+
+
+def test_similarity_features_match_a_plain_recomputation(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    actions = pd.read_parquet(paths.prepared / "actions.parquet")
+    ids, vec = fs.pretrained("feed_w2v")
+    vmap = dict(zip(ids.tolist(), vec.astype(np.float64)))
+    pids, pvec = fs.pretrained("feed_pca")
+    pmap = dict(zip(pids.tolist(), pvec.astype(np.float64)))
+    d = 9
+    df = fs.load_day(d, columns=["user_feed_w2v_sim", "user_feed_pca_affinity", *fs.columns("vector")])
+    engaged = actions[list(ACTIONS)].sum(axis=1) > 0
+    for i in range(0, len(df), 7):
+        u, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
+        seen = actions[(actions["userid"] == u) & (actions["date_"] < d)]
+        mean = np.mean([vmap[x] for x in seen["feedid"]], axis=0) if len(seen) else np.zeros(4)
+        np.testing.assert_allclose(df.loc[i, [f"user_feed_w2v_{j}" for j in range(4)]].to_numpy(float), mean, atol=1e-6)
+        cos = mean @ vmap[f] / (np.linalg.norm(mean) * np.linalg.norm(vmap[f])) if len(seen) else 0.0
+        assert df.at[i, "user_feed_w2v_sim"] == pytest.approx(cos, abs=1e-5)
+        eng = actions[(actions["userid"] == u) & (actions["date_"] < d) & engaged]
+        pm = np.mean([pmap[x] for x in eng["feedid"]], axis=0) if len(eng) else None
+        aff = 0.0 if pm is None else pm @ pmap[f] / (np.linalg.norm(pm) * np.linalg.norm(pmap[f]))
+        assert df.at[i, "user_feed_pca_affinity"] == pytest.approx(aff, abs=1e-5)
+
+
+def test_feed_lists_and_pretrained(built):
+    paths, _ = built
+    fs = FeatureStore(paths)
+    feeds = pq.read_table(paths.prepared / "feeds.parquet").to_pandas()
+    lists = fs.feed_lists()
+    assert sorted(lists) == ["manual_keyword_list", "manual_tag_list"]
+    feedids, (indptr, values) = lists["manual_tag_list"]
+    assert feedids.tolist() == feeds["feedid"].tolist() and indptr[0] == 0 and indptr[-1] == len(values)
+    for i in (0, 3, 17):
+        assert values[indptr[i]:indptr[i + 1]].tolist() == [x + 1 for x in feeds["manual_tag_list"][i]]
+    assert values.max() < fs.manifest["feed_lists"]["fields"]["manual_tag_list"]["cardinality"]
+    ids, mat = fs.pretrained("feed_pca")
+    assert mat.shape == (50, 6) and fs.pretrained_key("feed_pca") == "feedid"
+    ids, mat = fs.pretrained("author_w2v")
+    assert fs.pretrained_key("author_w2v") == "authorid" and mat.shape[1] == 4
+    assert set(ids.tolist()) == set(feeds["authorid"].tolist())
+    with pytest.raises(KeyError, match="no pretrained table 'nope'"):
+        fs.pretrained("nope")
+    users = fs.side_table("users")
+    assert set(users["date_"]) == set(range(2, 16))
+    assert len(fs.side_table("authors")) == feeds["authorid"].nunique()
+
+
+def test_store_errors_are_clear(built, tmp_path):
+    paths, _ = built
+    with pytest.raises(FileNotFoundError, match=r"manifest.json: missing; run the features stage"):
+        FeatureStore(Paths.at(tmp_path))
+    fs = FeatureStore(paths)
+    with pytest.raises(ValueError, match="no labels for day 15"):
+        fs.load_labels(15)
+    with pytest.raises(KeyError, match="day 1 not built"):
+        fs.load_day(1)
+    with pytest.raises(KeyError, match="'nope' is not a feature column"):
+        fs.load_day(3, columns=["nope"])
+    with pytest.raises(ValueError, match="unknown role"):
+        fs.columns("label")
+
+
+def test_incremental_skips_unchanged_days_and_rebuilds_on_config_change(tmp_path):
+    paths = make_world(tmp_path, seed=2)
+    cfg = small_config(days=[3, 6, 15])
+    assert build.run(paths, cfg, progress=False)["built"] == [3, 6, 15]
+    mtimes = {p: p.stat().st_mtime_ns for p in paths.features.rglob("*.parquet")}
+    again = build.run(paths, cfg, progress=False)
+    assert again["built"] == [] and again["skipped"] == [3, 6, 15]
+    assert {p: p.stat().st_mtime_ns for p in paths.features.rglob("*.parquet")} == mtimes
+    # a new day builds only that day
+    cfg2 = small_config(days=[3, 6, 9, 15])
+    assert build.run(paths, cfg2, progress=False)["built"] == [9]
+    # changing a window rebuilds every day but reuses the word2vec and PCA tables
+    cfg3 = small_config(days=[3, 6, 9, 15])
+    cfg3["features"]["window_stats"]["blocks"][0]["windows"] = [2, 7, "all"]
+    s = build.run(paths, cfg3, progress=False)
+    assert s["built"] == [3, 6, 9, 15]
+    assert {"feed_w2v_reused_s", "author_w2v_reused_s", "pca_reused_s"} <= set(s["timings"])
+    assert "user_w2_count" in FeatureStore(paths).columns("dense")
+    # a changed input rebuilds everything
+    a = pd.read_parquet(paths.prepared / "actions.parquet")
+    a.loc[0, "like"] = 1 - a.loc[0, "like"]
+    a.to_parquet(paths.prepared / "actions.parquet", index=False)
+    assert build.run(paths, cfg3, progress=False)["built"] == [3, 6, 9, 15]
+    # a removed day file is rebuilt even though the manifest lists it
+    (paths.features / day_file(6)).unlink()
+    assert build.run(paths, cfg3, progress=False)["built"] == [6]
+
+
+def test_store_refuses_labels_when_actions_changed_after_build(tmp_path):
+    paths = make_world(tmp_path, seed=4)
+    build.run(paths, small_config(days=[2, 3]), progress=False)
+    a = pd.read_parquet(paths.prepared / "actions.parquet")
+    a.to_parquet(paths.prepared / "actions.parquet", index=False, compression="gzip")
+    with pytest.raises(Exception, match="changed since the features were built"):
+        FeatureStore(paths).load_labels(2)
+
+
+def test_stage_cli_runs_with_root_and_names_missing_inputs(tmp_path):
+    script = str(REPO / "src" / "stages" / "features.py")
+    r = subprocess.run([sys.executable, script, "--root", str(tmp_path), "--no-progress"],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert "meta.json: missing; run the prepare stage" in r.stderr.strip().splitlines()[-1]
+    make_world(tmp_path, seed=5)
+    sets = ["features.w2v.feed.dim=4", "features.w2v.author.dim=4", "features.w2v.feed.epochs=1",
+            "features.w2v.author.epochs=1", "features.pca.dim=4"]
+    cmd = [sys.executable, script, "--root", str(tmp_path), "--no-progress", "--days", "2", "15"]
+    for s in sets:
+        cmd += ["--set", s]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "[features] done in" in r.stderr
+    out = tmp_path / "features"
+    assert read_json(out / "config.json")["features"]["pca"]["dim"] == 4
+    info = read_json(out / "run_info_features.json")
+    assert info["built"] == [2, 15] and info["stage"] == "features"
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert "up to date" in r.stderr

@@ -1,0 +1,442 @@
+"""LightGBM baselines and the popularity baseline.
+
+Unit tests (down-sampling, calibration, round scaling, feature selection, popularity columns)
+run on hand-built arrays; the fitting code runs in-process on a small fake FeatureStore; the
+stage runs end to end on the tiny synthetic pipeline (session fixture ``tiny_root``).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wbdc.baselines import popularity_columns, popularity_predictions
+from wbdc.lgb import (LgbSettings, UAUCEval, action_rows, calibrate, fit_offline, fit_online,
+                      keep_mask, load_fit_data, online_rounds, parse_actions, row_uniforms,
+                      scale_rounds, select_features, union_mask)
+from wbdc.metrics import group_by_user, uauc, weighted_uauc
+from wbdc.schema import ACTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ["userid", "feedid", "date_", "device"]
+
+
+# ------------------------------------------------------------------------------ fake store
+
+class FakeStore:
+    """In-memory FeatureStore stand-in: a logistic world where a per-user x per-feed affinity
+    (visible to the model as a dense column) matters beyond feed popularity."""
+
+    def __init__(self, n_users=60, n_feeds=120, rows_per_day=1500, days=range(2, 16), seed=0):
+        rng = np.random.default_rng(seed)
+        self.days = list(days)
+        u_vec, f_vec = rng.normal(size=(n_users, 3)), rng.normal(size=(n_feeds, 3))
+        feed_pop = rng.normal(size=n_feeds)
+        bias = np.array([-2.2, -2.5, -3.0, -3.2, -3.4, -3.6, -3.6])
+        self._day, self._lab = {}, {}
+        for d in self.days:
+            u = rng.integers(0, n_users, rows_per_day)
+            f = rng.integers(0, n_feeds, rows_per_day)
+            aff = (u_vec[u] * f_vec[f]).sum(1)
+            logit = bias[None, :] + 0.8 * feed_pop[f][:, None] + 1.0 * aff[:, None]
+            p = 1 / (1 + np.exp(-logit))
+            df = pd.DataFrame({
+                "userid": (u + 100).astype(np.int32), "feedid": (f + 5000).astype(np.int32),
+                "date_": np.full(rows_per_day, d, np.int8),
+                "device": rng.integers(1, 3, rows_per_day).astype(np.int8),
+                "manual_tag_1": (f % 7).astype(np.int32),
+                "affinity": (aff + rng.normal(scale=0.3, size=rows_per_day)).astype(np.float32),
+                "noise": rng.normal(size=rows_per_day).astype(np.float32),
+            })
+            for j, a in enumerate(ACTIONS):
+                # per-feed popularity rates: exact over "all", noisy over the short window
+                pop = 1 / (1 + np.exp(-(bias[j] + 0.8 * feed_pop[f])))
+                df[f"feed_w3_rate_{a}"] = (pop * rng.uniform(0.3, 1.7, rows_per_day)).astype(np.float32)
+                df[f"feed_all_rate_{a}"] = pop.astype(np.float32)
+            self._day[d] = df
+            if d <= 14:
+                self._lab[d] = pd.DataFrame(
+                    {a: (rng.random(rows_per_day) < p[:, j]).astype(np.int8) for j, a in enumerate(ACTIONS)})
+        dense = ["affinity", "noise", *(f"feed_{w}_rate_{a}" for w in ("w3", "all") for a in ACTIONS)]
+        self._roles = {"key": KEYS, "categorical": ["userid", "feedid", "device", "manual_tag_1"],
+                       "dense": dense}
+        self.manifest = {"columns": [{"name": c} for c in dense]}
+
+    def columns(self, role):
+        return list(self._roles[role])
+
+    def cardinality(self, col):
+        return int(max(df[col].max() for df in self._day.values())) + 1
+
+    def load_day(self, d, columns=None):
+        cols = list(dict.fromkeys([*KEYS, *(columns if columns is not None else self._day[d].columns)]))
+        return self._day[d][cols].copy()
+
+    def load_days(self, days, columns=None):
+        return pd.concat([self.load_day(d, columns) for d in days], ignore_index=True)
+
+    def load_labels(self, d):
+        if d > 14:
+            raise ValueError(f"no labels for day {d}")
+        return self._lab[d].copy()
+
+
+def fast_settings(**over) -> LgbSettings:
+    cfg = {"data": {"seed": 3}, "lgb": {
+        "drop": ["userid", "feedid"], "categorical": ["device", "manual_tag_1"],
+        "neg_rate": {a: (0.5 if a in ("read_comment", "like") else 0.3) for a in ACTIONS},
+        "num_boost_round": 60, "early_stopping_rounds": 10,
+        "params": {"learning_rate": 0.1, "num_leaves": 7, "min_data_in_leaf": 20,
+                   "feature_fraction": 0.9, "bagging_fraction": 0.9, "bagging_freq": 1,
+                   "deterministic": True, "force_col_wise": True, "verbosity": -1,
+                   "num_threads": 1}}}
+    cfg["lgb"].update(over)
+    return LgbSettings.from_config(cfg)
+
+
+# ------------------------------------------------------------------------------ down-sampling
+
+def test_keep_mask_keeps_positives_and_rate_of_negatives():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    y = (rng.random(n) < 0.05).astype(np.int8)
+    u = row_uniforms(4, n, seed=11)
+    for rate in (0.1, 0.2, 0.5):
+        keep = keep_mask(y, u, rate)
+        assert keep[y == 1].all()
+        neg = y == 0
+        frac = keep[neg].mean()
+        sd = math.sqrt(rate * (1 - rate) / neg.sum())
+        assert abs(frac - rate) < 4 * sd, (rate, frac)
+    assert keep_mask(y, u, 1.0).all()
+
+
+def test_row_uniforms_seeded_per_day():
+    a = row_uniforms(5, 1000, seed=1)
+    assert a.dtype == np.float32 and ((a >= 0) & (a < 1)).all()
+    np.testing.assert_array_equal(a, row_uniforms(5, 1000, seed=1))
+    assert not np.array_equal(a, row_uniforms(5, 1000, seed=2))
+    assert not np.array_equal(a, row_uniforms(6, 1000, seed=1))
+    # same seeded draw whatever else is loaded: the first rows do not depend on n
+    np.testing.assert_array_equal(a[:10], row_uniforms(5, 10, seed=1))
+
+
+def test_samples_are_nested_and_union_covers_every_action():
+    rng = np.random.default_rng(1)
+    labels = (rng.random((5000, len(ACTIONS))) < 0.03).astype(np.int8)
+    u = row_uniforms(3, 5000, seed=0)
+    rates = {a: (0.2 if i < 3 else 0.1) for i, a in enumerate(ACTIONS)}
+    lo = keep_mask(labels[:, 3] * 0, u, 0.1)
+    hi = keep_mask(labels[:, 3] * 0, u, 0.2)
+    assert (lo <= hi).all()                         # the 0.1 sample is inside the 0.2 sample
+    union = union_mask(labels, u, rates, ACTIONS)
+    for a in ACTIONS:
+        idx = action_rows(labels, u, a, rates[a])
+        assert union[idx].all()
+        assert labels[:, ACTIONS.index(a)][~union].sum() == 0   # no positive left out
+    assert union.sum() == ((labels.any(1)) | (u < 0.2)).sum()
+
+
+def test_hand_built_keep_mask():
+    y = np.array([1, 0, 0, 1, 0, 0], np.int8)
+    u = np.array([0.9, 0.05, 0.15, 0.5, 0.25, 0.1999], np.float32)
+    np.testing.assert_array_equal(keep_mask(y, u, 0.2), [1, 1, 1, 1, 0, 1])
+    np.testing.assert_array_equal(keep_mask(y, u, 0.1), [1, 1, 0, 1, 0, 0])
+
+
+def test_calibrate_inverts_downsampling_odds():
+    assert calibrate(np.array([0.5]), 0.2)[0] == pytest.approx(1 / 6)
+    p = np.linspace(0.001, 0.999, 50)
+    for rate in (0.1, 0.2):
+        q = calibrate(p, rate)
+        logit = lambda x: np.log(x / (1 - x))  # noqa: E731
+        np.testing.assert_allclose(logit(q), logit(p) + np.log(rate), rtol=0, atol=1e-9)
+        assert (np.diff(q) > 0).all()               # monotone: within-user order unchanged
+    np.testing.assert_array_equal(calibrate(p, 1.0), p)
+
+
+# ------------------------------------------------------------------------------ rounds
+
+def test_scale_rounds():
+    assert scale_rounds(100, 1000, 1080) == 108
+    assert scale_rounds(100, 13, 14) == 108        # 107.69 rounds to 108
+    assert scale_rounds(7, 12, 13) == 8            # 7.58
+    assert scale_rounds(1, 1000, 1001) == 1
+    assert scale_rounds(50, 10, 10) == 50
+    with pytest.raises(ValueError, match="best_iteration"):
+        scale_rounds(0, 10, 11)
+    with pytest.raises(ValueError, match="n_offline"):
+        scale_rounds(10, 11, 10)
+
+
+def test_online_rounds_rows_and_days():
+    best = {"like": 130, "follow": 20}
+    n_off = {"like": 1200, "follow": 600}
+    n_on = {"like": 1300, "follow": 660}
+    assert online_rounds(best, n_off, n_on, 12, 13, "rows") == {"like": 141, "follow": 22}
+    assert online_rounds(best, n_off, n_on, 12, 13, "days") == {"like": 141, "follow": 22}
+    assert online_rounds({"like": 60}, n_off, n_on, 12, 13, "days") == {"like": 65}
+    with pytest.raises(ValueError, match="round scaling"):
+        online_rounds(best, n_off, n_on, 12, 13, "epochs")
+
+
+# ------------------------------------------------------------------------------ settings
+
+def test_select_features():
+    spec = select_features(dense=["a", "b", "userid_x"],
+                           categorical=["userid", "feedid", "device", "tag"],
+                           keys=["userid", "feedid", "date_", "device"],
+                           drop=["userid", "feedid"], as_categorical=["device"])
+    assert spec.names == ["device", "tag", "a", "b", "userid_x"]
+    assert spec.categorical == ["device"]
+    with pytest.raises(ValueError, match=r"lgb.categorical lists \['a'\]"):
+        select_features(["a"], ["device"], ["device"], as_categorical=["a"])
+
+
+def test_parse_actions_and_settings():
+    assert parse_actions("like, read_comment") == ["read_comment", "like"]
+    assert parse_actions(None) == list(ACTIONS)
+    with pytest.raises(ValueError, match="unknown actions"):
+        parse_actions("likes")
+    s = LgbSettings.from_config({"data": {"seed": 9}, "lgb": {"params": {"seed": None}}})
+    assert s.seed == 9 and s.params["seed"] == 9 and s.params["num_threads"] == (os.cpu_count() or 1)
+    with pytest.raises(ValueError, match="neg_rate"):
+        LgbSettings.from_config({"lgb": {"neg_rate": {"like": 0}}})
+
+
+def test_repo_config_matches_official_rates():
+    import yaml
+    cfg = {"lgb": yaml.safe_load((REPO / "configs" / "lgb.yaml").read_text()), "data": {"seed": 1}}
+    s = LgbSettings.from_config(cfg)
+    assert s.neg_rate == {"read_comment": 0.2, "like": 0.2, "click_avatar": 0.2, "forward": 0.1,
+                          "favorite": 0.1, "comment": 0.1, "follow": 0.1}
+    assert s.params["deterministic"] is True
+
+
+def test_uauc_eval_matches_metric():
+    users = np.array([1, 1, 1, 2, 2, 2, 3, 3])
+    y = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.95, 0.2, 0.3, 0.1, 0.5, 0.4])
+    name, value, higher = UAUCEval(y, group_by_user(users))(p, None)
+    assert (name, higher) == ("uauc", True)
+    assert value == pytest.approx((0.5 + 0.5) / 2)
+    assert value == uauc(y, p, users)
+
+
+# ------------------------------------------------------------------------------ popularity
+
+def test_popularity_columns():
+    dense = ["user_all_rate_like", "feed_w3_rate_like", "feed_all_rate_like", "feed_w7_rate_like",
+             "feed_w7_rate_follow", "feed_w3_rate_follow"]
+    assert popularity_columns(dense, actions=["like", "follow"]) == {
+        "like": "feed_all_rate_like", "follow": "feed_w7_rate_follow"}
+    assert popularity_columns(dense, "feed_w3_rate_{action}", actions=["like"]) == {"like": "feed_w3_rate_like"}
+    with pytest.raises(KeyError, match="no per-feed rate column for 'comment'"):
+        popularity_columns(dense, actions=["comment"])
+    with pytest.raises(KeyError, match="lgb.popularity.template"):
+        popularity_columns(dense, "feed_w5_rate_{action}", actions=["like"])
+
+
+# ------------------------------------------------------------------------------ fitting (fake store)
+
+@pytest.fixture(scope="module")
+def fake_fit():
+    fs = FakeStore()
+    settings = fast_settings()
+    data = load_fit_data(fs, settings, progress=False)
+    off = fit_offline(data, settings, ACTIONS, progress=False)
+    on = fit_online(data, fs, settings, ACTIONS, best_iteration=off.best_iteration, progress=False)
+    return fs, settings, data, off, on
+
+
+def test_fake_fit_loads_exactly_the_union_of_samples(fake_fit):
+    fs, settings, data, off, _ = fake_fit
+    assert data.days == list(range(2, 14))
+    expect = 0
+    for d in data.days:
+        lab = fs.load_labels(d).to_numpy()
+        expect += union_mask(lab, row_uniforms(d, len(lab), settings.seed), settings.neg_rate, ACTIONS).sum()
+    assert len(data.rows) == expect
+    assert len(data.valid_rows) == len(fs.load_day(14))
+    assert data.spec.names[:2] == ["device", "manual_tag_1"] and "userid" not in data.spec.names
+    # each action trained on its own sample: positives + its share of negatives
+    for a in ACTIONS:
+        j = ACTIONS.index(a)
+        assert off.train_rows[a] == keep_mask(data.rows.labels[:, j], data.rows.u, settings.neg_rate[a]).sum()
+
+
+def test_fake_fit_predictions(fake_fit):
+    fs, settings, data, off, on = fake_fit
+    day14 = fs.load_day(14)
+    np.testing.assert_array_equal(off.preds["userid"], day14["userid"])
+    np.testing.assert_array_equal(off.preds["feedid"], day14["feedid"])
+    test = fs.load_day(15)
+    np.testing.assert_array_equal(on.preds["feedid"], test["feedid"])
+    for df in (off.preds, on.preds):
+        vals = df[list(ACTIONS)].to_numpy()
+        assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
+    # scores are the project's metric on these predictions
+    ref = weighted_uauc(fs.load_labels(14), off.preds, day14["userid"].to_numpy())
+    assert off.scores == pytest.approx(ref)
+    # best iteration = argmax of the recorded history; online rounds scaled by the row ratio
+    for a in ACTIONS:
+        h = off.history.loc[off.history["action"] == a, "uauc"].to_numpy()
+        assert off.best_iteration[a] == int(np.argmax(h)) + 1
+        assert on.rounds[a] == scale_rounds(off.best_iteration[a], off.train_rows[a], on.train_rows[a])
+        assert on.boosters[a].current_iteration() == on.rounds[a]
+    imp = off.importance
+    assert set(imp["action"]) == set(ACTIONS) and len(imp) == len(ACTIONS) * len(data.spec.names)
+    top = imp[imp["action"] == "read_comment"].sort_values("gain").iloc[-1]["feature"]
+    assert top == "affinity"
+
+
+def test_fake_fit_beats_popularity(fake_fit):
+    fs, _, _, off, _ = fake_fit
+    pop = popularity_predictions(fs, 14, popularity_columns(fs.columns("dense")))
+    pop_scores = weighted_uauc(fs.load_labels(14), pop, pop["userid"].to_numpy())
+    assert off.scores["weighted"] > pop_scores["weighted"] + 0.05
+
+
+def test_fake_fit_is_deterministic_and_subset_trains_alone(fake_fit):
+    fs, _, _, off, _ = fake_fit
+    settings = fast_settings()
+    data = load_fit_data(fs, settings, progress=False)
+    again = fit_offline(data, settings, ["like"], progress=False)
+    assert list(again.scores) == ["like", "weighted"]
+    # the rows loaded do not depend on the actions trained: a one-action run equals the full one
+    assert again.best_iteration["like"] == off.best_iteration["like"]
+    np.testing.assert_array_equal(again.preds["like"], off.preds["like"])
+
+
+def test_online_without_rounds_is_an_error(fake_fit):
+    fs, settings, data, _, _ = fake_fit
+    with pytest.raises(ValueError, match="--rounds"):
+        fit_online(data, fs, settings, ["like"], best_iteration={}, progress=False)
+    fixed = fit_online(data, fs, settings, ["like"], fixed_rounds=5, progress=False)
+    assert fixed.rounds == {"like": 5} and fixed.boosters["like"].current_iteration() == 5
+
+
+# ------------------------------------------------------------------------------ the stage on tiny
+
+def _stage(root: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(REPO / "src" / "stages" / "train_lgb.py"), "--root", str(root),
+           "--preset", "tiny", "--no-progress", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=900,
+                          env={**os.environ, "PYTHONHASHSEED": "0"})
+
+
+def _own_root(tiny_root: Path, tmp: Path) -> Path:
+    """A fresh artifact root reading the shared tiny data/ and features/ (read-only) and
+    writing its own models/."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in ("data", "features"):
+        (tmp / name).symlink_to(tiny_root / name, target_is_directory=True)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def tiny_lgb(tiny_root, tmp_path_factory):
+    from conftest import TINY_SEED
+    root = _own_root(tiny_root, tmp_path_factory.mktemp("lgb_tiny") / "root")
+    r = _stage(root, "--seed", str(TINY_SEED))
+    assert r.returncode == 0, r.stderr[-4000:]
+    return root, r
+
+
+def test_tiny_stage_writes_the_artifacts(tiny_lgb):
+    root, r = tiny_lgb
+    out = root / "models" / "lgb"
+    for a in ACTIONS:
+        for kind in ("offline", "online"):
+            assert (out / f"model_{kind}_{a}.txt").stat().st_size > 0
+    scores = json.loads((out / "scores.json").read_text())
+    for key in ("offline", "best_iteration", "online_rounds", "popularity"):
+        assert key in scores
+    assert list(scores["offline"]) == [*ACTIONS, "weighted"]
+    assert list(scores["popularity"]) == [*ACTIONS, "weighted"]
+    assert all(scores["best_iteration"][a] >= 1 for a in ACTIONS)
+    for a in ACTIONS:
+        assert scores["online_rounds"][a] == scale_rounds(
+            scores["best_iteration"][a], scores["train_rows"]["offline"][a], scores["train_rows"]["online"][a])
+    imp = pd.read_csv(out / "importance.csv")
+    assert list(imp.columns) == ["feature", "action", "gain"] and set(imp["action"]) == set(ACTIONS)
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["lgb"]["params"]["deterministic"] is True
+    info = json.loads((out / "run_info_train_lgb.json").read_text())
+    assert info["stage"] == "train_lgb"
+    assert "[train_lgb] done in" in r.stderr
+
+
+def test_tiny_predictions_align_and_are_probabilities(tiny_lgb):
+    from wbdc.features.store import FeatureStore
+    from wbdc.paths import Paths
+    root, _ = tiny_lgb
+    fs = FeatureStore(Paths.at(root))
+    day14 = fs.load_day(14, columns=[])
+    test = pd.read_parquet(root / "data" / "prepared" / "test.parquet")
+    for model in ("lgb", "popularity"):
+        off = pd.read_parquet(root / "models" / model / "pred_offline.parquet")
+        on = pd.read_parquet(root / "models" / model / "pred_online.parquet")
+        assert list(off.columns) == ["userid", "feedid", *ACTIONS] == list(on.columns)
+        np.testing.assert_array_equal(off["userid"], day14["userid"])
+        np.testing.assert_array_equal(off["feedid"], day14["feedid"])
+        np.testing.assert_array_equal(on["userid"], test["userid"])
+        np.testing.assert_array_equal(on["feedid"], test["feedid"])
+        for df in (off, on):
+            v = df[list(ACTIONS)].to_numpy()
+            assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()
+    # the written scores are the project's metric on the written predictions
+    off = pd.read_parquet(root / "models" / "lgb" / "pred_offline.parquet")
+    scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
+    ref = weighted_uauc(fs.load_labels(14), off, off["userid"].to_numpy())
+    assert scores["offline"] == pytest.approx(ref)
+
+
+def test_tiny_lgb_beats_popularity(tiny_lgb):
+    root, _ = tiny_lgb
+    scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
+    pop = json.loads((root / "models" / "popularity" / "scores.json").read_text())
+    assert pop["offline"] == scores["popularity"]
+    assert scores["offline"]["weighted"] > scores["popularity"]["weighted"]
+
+
+def test_tiny_online_mode_reuses_the_offline_iterations(tiny_lgb, tmp_path):
+    """--mode online reads the best iterations from scores.json and, being deterministic,
+    reproduces the online predictions of the full run bit for bit."""
+    import shutil
+
+    from conftest import TINY_SEED
+    root, _ = tiny_lgb
+    own = _own_root(root, tmp_path / "root")
+    (own / "models" / "lgb").mkdir(parents=True)
+    shutil.copy(root / "models" / "lgb" / "scores.json", own / "models" / "lgb" / "scores.json")
+    r = _stage(own, "--seed", str(TINY_SEED), "--mode", "online", "--actions", "like,follow")
+    assert r.returncode == 0, r.stderr[-4000:]
+    new = pd.read_parquet(own / "models" / "lgb" / "pred_online.parquet")
+    ref = pd.read_parquet(root / "models" / "lgb" / "pred_online.parquet")
+    assert list(new.columns) == ["userid", "feedid", "like", "follow"]
+    pd.testing.assert_frame_equal(new, ref[list(new.columns)])
+    scores = json.loads((own / "models" / "lgb" / "scores.json").read_text())
+    old = json.loads((root / "models" / "lgb" / "scores.json").read_text())
+    assert scores["offline"] == old["offline"]               # kept from the offline run
+    assert scores["online_rounds"] == {a: old["online_rounds"][a] for a in ("like", "follow")}
+
+
+def test_stage_errors_are_one_line(tiny_root, tmp_path):
+    r = _stage(tmp_path / "empty")
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "features/manifest.json: missing" in r.stderr and "features stage" in r.stderr
+    own = _own_root(tiny_root, tmp_path / "root")
+    r = _stage(own, "--mode", "online")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "models/lgb/scores.json: missing" in r.stderr and "--rounds" in r.stderr
+    r = _stage(own, "--actions", "likes")
+    assert r.returncode != 0 and "unknown actions ['likes']" in r.stderr

@@ -1,0 +1,113 @@
+"""Stage train_nn end to end on the tiny synthetic pipeline (small dims, 2 epochs)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from wbdc.schema import ACTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+STAGE = REPO / "src" / "stages" / "train_nn.py"
+SMALL = ["--set", "nn.embedding.dim=4", "--set", "nn.embedding.bag_dim=4",
+         "--set", "nn.ple.expert_dims=[16,8]", "--set", "nn.ple.tower_dims=[8]",
+         "--set", "nn.ple.n_shared=2", "--set", "nn.mmoe.expert_dims=[16,8]",
+         "--set", "nn.mmoe.n_experts=3", "--set", "nn.train.progress=false",
+         "--set", "nn.train.batch_size=2048", "--set", "nn.threads=1"]
+
+
+def _run(root: Path, *args: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(STAGE), "--root", str(root), "--preset", "tiny", "--seed", "7",
+           *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600,
+                          env={"PYTHONHASHSEED": "0", "PATH": "/usr/bin:/bin"})
+
+
+@pytest.fixture(scope="module")
+def nn_root(tiny_root, tmp_path_factory) -> Path:
+    """A private copy of the tiny pipeline's prepared data and features."""
+    root = tmp_path_factory.mktemp("nn_root")
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    shutil.copytree(tiny_root / "features", root / "features")
+    return root
+
+
+@pytest.fixture(scope="module")
+def ple_run(nn_root) -> Path:
+    r = _run(nn_root, "--arch", "ple", "--mode", "all", "--epochs", "2", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "[train_nn] done in" in r.stderr
+    return nn_root / "models" / "ple"
+
+
+def test_stage_writes_every_artifact(ple_run, nn_root):
+    names = {p.name for p in ple_run.iterdir()}
+    assert {"pred_offline.parquet", "pred_online.parquet", "scores.json", "gates.csv", "gates.png",
+            "config.json", "run_info_train_nn.json", "checkpoint_offline.pt",
+            "checkpoint_online.pt"} <= names
+    assert not [n for n in names if n.endswith(".tmp")]
+    scores = json.loads((ple_run / "scores.json").read_text())
+    assert set(scores["offline"]) == {*ACTIONS, "weighted"}
+    assert 0 < scores["best_epoch"] <= scores["epochs_run"] <= 2
+    assert scores["samples_per_s"] > 0 and scores["online"]["epochs"] == scores["best_epoch"]
+    cfg = json.loads((ple_run / "config.json").read_text())
+    assert cfg["nn"]["embedding"]["dim"] == 4 and cfg["nn"]["train"]["epochs"] == 2
+    gates = pd.read_csv(ple_run / "gates.csv")
+    assert len(gates) == 2 * len(ACTIONS)   # two PLE levels
+    np.testing.assert_allclose(gates.drop(columns=["level", "action"]).sum(1), 1.0, atol=1e-5)
+
+
+def test_predictions_follow_the_row_order_of_day_14_and_the_test_file(ple_run, nn_root):
+    from wbdc.features.store import FeatureStore
+    from wbdc.paths import Paths
+
+    store = FeatureStore(Paths.at(nn_root))
+    off = pd.read_parquet(ple_run / "pred_offline.parquet")
+    day14 = store.load_day(14, columns=[])
+    assert list(off.columns) == ["userid", "feedid", *ACTIONS]
+    np.testing.assert_array_equal(off["userid"], day14["userid"])
+    np.testing.assert_array_equal(off["feedid"], day14["feedid"])
+    on = pd.read_parquet(ple_run / "pred_online.parquet")
+    test = pd.read_parquet(nn_root / "data" / "prepared" / "test.parquet")
+    np.testing.assert_array_equal(on["userid"], test["userid"])
+    np.testing.assert_array_equal(on["feedid"], test["feedid"])
+    for df in (off, on):
+        p = df[list(ACTIONS)].to_numpy()
+        assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+
+
+def test_online_mode_reuses_the_offline_best_epoch(ple_run, nn_root):
+    before = json.loads((ple_run / "scores.json").read_text())
+    first = pd.read_parquet(ple_run / "pred_online.parquet")
+    r = _run(nn_root, "--arch", "ple", "--mode", "online", *SMALL)
+    assert r.returncode == 0, r.stderr[-3000:]
+    after = json.loads((ple_run / "scores.json").read_text())
+    assert after["offline"] == before["offline"] and after["best_epoch"] == before["best_epoch"]
+    # same seed, same data, same epochs: the online predictions are reproduced exactly
+    pd.testing.assert_frame_equal(pd.read_parquet(ple_run / "pred_online.parquet"), first)
+
+
+def test_online_without_offline_run_says_what_to_do(nn_root):
+    r = _run(nn_root, "--arch", "sb", "--mode", "online", *SMALL)
+    assert r.returncode == 2
+    assert "models/sb/scores.json: missing; run train_nn --arch sb --mode offline first" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_missing_features_is_a_one_line_error(tmp_path):
+    r = _run(tmp_path, "--arch", "mmoe")
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert "features/manifest.json: missing; run the features stage first" in lines[0]
+
+
+def test_help_names_the_architectures():
+    r = subprocess.run([sys.executable, str(STAGE), "--help"], capture_output=True, text=True)
+    assert r.returncode == 0 and "--arch {sb,mmoe,ple}" in r.stdout and "--mode" in r.stdout

@@ -1,0 +1,185 @@
+"""Trainer, pipeline and diagnostics on the small fake store (no files besides tmp_path)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from test_nn_fakes import FakeStore, small_nn_config
+from wbdc.nn.data import Encoder, select_features
+from wbdc.nn.diagnostics import gate_means, write_gate_diagnostics
+from wbdc.nn.losses import UncertaintyWeighting, build_balancer, task_bce
+from wbdc.nn.pipeline import (build_net, load_checkpoint, make_score_fn, predict_rows, run_offline,
+                              run_online, save_checkpoint)
+from wbdc.nn.trainer import TrainConfig, Trainer, predict, seed_everything
+from wbdc.schema import ACTIONS
+
+
+@pytest.fixture(scope="module")
+def store():
+    return FakeStore(rows_per_day=400)
+
+
+def _setup(store, arch, balancing="competition", sparse=False, **train):
+    cfg = small_nn_config(arch, **train)
+    cfg["nn"]["embedding"]["sparse"] = sparse
+    sel = select_features(store, cfg["nn"]["features"])
+    days = [d for d in store.days if d <= 13]
+    df = store.load_days(days, sel.columns())
+    lab = pd.concat([store.load_labels(d) for d in days], ignore_index=True)
+    enc = Encoder.fit(df, store, sel)
+    train = enc.encode(df, lab)
+    valid = enc.encode(store.load_day(14, sel.columns()), store.load_labels(14))
+    seed_everything(11, threads=1)
+    model = build_net(arch, enc, store, cfg["nn"])
+    balancer = build_balancer({"balancing": balancing})
+    trainer = Trainer(model, balancer, TrainConfig.from_dict({**cfg["nn"]["train"], "seed": 11}))
+    return cfg, enc, train, valid, trainer
+
+
+def _full_loss(trainer, data) -> float:
+    with torch.no_grad():
+        trainer.model.eval()
+        b = data.batch(torch.arange(len(data)))
+        return float(trainer.balancer(task_bce(trainer.model(b), b["labels"])))
+
+
+@pytest.mark.parametrize("arch", ["sb", "mmoe", "ple"])
+def test_a_few_steps_lower_the_loss(store, arch):
+    _, _, train, _, trainer = _setup(store, arch)
+    before = _full_loss(trainer, train)
+    trainer.fit(train, epochs=1.0)
+    after = _full_loss(trainer, train)
+    assert after < before - 0.05 * before, (before, after)
+
+
+@pytest.mark.parametrize("arch", ["sb", "mmoe", "ple"])
+def test_predictions_are_probabilities_one_row_per_input(store, arch):
+    _, _, train, valid, trainer = _setup(store, arch)
+    trainer.fit(train, epochs=0.5)
+    p = trainer.predict(valid)
+    assert p.shape == (len(valid), len(ACTIONS)) and p.dtype == np.float32
+    assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+
+
+def test_same_seed_gives_identical_predictions(store):
+    preds = []
+    for _ in range(2):
+        _, _, train, valid, trainer = _setup(store, "ple")
+        trainer.fit(train, epochs=1.0)
+        preds.append(trainer.predict(valid))
+    np.testing.assert_array_equal(preds[0], preds[1])
+    _, _, train, valid, trainer = _setup(store, "ple", seed=3)   # another shuffle seed
+    trainer.cfg.seed = 3
+    trainer.generator.manual_seed(3)
+    trainer.fit(train, epochs=1.0)
+    assert not np.array_equal(trainer.predict(valid), preds[0])
+
+
+def test_unseen_ids_map_to_the_reserved_index_and_predict(store):
+    cfg, enc, train, _, trainer = _setup(store, "mmoe")
+    trainer.fit(train, epochs=0.5)
+    day15 = store.load_day(15, enc.selection.columns())
+    seen_users = set(store.load_days([d for d in store.days if d <= 13])["userid"])
+    cold = ~day15["userid"].isin(seen_users).to_numpy()
+    assert cold.any()
+    arr = enc.encode(day15)
+    u = enc.selection.categorical.index("userid")
+    assert (arr.cat[torch.from_numpy(cold), u] == 0).all()
+    assert (arr.cat[torch.from_numpy(~cold), u] > 0).all()
+    # an id far outside anything the tables hold must not index out of range either
+    day15.loc[:, "feedid"] = 2_000_000_000
+    day15.loc[:, "authorid"] = 123456789
+    p = predict_rows(trainer.model, enc, day15)
+    assert len(p) == len(day15) and p[list(ACTIONS)].notna().all().all()
+
+
+def test_uncertainty_log_variances_are_learned_by_the_trainer(store):
+    _, _, train, _, trainer = _setup(store, "sb", balancing="uncertainty")
+    assert isinstance(trainer.balancer, UncertaintyWeighting)
+    trainer.fit(train, epochs=1.0)
+    s = trainer.balancer.log_var.detach()
+    assert (s.abs() > 1e-3).all()
+    # rare actions have the smallest BCE, so their log-variance falls furthest
+    assert float(s[ACTIONS.index("comment")]) < float(s[ACTIONS.index("read_comment")])
+
+
+def test_early_stopping_keeps_the_best_state(store):
+    _, _, train, valid, trainer = _setup(store, "mmoe", epochs=3, patience=1, lr=0.05)
+    res = trainer.fit(train, epochs=6, valid=valid, score_fn=make_score_fn(valid))
+    scores = [h["valid_weighted"] for h in res.history]
+    assert res.best_score == max(scores)
+    assert res.best_epoch == res.history[int(np.argmax(scores))]["epochs"]
+    assert res.epochs_run == res.history[-1]["epochs"]
+    if res.epochs_run < 6:   # stopped early: the last evaluation did not improve
+        assert scores[-1] <= res.best_score
+    again = trainer.predict(valid)
+    np.testing.assert_array_equal(again, res.best_preds)
+    assert make_score_fn(valid)(again)["weighted"] == res.best_score
+
+
+def test_fractional_epochs_and_step_evaluation(store):
+    _, _, train, valid, trainer = _setup(store, "sb", eval_every_steps=5)
+    steps_per_epoch = int(np.ceil(len(train) / trainer.cfg.batch_size))
+    res = trainer.fit(train, epochs=0.5, valid=valid, score_fn=make_score_fn(valid))
+    assert res.steps == round(0.5 * steps_per_epoch)
+    assert [h["step"] for h in res.history][:2] == [5, 10][: len(res.history[:2])]
+    assert res.samples_per_s > 0
+
+
+def test_offline_then_online_pipeline_and_checkpoint(store, tmp_path):
+    cfg = small_nn_config("ple", epochs=2)
+    off = run_offline(store, "ple", cfg)
+    assert list(off.preds.columns) == ["userid", "feedid", *ACTIONS]
+    assert off.preds["userid"].tolist() == store.load_day(14)["userid"].tolist()
+    assert 0.5 < off.fit.best_scores["weighted"] <= 1.0
+    assert set(ACTIONS) <= set(off.fit.best_scores)
+    # gate diagnostics: one row per (level, action), each a distribution over own + shared experts
+    g = off.gates
+    assert len(g) == 2 * len(ACTIONS)
+    np.testing.assert_allclose(g.drop(columns=["level", "action"]).sum(1), 1.0, rtol=1e-5)
+    files = write_gate_diagnostics(g, tmp_path, "test")
+    assert [f.name for f in files] == ["gates.csv", "gates.png"]
+    assert pd.read_csv(files[0]).shape == g.shape
+    assert files[1].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    save_checkpoint(tmp_path / "ck.pt", "ple", off, cfg["nn"])
+    model, enc = load_checkpoint(tmp_path / "ck.pt", store)
+    again = predict_rows(model, enc, store.load_day(14, enc.selection.columns()))
+    np.testing.assert_allclose(again[list(ACTIONS)].to_numpy(), off.preds[list(ACTIONS)].to_numpy(),
+                               rtol=0, atol=1e-6)
+
+    on = run_online(store, "ple", cfg, epochs=off.fit.best_epoch)
+    assert on.preds["feedid"].tolist() == store.load_day(15)["feedid"].tolist()
+    assert on.n_train == sum(len(store.load_day(d)) for d in store.days if d <= 14)
+
+
+def test_shared_bottom_has_no_gate_report(store, tmp_path):
+    _, _, _, valid, trainer = _setup(store, "sb")
+    g = gate_means(trainer.model, valid)
+    assert g.empty and write_gate_diagnostics(g, tmp_path) == []
+
+
+def test_sparse_adam_trains_and_leaves_rows_outside_the_batch_alone(store):
+    _, _, train, _, trainer = _setup(store, "sb", sparse=True)
+    emb = trainer.model.inputs.cat_embedding
+    assert [type(o).__name__ for o in trainer.optimizer.optimizers] == ["Adam", "SparseAdam"]
+    before = emb.weight.detach().clone()
+    idx = torch.arange(64)
+    batch = train.batch(idx)
+    trainer.train_step(batch)
+    rows = (batch["cat"] + trainer.model.inputs.cat_offsets).unique().long()
+    untouched = torch.ones(len(before), dtype=torch.bool)
+    untouched[rows] = False
+    assert torch.equal(emb.weight.detach()[untouched], before[untouched])
+    assert not torch.equal(emb.weight.detach()[rows], before[rows])
+
+
+def test_adagrad_with_sparse_embeddings_trains(store):
+    _, _, train, _, trainer = _setup(store, "mmoe", sparse=True, optimizer="adagrad", lr=0.05)
+    before = _full_loss(trainer, train)
+    trainer.fit(train, epochs=1.0)
+    assert _full_loss(trainer, train) < before
+    emb = trainer.model.inputs.cat_embedding
+    assert emb.sparse

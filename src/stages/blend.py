@@ -38,12 +38,15 @@ PREPARE_HINT = "run the prepare stage first (src/stages/prepare.py)"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default=None,
                    help="comma-separated model folders to blend (default: blend.models, else every "
                         "models/<name>/ holding both prediction files)")
     p.add_argument("--methods", default=None,
                    help="comma-separated inputs to try per action: prob, rank (default: blend.methods)")
+    p.add_argument("--mode", choices=("offline", "online", "all"), default="all",
+                   help="offline: fit and score on day 14 only (no online predictions needed); "
+                        "online/all: also apply the weights to the test rows (default: all)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     add_common_args(p)
     return p.parse_args(argv)
@@ -88,12 +91,15 @@ def main(argv=None) -> int:
 
     actions_f = require(paths.prepared / "actions.parquet", PREPARE_HINT)
     test_f = require(paths.prepared / "test.parquet", PREPARE_HINT)
-    names, skipped = find_models(paths.models, b.get("models"))
+    with_online = args.mode != "offline"
+    names, skipped = find_models(paths.models, b.get("models"),
+                                 ("offline", "online") if with_online else ("offline",))
     for s in skipped:
         print(f"[blend] warning: {s}", file=sys.stderr)
     if not names:
-        raise FileNotFoundError(f"{paths.models}: no model folder with pred_offline.parquet and "
-                                "pred_online.parquet; run src/stages/train_lgb.py or train_nn.py")
+        need = "pred_offline.parquet and pred_online.parquet" if with_online else "pred_offline.parquet"
+        raise FileNotFoundError(f"{paths.models}: no model folder with {need}; "
+                                "run src/stages/train_lgb.py or train_nn.py")
 
     with StageRun("blend", out) as run:
         labels = load_day_labels(actions_f, LAST_TRAIN_DAY)
@@ -101,7 +107,8 @@ def main(argv=None) -> int:
             raise InputError(f"{actions_f}: no rows of day {LAST_TRAIN_DAY} to blend on")
         test = pd.read_parquet(test_f, columns=["userid", "feedid"])
         offline = open_predictions(paths.models, names, "offline", labels, f"day-{LAST_TRAIN_DAY} labels ({actions_f})")
-        online = open_predictions(paths.models, names, "online", test, f"test rows ({test_f})")
+        online = (open_predictions(paths.models, names, "online", test, f"test rows ({test_f})")
+                  if with_online else None)
         print(f"[blend] {len(names)} models ({', '.join(names)}), {len(labels):,} day-14 rows, "
               f"{len(test):,} test rows", file=sys.stderr)
         g14 = group_by_user(labels["userid"].to_numpy())
@@ -110,10 +117,13 @@ def main(argv=None) -> int:
         caught: list[str] = []
         models = {n: score(labels, offline.frame(n), g14, caught) for n in names}
         fit = fit_blend(labels, offline, settings, groups=g14, progress=progress)
-        blend_online = fit.weights.apply(online, gtest)
+        blend_online = fit.weights.apply(online, gtest) if with_online else None
 
         write_parquet(fit.offline, out / "pred_offline.parquet")
-        write_parquet(blend_online, out / "pred_online.parquet")
+        if blend_online is not None:
+            write_parquet(blend_online, out / "pred_online.parquet")
+        elif (out / "pred_online.parquet").exists():
+            (out / "pred_online.parquet").unlink()  # stale: fitted with other weights
         write_json({**fit.weights.to_json(), "settings": vars(settings) | {"methods": list(settings.methods)}},
                    out / "blend_weights.json")
         scores = empty_scores()

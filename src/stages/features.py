@@ -28,7 +28,7 @@ from wbdc.runinfo import StageRun  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--days", type=int, nargs="+", default=None,
                    help="target days to build (default: features.days, i.e. 2..15)")

@@ -28,7 +28,7 @@ STAGE = "make_synthetic"
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(prog="make_synthetic.py", description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, prog="make_synthetic.py", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--force", action="store_true",

@@ -20,7 +20,7 @@ from wbdc.runinfo import StageRun  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_common_args(p)
     p.add_argument("--test-file", default=None, help="test file to predict: test_a.csv (default) or test_b.csv")
     p.add_argument("--force", action="store_true", help="rebuild even when the inputs are unchanged")

@@ -39,7 +39,7 @@ def default_truth(cfg: dict, root: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("submission", help="submission CSV to score")
     p.add_argument("truth", nargs="?", default=None,

@@ -18,7 +18,7 @@ from wbdc.pipeline import Stamps, stage_specs  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["check", "begin", "done"])
     p.add_argument("stage")
     p.add_argument("--models", default="lgb,sb,mmoe,ple", help="comma-separated model stages in this run")

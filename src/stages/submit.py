@@ -39,7 +39,7 @@ ENSEMBLE = "ensemble"
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None,
                    help="write this model's test predictions (models/NAME/pred_online.parquet) "
                         "instead of the blend's (default: blend.submit.source = ensemble)")

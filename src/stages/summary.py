@@ -15,7 +15,7 @@ from wbdc.summary import write_summary  # noqa: E402
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     add_common_args(p)
     p.add_argument("--total-seconds", type=float, default=None, help="wall time of the whole run")
     args = p.parse_args()

@@ -45,7 +45,7 @@ ROUNDS_NOTE = {
 
 
 def parse_args() -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--mode", choices=["offline", "online", "all"], default="all",
                    help="offline fit + day-14 scores, online refit + day-15 predictions, or both")
     p.add_argument("--actions", default=None,

@@ -33,7 +33,7 @@ ARCH_NAMES = {"sb": "Shared-Bottom", "mmoe": "MMoE", "ple": "PLE"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__,
+    p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--arch", choices=ARCHS, required=True,
                    help="sb = Shared-Bottom, mmoe = MMoE, ple = PLE (nn.ple.n_levels=1: CGC)")

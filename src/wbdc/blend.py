@@ -189,10 +189,11 @@ def split_users(user_ids: np.ndarray, seed: int) -> np.ndarray:
 
 # ------------------------------------------------------------------------------ model inputs
 
-def find_models(models_dir: str | Path, names: Sequence[str] | None = None
-                ) -> tuple[list[str], list[str]]:
-    """Models under ``models_dir`` holding both prediction files, sorted by name (or in the
-    order of ``names``); plus one warning line per folder skipped for lacking a file.
+def find_models(models_dir: str | Path, names: Sequence[str] | None = None,
+                which: Sequence[str] = ("offline", "online")) -> tuple[list[str], list[str]]:
+    """Models under ``models_dir`` holding the prediction files ``which`` (offline, online),
+    sorted by name (or in the order of ``names``); plus one warning line per folder skipped for
+    lacking a file.
 
     A name in ``names`` without a folder is an error (likely a typo).
     """
@@ -209,7 +210,7 @@ def find_models(models_dir: str | Path, names: Sequence[str] | None = None
                             and not p.name.startswith(".")) if models_dir.is_dir() else []
     found, skipped = [], []
     for n in candidates:
-        lacking = [f for f in PRED_FILES.values() if not (models_dir / n / f).is_file()]
+        lacking = [PRED_FILES[w] for w in which if not (models_dir / n / PRED_FILES[w]).is_file()]
         if lacking:
             skipped.append(f"{models_dir / n}: skipped, no {' / '.join(lacking)}")
         else:

@@ -42,14 +42,14 @@ def nn_root(tiny_root, tmp_path_factory) -> Path:
 def ple_run(nn_root) -> Path:
     r = _run(nn_root, "--arch", "ple", "--mode", "all", "--epochs", "2", *SMALL)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert "[train_nn] done in" in r.stderr
+    assert "[train_nn_ple] done in" in r.stderr
     return nn_root / "models" / "ple"
 
 
 def test_stage_writes_every_artifact(ple_run, nn_root):
     names = {p.name for p in ple_run.iterdir()}
     assert {"pred_offline.parquet", "pred_online.parquet", "scores.json", "gates.csv", "gates.png",
-            "config.json", "run_info_train_nn.json", "checkpoint_offline.pt",
+            "config.json", "run_info_train_nn_ple.json", "checkpoint_offline.pt",
             "checkpoint_online.pt"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
     scores = json.loads((ple_run / "scores.json").read_text())

@@ -10,7 +10,7 @@ online:  retrain on days <= 14 for the offline best number of epochs (from score
          checkpoint_online.pt and adds an "online" entry to scores.json.
 all:     offline then online (default).
 
-Everything lands in models/<arch>/ under --root, with config.json and run_info_train_nn.json.
+Everything lands in models/<arch>/ under --root, with config.json and run_info_train_nn_<arch>.json.
 Reads features/ (stage `features`) and data/prepared/actions.parquet (stage `prepare`, labels).
 Settings: configs/nn.yaml (override with --set nn.<key>=<value>).
 """
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{scores_path}: no best_epoch; rerun train_nn --mode offline")
         online_epochs = float(prev["best_epoch"])
 
-    with StageRun("train_nn", out) as run:
+    with StageRun(f"train_nn_{args.arch}", out) as run:
         write_json(cfg, out / "config.json")
         run.info.update({"arch": args.arch, "mode": args.mode})
         scores = read_json(scores_path) if args.mode == "online" and scores_path.exists() else {}

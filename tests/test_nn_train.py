@@ -183,3 +183,14 @@ def test_adagrad_with_sparse_embeddings_trains(store):
     assert _full_loss(trainer, train) < before
     emb = trainer.model.inputs.cat_embedding
     assert emb.sparse
+
+
+def test_device_choice_is_checked():
+    import torch
+
+    from wbdc.nn.trainer import resolve_device
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA device"):
+            resolve_device("cuda")

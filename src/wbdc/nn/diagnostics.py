@@ -17,6 +17,7 @@ from ..io import atomic_path, write_csv
 from ..schema import ACTIONS
 from .data import EncodedArrays, batch_indices
 from .models import gate_levels
+from .trainer import model_device, to_device
 
 
 @torch.no_grad()
@@ -38,9 +39,9 @@ def gate_means(model: nn.Module, data: EncodedArrays, batch_size: int = 16384,
         lv.keep_gates = True
     try:
         for idx in batch_indices(len(data), batch_size, shuffle=False):
-            model(data.batch(idx))
+            model(to_device(data.batch(idx), model_device(model)))
             for s, lv in zip(sums, levels):
-                s += lv.last_gates.double().sum(0)
+                s += lv.last_gates.double().sum(0).cpu()
     finally:
         for lv in levels:
             lv.keep_gates = False

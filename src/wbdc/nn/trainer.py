@@ -45,6 +45,28 @@ def seed_everything(seed: int, threads: int | str | None = "auto", deterministic
     return torch.get_num_threads()
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``cpu``, ``cuda`` (or ``cuda:N``) or ``auto`` (CUDA when torch sees a GPU, else CPU)."""
+    name = (name or "cpu").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"nn.train.device={name!r} but this torch build sees no CUDA device "
+                         f"(torch {torch.__version__}); use cpu or auto")
+    return torch.device(name)
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    if device.type == "cpu":
+        return batch
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def model_device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
 @dataclass
 class TrainConfig:
     batch_size: int = 4096
@@ -54,6 +76,7 @@ class TrainConfig:
     patience: int = 1                 # evaluations without improvement before stopping
     eval_every_steps: int = 0         # 0 = evaluate at epoch ends only
     predict_batch_size: int = 16384
+    device: str = "cpu"               # cpu | cuda | auto; the arrays stay on the CPU, batches move
     seed: int = 2021
     progress: bool = True
 
@@ -124,14 +147,16 @@ class FitResult:
 
 class Trainer:
     def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig):
-        self.model = model
-        self.balancer = balancer
         self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        self.model = model.to(self.device)
+        self.balancer = balancer.to(self.device)
         self.optimizer = build_optimizer(model, balancer, cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
+        batch = to_device(batch, self.device)
         logits = self.model(batch)
         task_losses = task_bce(logits, batch["labels"])
         loss = self.balancer(task_losses)
@@ -242,9 +267,10 @@ class Trainer:
 def predict(model: nn.Module, data: EncodedArrays, batch_size: int = 16384) -> np.ndarray:
     """Probabilities ``float32 [N, T]`` in row order."""
     model.eval()
+    device = model_device(model)
     out = []
     for idx in batch_indices(len(data), batch_size, shuffle=False):
-        out.append(torch.sigmoid(model(data.batch(idx))))
+        out.append(torch.sigmoid(model(to_device(data.batch(idx), device))).cpu())
     if not out:
         return np.zeros((0, 0), np.float32)
     return torch.cat(out).numpy().astype(np.float32, copy=False)

@@ -28,26 +28,6 @@ class SharedBottom(nn.Module):
         return self.towers(self.bottom(x).squeeze(1))
 
 
-class MMoE(nn.Module):
-    """``n_experts`` experts shared by all tasks, one softmax gate per task (a CGC level with no
-    task-specific experts)."""
-
-    def __init__(self, input_dim: int, n_tasks: int, n_experts: int, expert_dims: Sequence[int],
-                 tower_dims: Sequence[int] = (), dropout: float = 0.0):
-        super().__init__()
-        self.level = CGCLevel(n_tasks, 0, n_experts, input_dim, expert_dims, last=True,
-                              dropout=dropout)
-        self.towers = TowerBank(n_tasks, self.level.output_dim, tower_dims, dropout)
-
-    @property
-    def levels(self) -> list[CGCLevel]:
-        return [self.level]
-
-    def forward(self, x: Tensor) -> Tensor:
-        task_out, _ = self.level(x, x)
-        return self.towers(task_out)
-
-
 class CGC(nn.Module):
     """Customized gate control: one level of task-specific plus shared experts (PLE, 1 level)."""
 
@@ -65,6 +45,15 @@ class CGC(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         task_out, _ = self.level(x, x)
         return self.towers(task_out)
+
+
+class MMoE(CGC):
+    """``n_experts`` experts shared by all tasks, one softmax gate per task: a CGC level with no
+    task-specific experts."""
+
+    def __init__(self, input_dim: int, n_tasks: int, n_experts: int, expert_dims: Sequence[int],
+                 tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__(input_dim, n_tasks, 0, n_experts, expert_dims, tower_dims, dropout)
 
 
 class PLE(nn.Module):

@@ -8,7 +8,7 @@ import pytest
 
 from wbdc.io import write_json
 from wbdc.paths import Paths
-from wbdc.report import SCORE_KEYS, collect_run_infos, render_report
+from wbdc.report import SCORE_KEYS, collect_run_infos, empty_scores, render_report
 from wbdc.schema import ACTIONS
 
 from conftest import run_stage
@@ -144,3 +144,28 @@ def test_report_after_blend_and_submit_stages(tmp_path):
     tables = assert_report_matches(root)
     assert "online" in tables["Online (test day)"]
     assert tables["Stage runtimes"]["submissions"][0] == "submit"
+
+
+def test_pipeline_summary_lists_stages_in_run_order_and_scores(tmp_path):
+    import os
+
+    from wbdc.summary import summary_lines, write_summary
+    paths = Paths.at(tmp_path)
+    write_json({"stage": "features", "seconds": 10.0, "peak_rss_mb": 100.0},
+               paths.features / "run_info_features.json")
+    write_json({"stage": "train_nn_mmoe", "seconds": 2.5, "peak_rss_mb": 50.0},
+               paths.model("mmoe") / "run_info_train_nn_mmoe.json")
+    os.utime(paths.features / "run_info_features.json", (1, 1))       # ran first
+    scores = empty_scores()
+    scores["models"] = {"mmoe": {"weighted": 0.61}}
+    scores["blend"] = {"weighted": 0.625}
+    write_json(scores, paths.ensemble / "scores.json")
+    lines = summary_lines(paths, total_seconds=13)
+    assert lines[4:7] == ["| features | features | 10.0 | 100 |",
+                          "| train_nn_mmoe | models/mmoe | 2.5 | 50 |",
+                          "| **whole run (this invocation)** | | 13 | |"]
+    assert "| mmoe | 0.610000 |" in lines and "| blend (in-sample) | 0.625000 |" in lines
+    (paths.ensemble / "report.md").write_text("# report\n\n## Pipeline summary\nold table\n")
+    write_summary(paths, 13)
+    text = (paths.ensemble / "report.md").read_text()
+    assert text.startswith("# report\n\n## Pipeline summary\n") and "old table" not in text

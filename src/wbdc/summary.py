@@ -2,35 +2,20 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 from .io import atomic_path
 from .paths import Paths
+from .report import collect_run_infos
 
-STAGE_ORDER = ("make_synthetic", "prepare", "features", "lgb", "sb", "mmoe", "ple", "blend", "submit")
 SECTION = "## Pipeline summary"
 
 
-def collect_run_infos(paths: Paths) -> list[dict]:
-    """Every run_info_<stage>.json under the artifact folders, in pipeline order."""
-    found = []
-    for folder in (paths.data, paths.features, paths.models, paths.ensemble, paths.submissions):
-        if folder.exists():
-            found.extend(json.loads(p.read_text()) | {"_path": str(p)} for p in folder.rglob("run_info_*.json"))
-
-    def order(r: dict) -> tuple:
-        name = r.get("stage", "")
-        base = name.split(":")[0].replace("train_nn_", "").replace("train_", "")
-        return (STAGE_ORDER.index(base) if base in STAGE_ORDER else len(STAGE_ORDER), name)
-    return sorted(found, key=order)
-
-
 def summary_lines(paths: Paths, total_seconds: float | None = None) -> list[str]:
-    lines = [SECTION, "", "| stage | seconds | peak memory (MB) |", "|---|---:|---:|"]
-    for r in collect_run_infos(paths):
-        lines.append(f"| {r.get('stage')} | {r.get('seconds', float('nan')):.1f} | {r.get('peak_rss_mb', float('nan')):.0f} |")
+    lines = [SECTION, "", "| stage | artifacts | seconds | peak memory (MB) |", "|---|---|---:|---:|"]
+    for r in collect_run_infos(paths.root):       # oldest first: the order the stages ran
+        lines.append(f"| {r['stage']} | {r['folder']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
     if total_seconds is not None:
-        lines.append(f"| **whole run (this invocation)** | {total_seconds:.0f} | |")
+        lines.append(f"| **whole run (this invocation)** | | {total_seconds:.0f} | |")
     scores_path = paths.ensemble / "scores.json"
     if scores_path.exists():
         s = json.loads(scores_path.read_text())

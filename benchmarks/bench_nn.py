@@ -125,14 +125,18 @@ def part_compare(args) -> dict:
           f"{len(sel.categorical)} ids, {len(sel.dense)} dense, {len(sel.bags)} multi-hot, "
           f"{len(sel.pretrained)} pretrained; {threads} threads", file=sys.stderr)
 
-    # ours
-    trainer = new_trainer("mmoe", enc, store, cfg, train)
-    fit = trainer.fit(train, float(args.epochs))
-    ours_scores = score(trainer.predict(valid))
-    ours = {"model": "ours MMoE", "rows_per_s": fit.samples_per_s, "train_s": fit.train_seconds,
-            "rows_per_cpu_s": fit.samples / fit.cpu_seconds,
-            "scores": ours_scores,
-            "n_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}
+    # ours, at fp32 (the default) and with the bf16 forward pass (nn.train.precision)
+    variants = []
+    for precision in args.precisions.split(","):
+        nn["train"]["precision"] = precision
+        trainer = new_trainer("mmoe", enc, store, cfg, train)
+        fit = trainer.fit(train, float(args.epochs))
+        variants.append({"model": "ours MMoE" + ("" if precision == "fp32" else f" {precision}"),
+                         "rows_per_s": fit.samples_per_s, "train_s": fit.train_seconds,
+                         "rows_per_cpu_s": fit.samples / fit.cpu_seconds,
+                         "scores": score(trainer.predict(valid)),
+                         "n_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)})
+    ours = variants[0]
 
     # DeepCTR-Torch on the same encoded rows
     bags, tables = enc.side_tables(store)
@@ -172,7 +176,7 @@ def part_compare(args) -> dict:
               "train_s": res["train_seconds"], "scores": score(preds), "n_params": res["n_params"]}
 
     rows = []
-    for r in (ours, theirs):
+    for r in (*variants, theirs):
         rows.append({"model": r["model"], "params": f"{r['n_params']:,}",
                      "train rows/s": f"{r['rows_per_s']:,.0f}",
                      "rows per CPU-s": f"{r['rows_per_cpu_s']:,.0f}",
@@ -182,13 +186,16 @@ def part_compare(args) -> dict:
     print(f"\nMMoE, {args.epochs:g} epoch(s) on {len(train):,} rows, batch "
           f"{spec['batch_size']}, {threads} threads\n")
     print(_table(rows, list(rows[0])))
-    speed = ours["rows_per_s"] / theirs["rows_per_s"]
-    speed_cpu = ours["rows_per_cpu_s"] / theirs["rows_per_cpu_s"]
-    gain = ours["scores"]["weighted"] - theirs["scores"]["weighted"]
-    print(f"\nthroughput ratio ours / DeepCTR: {speed:.2f}x wall, {speed_cpu:.2f}x per CPU-second; "
-          f"weighted uAUC difference ours - DeepCTR: {gain:+.5f}")
-    return {"ours": ours, "deepctr": theirs, "speed_ratio": speed, "speed_ratio_cpu": speed_cpu,
-            "uauc_diff": gain,
+    print()
+    for v in variants:
+        speed = v["rows_per_s"] / theirs["rows_per_s"]
+        speed_cpu = v["rows_per_cpu_s"] / theirs["rows_per_cpu_s"]
+        gain = v["scores"]["weighted"] - theirs["scores"]["weighted"]
+        v.update(speed_ratio=speed, speed_ratio_cpu=speed_cpu, uauc_diff=gain)
+        print(f"throughput ratio {v['model']} / DeepCTR: {speed:.2f}x wall, {speed_cpu:.2f}x per "
+              f"CPU-second; weighted uAUC difference: {gain:+.5f}")
+    return {"ours": ours, "variants": variants, "deepctr": theirs, "speed_ratio": ours["speed_ratio"],
+            "speed_ratio_cpu": ours["speed_ratio_cpu"], "uauc_diff": ours["uauc_diff"],
             "train_rows": len(train), "threads": threads}
 
 
@@ -294,6 +301,8 @@ def main() -> None:
     p.add_argument("--root", default=None, help="artifact root holding features/ (stage features)")
     p.add_argument("--part", choices=("compare", "epoch", "all"), default="all")
     p.add_argument("--epochs", type=float, default=1.0, help="training epochs (compare: per model)")
+    p.add_argument("--precisions", default="fp32,bf16",
+                   help="our MMoE's nn.train.precision values to run (compare; default: %(default)s)")
     p.add_argument("--rows", type=int, default=6_700_000, help="rows of the random epoch set")
     p.add_argument("--archs", default="mmoe,ple", help="architectures timed by --part epoch")
     p.add_argument("--seed", type=int, default=2021)

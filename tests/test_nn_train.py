@@ -194,3 +194,20 @@ def test_device_choice_is_checked():
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA device"):
             resolve_device("cuda")
+
+
+def test_bf16_precision_trains_and_predicts_close_to_fp32(store):
+    _, _, train, valid, trainer = _setup(store, "mmoe", precision="bf16")
+    before = _full_loss(trainer, train)
+    trainer.fit(train, epochs=1.0)
+    assert _full_loss(trainer, train) < 0.95 * before
+    p16 = trainer.predict(valid)
+    assert p16.dtype == np.float32 and np.isfinite(p16).all() and ((p16 >= 0) & (p16 <= 1)).all()
+    p32 = predict(trainer.model, valid, precision="fp32")
+    assert np.abs(p16 - p32).max() < 0.05          # same weights, only the matmul precision differs
+    assert trainer.model.inputs.output_dim > 0 and next(trainer.model.parameters()).dtype == torch.float32
+
+
+def test_unknown_precision_is_refused(store):
+    with pytest.raises(ValueError, match="nn.train.precision"):
+        _setup(store, "sb", precision="fp8")

@@ -412,22 +412,17 @@ def test_blend_stage_model_subset_and_missing_inputs(fake_root, tmp_path):
         run_stage("blend.py", tmp_path / "empty_root")
 
 
-def test_blend_on_tiny_pipeline_if_models_exist(tiny_root, tmp_path):
-    """On the tiny synthetic world: the blend of whatever models a quick lgb run gives is at
-    least as good as the best single model (day 14, in-sample)."""
-    pytest.importorskip("lightgbm")
+def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
+    """On the tiny synthetic world: the blend of the LightGBM and popularity models is at least
+    as good as the best single model (day 14, in-sample), and the submission is scored online."""
     import shutil
     root = tmp_path / "tiny"
     shutil.copytree(tiny_root, root, symlinks=True)
-    try:
-        run_stage("train_lgb.py", root, "--preset", "tiny", "--seed", "7", "--no-progress",
-                  "--set", "lgb.num_boost_round=30", "--set", "lgb.early_stopping_rounds=10",
-                  timeout=900)
-    except AssertionError as e:  # the model stage is someone else's; do not fail the blend on it
-        pytest.skip(f"train_lgb on tiny failed: {str(e)[:200]}")
+    run_stage("train_lgb.py", root, "--preset", "tiny", "--seed", "7", "--no-progress",
+              "--set", "lgb.num_boost_round=30", "--set", "lgb.early_stopping_rounds=10",
+              timeout=900)
     names, _ = find_models(root / "models")
-    if not names:
-        pytest.skip("no model predictions on tiny")
+    assert names == ["lgb", "popularity"]
     run_stage("blend.py", root, "--preset", "tiny", "--seed", "7", "--no-progress")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     best = max(m["weighted"] for m in s["models"].values())

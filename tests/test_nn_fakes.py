@@ -138,8 +138,7 @@ def test_fake_store_labels_align_with_days():
 
 
 def test_fake_store_has_the_real_store_interface():
-    store_mod = pytest.importorskip("wbdc.features.store")
-    real = store_mod.FeatureStore
+    from wbdc.features.store import FeatureStore as real
     for name in ("columns", "cardinality", "load_day", "load_days", "load_labels", "pretrained",
                  "pretrained_key", "feed_lists"):
         assert callable(getattr(real, name, None)), f"FeatureStore lacks {name}"

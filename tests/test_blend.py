@@ -431,3 +431,20 @@ def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
     run_stage("submit.py", root, "--preset", "tiny", "--seed", "7")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     assert s["online"]["weighted"] is not None
+
+
+def test_blend_stage_offline_mode_needs_and_leaves_no_online_predictions(fake_root, tmp_path):
+    import shutil
+    root = tmp_path / "offline"
+    shutil.copytree(fake_root, root)
+    for f in (root / "models").glob("*/pred_online.parquet"):
+        f.unlink()
+    stale = root / "ensemble" / "pred_online.parquet"
+    stale.parent.mkdir(parents=True, exist_ok=True)
+    stale.write_bytes(b"from an earlier fit")
+    with pytest.raises(AssertionError, match=r"no model folder with pred_offline.parquet and pred_online.parquet"):
+        run_stage("blend.py", root, "--no-progress", "--set", "blend.search.max_evals=20")
+    run_stage("blend.py", root, "--no-progress", "--mode", "offline", "--set", "blend.search.max_evals=20")
+    assert not stale.exists()
+    s = json.loads((root / "ensemble" / "scores.json").read_text())
+    assert set(s["models"]) == {"good", "noise_a", "noise_b"} and s["blend"]["weighted"] > 0.5

@@ -34,12 +34,11 @@ DATA_DIR=""
 MODE="all"
 MODELS="lgb,sb,mmoe,ple"
 FROM=""
-TEST_FILE=""
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --preset|--seed|--root|--set|--config) COMMON+=("$1" "$2"); shift 2 ;;
     --data-dir) DATA_DIR="$2"; COMMON+=("$1" "$2"); shift 2 ;;
-    --test-file) TEST_FILE="$2"; COMMON+=("--set" "data.test_file=$2"); shift 2 ;;
+    --test-file) COMMON+=("--set" "data.test_file=$2"); shift 2 ;;
     --mode) MODE="$2"; shift 2 ;;
     --models) MODELS="$2"; shift 2 ;;
     --from) FROM="$2"; shift 2 ;;
@@ -83,8 +82,7 @@ for m in ${MODELS//,/ }; do
     stage "$m" train_nn.py --arch "$m" --mode "$MODE"
   fi
 done
-BLEND_MODE="$MODE"
-stage blend blend.py --models "popularity,$MODELS" --mode "$BLEND_MODE"
+stage blend blend.py --models "popularity,$MODELS" --mode "$MODE"
 if [[ "$MODE" != "offline" ]]; then
   stage submit submit.py
 fi

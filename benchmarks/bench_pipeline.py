@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
 
 # (stage label, run_info stage name, seconds target, peak MB target) per preset
 TARGETS = {
@@ -36,12 +37,9 @@ ORDER = ("make_synthetic", "prepare", "features", "train_lgb", "train_nn_sb", "t
 
 
 def run_infos(root: Path) -> dict[str, dict]:
-    found = {}
-    for folder in ("data", "features", "models", "ensemble", "submissions"):
-        for f in (root / folder).rglob("run_info_*.json"):
-            info = json.loads(f.read_text())
-            found[info["stage"]] = info
-    return found
+    """Stage name -> its run_info (the newest when a stage ran more than once)."""
+    from wbdc.report import collect_run_infos
+    return {i["stage"]: i for i in collect_run_infos(root)}     # oldest first: newest wins
 
 
 def ratio(value: float, target: float | None) -> str:

@@ -112,12 +112,12 @@ def main(argv=None) -> int:
         print(f"[blend] {len(names)} models ({', '.join(names)}), {len(labels):,} day-14 rows, "
               f"{len(test):,} test rows", file=sys.stderr)
         g14 = group_by_user(labels["userid"].to_numpy())
-        gtest = group_by_user(test["userid"].to_numpy())
 
         caught: list[str] = []
         models = {n: score(labels, offline.frame(n), g14, caught) for n in names}
         fit = fit_blend(labels, offline, settings, groups=g14, progress=progress)
-        blend_online = fit.weights.apply(online, gtest) if with_online else None
+        blend_online = (fit.weights.apply(online, group_by_user(test["userid"].to_numpy()))
+                        if with_online else None)
 
         write_parquet(fit.offline, out / "pred_offline.parquet")
         if blend_online is not None:

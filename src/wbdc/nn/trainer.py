@@ -65,13 +65,17 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
 
 
-def autocast(device: torch.device, precision: str):
+def amp_dtype(precision: str) -> torch.dtype | None:
+    """The autocast dtype of ``nn.train.precision`` (None = plain fp32)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"nn.train.precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
+    return PRECISIONS[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
     """Mixed precision for the forward pass: bf16 runs the expert and tower matrix products at
     twice the fp32 rate on CPUs with AVX512-BF16 (and on GPUs); parameters, optimizer state and
     losses stay fp32."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"nn.train.precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
-    dtype = PRECISIONS[precision]
     return torch.autocast(device_type=device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
 
 
@@ -163,7 +167,7 @@ class Trainer:
     def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        autocast(self.device, cfg.precision)      # validates the name early
+        self.amp_dtype = amp_dtype(cfg.precision)
         self.model = model.to(self.device)
         self.balancer = balancer.to(self.device)
         self.optimizer = build_optimizer(model, balancer, cfg)
@@ -172,7 +176,7 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
         batch = to_device(batch, self.device)
-        with autocast(self.device, self.cfg.precision):
+        with autocast(self.device, self.amp_dtype):
             logits = self.model(batch)
         logits = logits.float()
         task_losses = task_bce(logits, batch["labels"])
@@ -286,9 +290,10 @@ def predict(model: nn.Module, data: EncodedArrays, batch_size: int = 16384,
     """Probabilities ``float32 [N, T]`` in row order."""
     model.eval()
     device = model_device(model)
+    dtype = amp_dtype(precision)
     out = []
     for idx in batch_indices(len(data), batch_size, shuffle=False):
-        with autocast(device, precision):
+        with autocast(device, dtype):
             logits = model(to_device(data.batch(idx), device))
         out.append(torch.sigmoid(logits.float()).cpu())
     if not out:

@@ -422,6 +422,9 @@ def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
               "--set", "lgb.num_boost_round=30", "--set", "lgb.early_stopping_rounds=10",
               timeout=900)
     names, _ = find_models(root / "models")
+    assert names == ["lgb"]  # popularity is its own stage now, not a side effect of lgb
+    run_stage("train_popularity.py", root, "--preset", "tiny", "--seed", "7")
+    names, _ = find_models(root / "models")
     assert names == ["lgb", "popularity"]
     run_stage("blend.py", root, "--preset", "tiny", "--seed", "7", "--no-progress")
     s = json.loads((root / "ensemble" / "scores.json").read_text())

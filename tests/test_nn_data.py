@@ -11,6 +11,9 @@ from wbdc.nn.data import (Encoder, FeatureSelection, RunningStats, _lookup, _pad
                           batch_indices, select_features)
 from wbdc.nn.inputs import BagField, InputLayer, PretrainedTable
 from wbdc.schema import ACTIONS
+from wbdc.config import default_config
+
+NN_FEATURES = default_config()["nn"]["features"]
 
 
 def test_lookup_is_one_based_with_zero_for_unseen():
@@ -87,7 +90,7 @@ def test_running_stats_over_chunks_equal_numpy_on_the_whole_column():
 
 def test_day_by_day_encoding_equals_encoding_the_stacked_frame():
     store = FakeStore(rows_per_day=70)
-    sel = select_features(store, {"dense": "all", "multi_hot": ["manual_tag_list"],
+    sel = select_features(store, {**NN_FEATURES, "dense": "all", "multi_hot": ["manual_tag_list"],
                                   "pretrained": "all"})
     days = [2, 3, 4]
     frame = store.load_days(days, sel.columns())
@@ -107,7 +110,7 @@ def test_day_by_day_encoding_equals_encoding_the_stacked_frame():
 
 def test_encoder_state_round_trips():
     store = FakeStore(rows_per_day=60)
-    sel = select_features(store, {"categorical": ["userid", "feedid", "authorid"], "dense": "all",
+    sel = select_features(store, {**NN_FEATURES, "categorical": ["userid", "feedid", "authorid"], "dense": "all",
                                   "multi_hot": ["manual_tag_list"], "pretrained": "all"})
     train = store.load_days([2, 3], sel.columns())
     enc = Encoder.fit(train, store, sel)
@@ -119,7 +122,7 @@ def test_encoder_state_round_trips():
 
 def test_select_features_skips_what_the_store_lacks():
     store = FakeStore(rows_per_day=20)
-    sel = select_features(store, {"categorical": ["userid", "nope"], "dense": "all",
+    sel = select_features(store, {**NN_FEATURES, "categorical": ["userid", "nope"], "dense": "all",
                                   "dense_exclude": ["neg_*"], "multi_hot": ["manual_tag_list", "x"],
                                   "pretrained": ["feed_pca", "missing_w2v"]})
     assert sel.categorical == ["userid"]
@@ -131,7 +134,7 @@ def test_select_features_skips_what_the_store_lacks():
 
 def test_side_tables_line_up_with_the_key_rows():
     store = FakeStore(rows_per_day=80)
-    sel = select_features(store, {"categorical": ["userid"], "dense": [],
+    sel = select_features(store, {**NN_FEATURES, "categorical": ["userid"], "dense": [],
                                   "multi_hot": ["manual_keyword_list"], "pretrained": "all"})
     train = store.load_days([d for d in store.days if d <= 13], sel.columns())
     enc = Encoder.fit(train, store, sel, max_list_len=3)
@@ -161,7 +164,7 @@ def test_side_tables_line_up_with_the_key_rows():
 
 def test_labels_travel_with_the_rows():
     store = FakeStore(rows_per_day=50)
-    sel = select_features(store, {"categorical": ["userid"], "dense": [], "multi_hot": [],
+    sel = select_features(store, {**NN_FEATURES, "categorical": ["userid"], "dense": [], "multi_hot": [],
                                   "pretrained": []})
     df = store.load_day(4, sel.columns())
     enc = Encoder.fit(df, store, sel)

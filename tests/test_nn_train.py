@@ -33,7 +33,7 @@ def _setup(store, arch, balancing="competition", sparse=False, **train):
     valid = enc.encode(store.load_day(14, sel.columns()), store.load_labels(14))
     seed_everything(11, threads=1)
     model = build_net(arch, enc, store, cfg["nn"])
-    balancer = build_balancer({"balancing": balancing})
+    balancer = build_balancer({"balancing": balancing, "init_log_var": 0.0})
     trainer = Trainer(model, balancer, TrainConfig.from_dict({**cfg["nn"]["train"], "seed": 11}))
     return cfg, enc, train, valid, trainer
 

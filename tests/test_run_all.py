@@ -75,7 +75,7 @@ def test_rerun_skips_every_stage(clean_run):
     r = subprocess.run(run_all_cmd(root), capture_output=True, text=True, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     skipped = [line for line in r.stderr.splitlines() if line.endswith("up to date, skipped")]
-    assert len(skipped) == 9, r.stderr[-3000:]   # data, prepare, features, 4 models, blend, submit
+    assert len(skipped) == 10, r.stderr[-3000:]  # data, prepare, features, popularity, 4 models, blend, submit
 
 
 def test_killed_run_resumes_and_matches_clean_run(clean_run, tmp_path):

@@ -9,7 +9,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbdc.cli import run_main  # noqa: E402
-from wbdc.config import add_common_args  # noqa: E402
+from wbdc.config import add_common_args, resolve  # noqa: E402
+from wbdc.pipeline import stage_folder  # noqa: E402
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.summary import write_summary  # noqa: E402
 
@@ -18,8 +19,14 @@ def main() -> int:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__)
     add_common_args(p)
     p.add_argument("--total-seconds", type=float, default=None, help="wall time of the whole run")
+    p.add_argument("--stages", default=None,
+                   help="comma-separated stages of this run (default: every run info under the root)")
     args = p.parse_args()
-    print(write_summary(Paths.at(args.root), args.total_seconds))
+    folders = None
+    if args.stages:
+        cfg = resolve(args)
+        folders = {stage_folder(s, cfg, args.root) for s in args.stages.split(",") if s}
+    print(write_summary(Paths.at(args.root), args.total_seconds, folders))
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Stage `train_lgb`: one LightGBM binary model per action, plus the popularity baseline.
+"""Stage `lgb`: one LightGBM binary model per action.
 
 offline  train on days [first..13] (negatives down-sampled per action), early-stop on the
          action's day-14 uAUC; write day-14 predictions, scores, gain importance, models.
@@ -8,8 +8,7 @@ all      both (default).
 
 Reads features/ (FeatureStore) and data/prepared/actions.parquet (labels); writes models/lgb/
 (model_{offline,online}_<action>.txt, pred_offline.parquet, pred_online.parquet, scores.json,
-importance.csv, eval_history.csv, config.json, run_info_train_lgb.json) and models/popularity/
-(pred_offline.parquet, pred_online.parquet, scores.json, config.json).
+importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
 """
 from __future__ import annotations
@@ -27,7 +26,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbdc.baselines import run_popularity  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
@@ -60,12 +58,12 @@ def parse_args() -> argparse.Namespace:
 
 
 def summary(scores: dict, actions: list[str]) -> str:
-    off, pop = scores.get("offline", {}), scores.get("popularity", {})
+    off = scores.get("offline", {})
     best, rounds = scores.get("best_iteration", {}), scores.get("online_rounds", {})
-    lines = [f"{'action':<13} {'lgb uAUC':>9} {'popularity':>10} {'best it':>8} {'online':>7}"]
+    lines = [f"{'action':<13} {'lgb uAUC':>9} {'best it':>8} {'online':>7}"]
     for a in [*actions, "weighted"]:
         fmt = lambda d: f"{d[a]:.5f}" if a in d else "-"  # noqa: E731
-        lines.append(f"{a:<13} {fmt(off):>9} {fmt(pop):>10} {best.get(a, '-'):>8} {rounds.get(a, '-'):>7}")
+        lines.append(f"{a:<13} {fmt(off):>9} {best.get(a, '-'):>8} {rounds.get(a, '-'):>7}")
     return "\n".join(lines)
 
 
@@ -130,11 +128,6 @@ def main() -> int:
             scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
                                             else ROUNDS_NOTE[settings.round_scaling])
             scores.setdefault("train_rows", {})["online"] = on.train_rows
-        t0 = time.perf_counter()
-        scores["popularity"] = run_popularity(fs, paths.model("popularity"),
-                                              cfg["lgb"].get("popularity", {}).get("template"),
-                                              config=cfg)
-        seconds["popularity"] = time.perf_counter() - t0
         write_json(scores, out / "scores.json")
         write_json(cfg, out / "config.json")
         run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),

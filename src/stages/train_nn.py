@@ -2,6 +2,9 @@
 
     train_nn.py --arch sb|mmoe|ple [--mode offline|online|all]
 
+The architectures are registered in src/wbdc/nn/archs.py (class in wbdc/nn/models.py, section
+nn.<arch> in configs/nn.yaml).
+
 offline: train on the feature days <= 13, score the weighted uAUC on day 14 after every epoch,
          stop early, keep the best state; writes pred_offline.parquet, scores.json, the gate
          diagnostics (gates.csv, gates.png for mmoe/ple) and checkpoint_offline.pt.
@@ -24,19 +27,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
+from wbdc.nn.archs import ARCHS  # noqa: E402
 from wbdc.io import InputError, read_json, write_json, write_parquet  # noqa: E402
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
 
-ARCHS = ("sb", "mmoe", "ple")
-ARCH_NAMES = {"sb": "Shared-Bottom", "mmoe": "MMoE", "ple": "PLE"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(allow_abbrev=False, description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=ARCHS, required=True,
-                   help="sb = Shared-Bottom, mmoe = MMoE, ple = PLE (nn.ple.n_levels=1: CGC)")
+    p.add_argument("--arch", choices=list(ARCHS), required=True,
+                   help=", ".join(f"{a} = {s.title}" for a, s in ARCHS.items())
+                   + " (nn.ple.n_levels=1: CGC); registry: src/wbdc/nn/archs.py")
     p.add_argument("--mode", choices=("offline", "online", "all"), default="all",
                    help="offline: validate on day 14; online: refit on days <= 14 and predict "
                         "the test day; all: both (default)")
@@ -85,7 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             write_parquet(res.preds, out / "pred_offline.parquet")
             save_checkpoint(out / "checkpoint_offline.pt", args.arch, res, cfg["nn"])
             written = write_gate_diagnostics(
-                res.gates, out, f"{ARCH_NAMES[args.arch]}: mean gate weight on day 14")
+                res.gates, out, f"{ARCHS[args.arch].title}: mean gate weight on day 14")
             scores = {
                 "offline": res.fit.best_scores,
                 "best_epoch": round(res.fit.best_epoch, 4),

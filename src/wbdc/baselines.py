@@ -41,7 +41,7 @@ def popularity_columns(dense: Sequence[str], template: str | None = None,
         if template is not None:
             col = template.format(action=a)
             if col not in dense_set:
-                raise KeyError(f"popularity column {col!r} (lgb.popularity.template) is not a "
+                raise KeyError(f"popularity column {col!r} (popularity.template) is not a "
                                "dense feature column")
             out[a] = col
             continue
@@ -49,7 +49,7 @@ def popularity_columns(dense: Sequence[str], template: str | None = None,
         found = [(m.group(1), c) for c in dense if (m := pat.match(c))]
         if not found:
             raise KeyError(f"no per-feed rate column for {a!r} among the dense features "
-                           f"(expected e.g. feed_all_rate_{a}); set lgb.popularity.template")
+                           f"(expected e.g. feed_all_rate_{a}); set popularity.template")
         out[a] = max(found, key=lambda wc: _window_rank(wc[0]))[1]
     return out
 
@@ -63,18 +63,21 @@ def popularity_predictions(fs, day: int, columns: Mapping[str, str]) -> pd.DataF
     return out
 
 
-def run_popularity(fs, out_dir: Path, template: str | None = None, config: dict | None = None
-                   ) -> dict[str, float]:
-    """Score day 14, predict day 15 and write models/popularity/ (pred_offline.parquet,
-    pred_online.parquet, scores.json, config.json); returns the day-14 scores."""
+def run_popularity(fs, out_dir: Path, template: str | None = None, config: dict | None = None,
+                   online: bool = True) -> dict[str, float]:
+    """Score day 14, predict day 15 (with ``online``) and write models/popularity/
+    (pred_offline.parquet, pred_online.parquet, scores.json, config.json); returns the day-14
+    scores.  Without ``online`` a stale pred_online.parquet is removed."""
     out_dir = Path(out_dir)
     columns = popularity_columns(fs.columns("dense"), template)
     offline = popularity_predictions(fs, LAST_TRAIN_DAY, columns)
     labels = fs.load_labels(LAST_TRAIN_DAY)
     scores = weighted_uauc(labels, offline, offline["userid"].to_numpy())
     write_parquet(offline, out_dir / "pred_offline.parquet")
-    if TEST_DAY in fs.days:
+    if online and TEST_DAY in fs.days:
         write_parquet(popularity_predictions(fs, TEST_DAY, columns), out_dir / "pred_online.parquet")
+    elif not online:
+        (out_dir / "pred_online.parquet").unlink(missing_ok=True)
     write_json({"offline": scores, "columns": columns}, out_dir / "scores.json")
     if config is not None:
         write_json(config, out_dir / "config.json")

@@ -63,26 +63,24 @@ class LgbSettings:
     @classmethod
     def from_config(cls, cfg: dict) -> "LgbSettings":
         """From the resolved config (sections ``lgb`` and ``data``)."""
-        sec = cfg.get("lgb", {})
-        seed = sec.get("params", {}).get("seed")
-        seed = int(cfg.get("data", {}).get("seed", 2021) if seed is None else seed)
-        params = {k: v for k, v in dict(sec.get("params", {})).items() if v is not None}
+        sec = cfg["lgb"]
+        seed = sec["params"]["seed"]
+        seed = int(cfg["data"]["seed"] if seed is None else seed)
+        params = {k: v for k, v in dict(sec["params"]).items() if v is not None}
         params["seed"] = seed
         params.setdefault("num_threads", os.cpu_count() or 1)
-        params.setdefault("objective", "binary")
-        rates = {a: float(sec.get("neg_rate", {}).get(a, 1.0)) for a in ACTIONS}
+        rates = {a: float(sec["neg_rate"][a]) for a in ACTIONS}
         bad = {a: r for a, r in rates.items() if not 0.0 < r <= 1.0}
         if bad:
             raise ValueError(f"lgb.neg_rate must be in (0, 1], got {bad}")
-        scaling = str(sec.get("round_scaling", "rows"))
+        scaling = str(sec["round_scaling"])
         if scaling not in ROUND_SCALINGS:
             raise ValueError(f"lgb.round_scaling must be one of {ROUND_SCALINGS}, got {scaling!r}")
-        first = sec.get("first_day")
-        return cls(params=params, neg_rate=rates, drop=tuple(sec.get("drop") or ()),
-                   categorical=tuple(sec.get("categorical") or ()),
-                   calibrate=bool(sec.get("calibrate", True)), round_scaling=scaling,
-                   num_boost_round=int(sec.get("num_boost_round", 2000)),
-                   early_stopping_rounds=int(sec.get("early_stopping_rounds", 50)),
+        first = sec["first_day"]
+        return cls(params=params, neg_rate=rates, drop=tuple(sec["drop"]),
+                   categorical=tuple(sec["categorical"]), calibrate=bool(sec["calibrate"]),
+                   round_scaling=scaling, num_boost_round=int(sec["num_boost_round"]),
+                   early_stopping_rounds=int(sec["early_stopping_rounds"]),
                    first_day=None if first is None else int(first), seed=seed)
 
 

@@ -340,9 +340,15 @@ class Source:
 
 def resolve_source(cfg: dict, paths) -> Source:
     """The raw folder the config points at: ``data.data_dir`` or the synthetic world."""
+    from .config import ConfigError, data_dirs
+
     data = cfg["data"]
     test_file = data.get("test_file") or "test_a.csv"
-    if data.get("data_dir"):
-        return Source(Path(data["data_dir"]), test_file, None)
+    dirs = data_dirs(data.get("data_dir"))
+    if dirs:
+        if len(dirs) > 1:
+            raise ConfigError(f"data.data_dir: {len(dirs)} folders given; reading several data "
+                              f"folders together is not supported yet, give one")
+        return Source(Path(dirs[0]), test_file, None)
     preset, seed = data["preset"], int(data["seed"])
     return Source(paths.synthetic_raw(preset, seed), test_file, paths.synthetic_truth(preset, seed))

@@ -10,9 +10,14 @@ from .report import collect_run_infos
 SECTION = "## Pipeline summary"
 
 
-def summary_lines(paths: Paths, total_seconds: float | None = None) -> list[str]:
+def summary_lines(paths: Paths, total_seconds: float | None = None,
+                  folders: set[str] | None = None) -> list[str]:
+    """``folders``: the artifact folders (relative to the root) of this run's stages; others
+    under the root (another synthetic world, a model not in this run) are left out."""
     lines = [SECTION, "", "| stage | artifacts | seconds | peak memory (MB) |", "|---|---|---:|---:|"]
     for r in collect_run_infos(paths.root):       # oldest first: the order the stages ran
+        if folders is not None and r["folder"] not in folders:
+            continue
         lines.append(f"| {r['stage']} | {r['folder']} | {r['seconds']:.1f} | {r['peak_rss_mb']:.0f} |")
     if total_seconds is not None:
         lines.append(f"| **whole run (this invocation)** | | {total_seconds:.0f} | |")
@@ -29,9 +34,10 @@ def summary_lines(paths: Paths, total_seconds: float | None = None) -> list[str]
     return lines
 
 
-def write_summary(paths: Paths, total_seconds: float | None = None) -> str:
+def write_summary(paths: Paths, total_seconds: float | None = None,
+                  folders: set[str] | None = None) -> str:
     """Print-ready summary; also replaces the summary section of ensemble/report.md if present."""
-    lines = summary_lines(paths, total_seconds)
+    lines = summary_lines(paths, total_seconds, folders)
     text = "\n".join(lines) + "\n"
     report = paths.ensemble / "report.md"
     if report.exists():

@@ -21,7 +21,6 @@ from torch import Tensor
 from ..schema import ACTIONS
 from .inputs import BagField, PretrainedTable
 
-DEFAULT_CATEGORICAL = ("userid", "feedid", "authorid", "bgm_song_id", "bgm_singer_id", "device")
 DENSE_CLIP = 10.0
 
 
@@ -66,27 +65,27 @@ def select_features(store, cfg: dict) -> FeatureSelection:
     skipped: list[str] = []
 
     cats = []
-    for c in _as_list(cfg.get("categorical", list(DEFAULT_CATEGORICAL)), cats_avail):
+    for c in _as_list(cfg["categorical"], cats_avail):
         (cats if c in table_cols else skipped).append(c)
-    if cfg.get("extra_categorical", False):
+    if cfg["extra_categorical"]:
         cats += [c for c in cats_avail if c not in cats]
 
-    exclude = list(cfg.get("dense_exclude") or [])
+    exclude = list(cfg["dense_exclude"])
     dense = []
-    for c in _as_list(cfg.get("dense", "all"), dense_avail):
+    for c in _as_list(cfg["dense"], dense_avail):
         if c not in dense_avail:
             skipped.append(c)
         elif not any(fnmatch.fnmatchcase(c, pat) for pat in exclude) and c not in cats:
             dense.append(c)
 
-    lists_avail = list(store.feed_lists().keys()) if cfg.get("multi_hot") else []
+    lists_avail = list(store.feed_lists().keys()) if cfg["multi_hot"] else []
     bags = []
-    for b in _as_list(cfg.get("multi_hot", []), lists_avail):
+    for b in _as_list(cfg["multi_hot"], lists_avail):
         (bags if b in lists_avail else skipped).append(b)
 
     pre_avail = list(store.manifest.get("pretrained", []))
     pretrained = []
-    for p in _as_list(cfg.get("pretrained", "all"), pre_avail):
+    for p in _as_list(cfg["pretrained"], pre_avail):
         if p not in pre_avail:
             skipped.append(p)
         elif store.pretrained_key(p) not in table_cols:

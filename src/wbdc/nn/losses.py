@@ -57,7 +57,7 @@ class UncertaintyWeighting(nn.Module):
 def build_balancer(cfg: dict, actions: Sequence[str] = ACTIONS) -> nn.Module:
     """``cfg``: the ``nn.loss`` section: ``balancing`` in equal | competition | fixed | uncertainty
     (``weights``: a dict action -> weight for ``fixed``)."""
-    kind = cfg.get("balancing", "equal")
+    kind = cfg["balancing"]
     if kind == "equal":
         return FixedWeights([1.0] * len(actions))
     if kind == "competition":
@@ -69,5 +69,5 @@ def build_balancer(cfg: dict, actions: Sequence[str] = ACTIONS) -> nn.Module:
             raise ValueError(f"nn.loss.weights lacks {', '.join(missing)}")
         return FixedWeights([float(weights[a]) for a in actions])
     if kind == "uncertainty":
-        return UncertaintyWeighting(len(actions), float(cfg.get("init_log_var", 0.0)))
+        return UncertaintyWeighting(len(actions), float(cfg["init_log_var"]))
     raise ValueError(f"nn.loss.balancing={kind!r}; expected equal, competition, fixed or uncertainty")

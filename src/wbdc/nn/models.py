@@ -10,9 +10,8 @@ from typing import Sequence
 
 from torch import Tensor, nn
 
+from .archs import ARCHS
 from .modules import CGCLevel, ExpertBank, TowerBank
-
-ARCHS = ("sb", "mmoe", "ple")
 
 
 class SharedBottom(nn.Module):
@@ -94,18 +93,12 @@ class MultiTaskNet(nn.Module):
 
 
 def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
-    """``cfg`` is the architecture's section of the nn config (``nn.sb`` / ``nn.mmoe`` / ``nn.ple``)."""
-    dropout = float(cfg.get("dropout", 0.0))
-    towers = list(cfg.get("tower_dims", []))
-    if arch == "sb":
-        return SharedBottom(input_dim, n_tasks, list(cfg["bottom_dims"]), towers, dropout)
-    if arch == "mmoe":
-        return MMoE(input_dim, n_tasks, int(cfg["n_experts"]), list(cfg["expert_dims"]), towers,
-                    dropout)
-    if arch == "ple":
-        return PLE(input_dim, n_tasks, int(cfg["n_levels"]), int(cfg["n_specific"]),
-                   int(cfg["n_shared"]), list(cfg["expert_dims"]), towers, dropout)
-    raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    """The registered core of ``arch`` (``wbdc.nn.archs``); ``cfg`` is its config section
+    (``nn.<arch>``), whose keys are the core's keyword arguments."""
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
+    core = globals()[ARCHS[arch].core]
+    return core(input_dim, n_tasks, **cfg)
 
 
 def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict) -> MultiTaskNet:

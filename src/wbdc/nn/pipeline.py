@@ -47,7 +47,7 @@ class RunResult:
 
 def net_seed(cfg: dict) -> int:
     s = cfg["nn"].get("seed")
-    return int(cfg.get("data", {}).get("seed", 2021) if s is None else s)
+    return int(cfg["data"]["seed"] if s is None else s)
 
 
 def train_days(store, last_day: int, first_day: int | None) -> list[int]:
@@ -62,9 +62,9 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
     emb = nn_cfg["embedding"]
     bags, tables = encoder.side_tables(store)
     inputs = InputLayer(encoder.cat_cardinalities, int(emb["dim"]), len(encoder.selection.dense),
-                        bags, tables, bag_dim=int(emb.get("bag_dim") or emb["dim"]),
-                        pretrained_trainable=bool(emb.get("pretrained_trainable", False)),
-                        sparse=bool(emb.get("sparse", True)))
+                        bags, tables, bag_dim=int(emb["bag_dim"] or emb["dim"]),
+                        pretrained_trainable=bool(emb["pretrained_trainable"]),
+                        sparse=bool(emb["sparse"]))
     return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
 
 
@@ -94,8 +94,7 @@ def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection):
     """Fit the encoder on ``days`` (one pass, a day at a time) and encode them (second pass)."""
     t0 = time.perf_counter()
     fcfg = cfg["nn"]["features"]
-    enc = Encoder.fit_days(store, days, selection, int(fcfg.get("max_list_len", 16)),
-                           str(fcfg.get("dense_dtype", "float32")))
+    enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]))
     arrays = enc.encode_days(store, days, labels=True)
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
          f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
@@ -107,11 +106,11 @@ def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
                  train: EncodedArrays | None = None) -> Trainer:
     nn_cfg = cfg["nn"]
     seed = net_seed(cfg)
-    seed_everything(seed, nn_cfg.get("threads", "auto"), bool(nn_cfg.get("deterministic", True)))
+    seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
     if train is not None and train.labels is not None:
         model.core.towers.set_output_bias(train.labels.float().mean(0).tolist())
-    balancer = build_balancer(nn_cfg.get("loss", {}))
+    balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     return Trainer(model, balancer, tcfg)
 
@@ -134,7 +133,7 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid, make_score_fn(valid))
     t1 = time.perf_counter()
     gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size)
-    if not nn_cfg.get("gates", {}).get("all_levels", True) and not gates.empty:
+    if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
     return RunResult(trainer.model, enc, fit, prediction_frame(valid, preds), gates, len(train),

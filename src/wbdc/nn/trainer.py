@@ -86,22 +86,34 @@ def model_device(model: nn.Module) -> torch.device:
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 4096
-    lr: float = 2e-3
-    optimizer: str = "adam"           # adam | adagrad
-    weight_decay: float = 0.0         # dense parameters only
-    patience: int = 1                 # evaluations without improvement before stopping
-    eval_every_steps: int = 0         # 0 = evaluate at epoch ends only
-    predict_batch_size: int = 16384
-    device: str = "cpu"               # cpu | cuda | auto; the arrays stay on the CPU, batches move
-    precision: str = "fp32"           # fp32 | bf16 (autocast of the forward pass; losses in fp32)
-    seed: int = 2021
-    progress: bool = True
+    """The trainer's part of ``nn.train`` (defaults: configs/nn.yaml, the one place they live)."""
+
+    batch_size: int
+    lr: float
+    optimizer: str                    # adam | adagrad
+    weight_decay: float               # dense parameters only
+    patience: int                     # evaluations without improvement before stopping
+    eval_every_steps: int             # 0 = evaluate at epoch ends only
+    predict_batch_size: int
+    device: str                       # cpu | cuda | auto; the arrays stay on the CPU, batches move
+    precision: str                    # fp32 | bf16 (autocast of the forward pass; losses in fp32)
+    seed: int
+    progress: bool
+
+    # keys of nn.train that the pipeline reads, not the trainer
+    PIPELINE_KEYS = ("epochs", "first_day")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        known = {k: d[k] for k in cls.__dataclass_fields__ if k in d}
-        return cls(**known)
+        """From ``nn.train`` plus ``seed``; an unknown or missing key is an error, not a default."""
+        fields = cls.__dataclass_fields__
+        unknown = [k for k in d if k not in fields and k not in cls.PIPELINE_KEYS]
+        if unknown:
+            raise ValueError(f"nn.train: unknown key {unknown[0]!r}")
+        missing = [k for k in fields if k not in d]
+        if missing:
+            raise ValueError(f"nn.train: missing key {missing[0]!r}")
+        return cls(**{k: d[k] for k in fields})
 
 
 class _Optimizers:

@@ -1,0 +1,297 @@
+"""The declared configuration: one typed dataclass per config section.
+
+The default VALUES live in ``configs/<section>.yaml`` (commented, user-facing); the declarations
+here say which keys exist and what type each takes.  ``wbdc.config`` checks the defaults, every
+``--config`` file and every ``--set`` against them, so a typo or a wrong type is a one-line
+error naming the key (and the closest valid key), never a silent no-op.  A key in a YAML file
+that is not declared here, or a declared key missing from the defaults, is an error too (tested),
+so the two cannot drift apart.
+
+Types understood by the checker: bool, int, float (an int is accepted and stored as float), str,
+``Literal[...]``, ``X | None``, unions, ``list[X]``, ``dict[str, X]``, ``dict[Literal[..], X]`` and
+nested dataclasses.  Mapping sections that are open by nature (LightGBM's parameters) declare
+their known keys and name a hook that accepts more (``__open_keys__``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Union
+
+from .nn.archs import ARCHS
+from .schema import ACTIONS
+
+Action = Literal["read_comment", "like", "click_avatar", "forward", "favorite", "comment", "follow"]
+assert tuple(Action.__args__) == tuple(ACTIONS)  # noqa: S101 - the Literal mirrors schema.ACTIONS
+Preset = Literal["tiny", "small", "full"]
+
+
+# ------------------------------------------------------------------------------ data
+
+@dataclass
+class DataConfig:
+    data_dir: Union[list[str], str, None]     # folders with the official CSVs (resolved to a list)
+    test_file: str
+    preset: Preset
+    seed: int
+    null_world: bool
+    memory_gb: Union[float, Literal["auto"]]
+
+
+# ------------------------------------------------------------------------------ features
+
+@dataclass
+class StatsBlock:
+    key: str
+    windows: list[Union[int, Literal["all"]]]
+    stats: list[Literal["count", "sum", "rate", "play_mean", "stay_mean", "finish_mean", "active_days"]]
+    actions: Union[Literal["all", "main"], list[Action]]
+
+
+@dataclass
+class DistinctSpec:
+    name: str
+    key: str
+    of: str
+    windows: list[Union[int, Literal["all"]]]
+
+
+@dataclass
+class WindowStatsConfig:
+    prior_strength: float
+    cold_flags: bool
+    keys: dict[str, list[str]]
+    blocks: list[StatsBlock]
+    same_day: list[str]
+    distinct: list[DistinctSpec]
+
+
+@dataclass
+class W2VModelConfig:
+    dim: int
+    window: int
+    epochs: int
+    min_count: int
+    sg: Literal[0, 1]
+    negative: int
+    sample: float
+
+
+@dataclass
+class W2VConfig:
+    deterministic: bool
+    workers: int
+    max_sentence_len: int
+    feed: W2VModelConfig
+    author: W2VModelConfig
+    user_vectors: bool
+
+
+@dataclass
+class PCAConfig:
+    dim: int
+
+
+@dataclass
+class FeaturesConfig:
+    seed: Union[int, None]
+    days: Union[list[int], None]
+    first_history_day: int
+    window_stats: WindowStatsConfig
+    w2v: W2VConfig
+    pca: PCAConfig
+    feed_lists: list[str]
+
+
+# ------------------------------------------------------------------------------ lgb
+
+@dataclass
+class NegRate:
+    read_comment: float
+    like: float
+    click_avatar: float
+    forward: float
+    favorite: float
+    comment: float
+    follow: float
+
+
+def lightgbm_parameter_names() -> set[str]:
+    """Every parameter name and alias LightGBM knows (its own table, read lazily)."""
+    try:
+        from lightgbm.basic import _ConfigAliases
+    except ImportError:      # pragma: no cover - lightgbm is pinned in requirements.txt
+        return set()
+    names: set[str] = set()
+    for canonical, aliases in _ConfigAliases._get_all_param_aliases().items():
+        names.add(canonical)
+        names.update(aliases)
+    return names
+
+
+@dataclass
+class LgbParams:
+    """The parameters given to ``lightgbm.train``: the declared ones, and any other name LightGBM
+    itself knows (``lightgbm_parameter_names``)."""
+
+    __open_keys__ = "lightgbm_parameter_names"
+
+    objective: str
+    learning_rate: float
+    num_leaves: int
+    max_depth: int
+    min_data_in_leaf: int
+    feature_fraction: float
+    bagging_fraction: float
+    bagging_freq: int
+    lambda_l1: float
+    lambda_l2: float
+    max_bin: int
+    cat_smooth: float
+    max_cat_to_onehot: int
+    seed: Union[int, None]
+    deterministic: bool
+    force_col_wise: bool
+    verbosity: int
+    num_threads: Union[int, None]
+
+
+@dataclass
+class PopularityConfig:
+    template: Union[str, None]
+
+
+@dataclass
+class LgbConfig:
+    first_day: Union[int, None]
+    actions: Union[list[Action], None]
+    drop: list[str]
+    categorical: list[str]
+    neg_rate: NegRate
+    calibrate: bool
+    round_scaling: Literal["rows", "days"]
+    num_boost_round: int
+    early_stopping_rounds: int
+    params: LgbParams
+
+
+# ------------------------------------------------------------------------------ nn
+
+@dataclass
+class NNFeatures:
+    categorical: list[str]
+    extra_categorical: bool
+    dense: Union[Literal["all"], list[str]]
+    dense_exclude: list[str]
+    multi_hot: list[str]
+    max_list_len: int
+    dense_dtype: Literal["float16", "float32"]
+    pretrained: Union[Literal["all"], list[str]]
+
+
+@dataclass
+class EmbeddingConfig:
+    dim: int
+    bag_dim: Union[int, None]
+    pretrained_trainable: bool
+    sparse: bool
+
+
+@dataclass
+class LossConfig:
+    balancing: Literal["equal", "competition", "fixed", "uncertainty"]
+    weights: Union[dict[Action, float], None]
+    init_log_var: float
+
+
+@dataclass
+class TrainSection:
+    batch_size: int
+    lr: float
+    optimizer: Literal["adam", "adagrad"]
+    weight_decay: float
+    epochs: float
+    patience: int
+    eval_every_steps: int
+    first_day: Union[int, None]
+    predict_batch_size: int
+    device: Literal["cpu", "cuda", "auto"]
+    precision: Literal["fp32", "bf16"]
+    progress: bool
+
+
+@dataclass
+class OnlineSection:
+    epochs: Union[float, None]
+
+
+@dataclass
+class GatesConfig:
+    all_levels: bool
+
+
+@dataclass
+class NNConfigBase:
+    """The keys every net shares; each architecture adds its own section (``wbdc.nn.archs``)."""
+
+    seed: Union[int, None]
+    threads: Union[int, Literal["auto"]]
+    deterministic: bool
+    features: NNFeatures
+    embedding: EmbeddingConfig
+    loss: LossConfig
+    train: TrainSection
+    online: OnlineSection
+    gates: GatesConfig
+
+
+def _nn_config() -> type:
+    """NNConfigBase plus one section per registered architecture (``nn.<arch>``)."""
+    from dataclasses import field, make_dataclass
+
+    return make_dataclass("NNConfig", [(name, spec.config, field()) for name, spec in ARCHS.items()],
+                          bases=(NNConfigBase,))
+
+
+NNConfig = _nn_config()
+NN_SHARED_KEYS = tuple(NNConfigBase.__dataclass_fields__)
+
+
+# ------------------------------------------------------------------------------ blend, score
+
+@dataclass
+class BlendSearch:
+    grid_units: int
+    start_step_units: int
+    max_evals: int
+
+
+@dataclass
+class SubmitConfig:
+    source: str
+    decimals: int
+
+
+@dataclass
+class BlendConfig:
+    models: Union[list[str], None]
+    methods: list[Literal["prob", "rank"]]
+    seed: Union[int, None]
+    search: BlendSearch
+    submit: SubmitConfig
+
+
+@dataclass
+class ScoreConfig:
+    actions: list[Action]
+    decimals: int
+
+
+SECTIONS: dict[str, type] = {
+    "blend": BlendConfig,
+    "data": DataConfig,
+    "features": FeaturesConfig,
+    "lgb": LgbConfig,
+    "nn": NNConfig,
+    "popularity": PopularityConfig,
+    "score": ScoreConfig,
+}

@@ -1,0 +1,109 @@
+"""Every `run_all.sh --models` form runs on tiny and blends exactly the models asked for, plus the
+popularity baseline (issue 12 item 1), and run_all.sh resolves relative paths against the caller's
+working directory (item 4).
+
+One module root: the first run (lgb only) builds the world, caches and features; the later runs
+copy it, so only their models train.  Nets run one epoch on a small architecture.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from wbdc.schema import ACTIONS
+
+REPO = Path(__file__).resolve().parents[1]
+SEED = "13"
+pytestmark = pytest.mark.slow
+FAST = ["--set", "nn.train.epochs=1", "--set", "nn.mmoe.n_experts=2", "--set", "nn.ple.n_levels=1",
+        "--set", "lgb.num_boost_round=20", "--set", "blend.search.max_evals=20"]
+
+
+def run_all(root: Path | str, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    cmd = ["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--seed", SEED, "--root", str(root),
+           *FAST, *extra]
+    env = {**os.environ, "WBDC_SKIP_VENV": "1", "PYTHON": sys.executable}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return r
+
+
+def blended(root: Path) -> set[str]:
+    scores = json.loads((root / "ensemble" / "scores.json").read_text())
+    weights = json.loads((root / "ensemble" / "blend_weights.json").read_text())
+    assert set(weights["models"]) == set(scores["models"])
+    return set(scores["models"])
+
+
+def ran(r: subprocess.CompletedProcess) -> list[str]:
+    """Stages that ran (not skipped) in the order run_all.sh printed them."""
+    return [line[4:].strip() for line in r.stderr.splitlines()
+            if line.startswith("=== ") and "skipped" not in line]
+
+
+@pytest.fixture(scope="module")
+def lgb_only(tmp_path_factory):
+    root = tmp_path_factory.mktemp("subsets") / "lgb"
+    r = run_all(root, "--models", "lgb")
+    return root, r
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, symlinks=True)
+    return dst
+
+
+def test_lgb_only_blends_lgb_and_popularity(lgb_only):
+    root, r = lgb_only
+    assert blended(root) == {"lgb", "popularity"}
+    assert ran(r) == ["make_synthetic", "prepare", "features", "popularity", "lgb", "blend", "submit"]
+    sub = pd.read_csv(root / "submissions" / "submission.csv")
+    assert list(sub.columns) == ["userid", "feedid", *ACTIONS]
+
+
+def test_a_single_net_blends_that_net_and_popularity(lgb_only, tmp_path):
+    root = _copy(lgb_only[0], tmp_path / "mmoe")
+    r = run_all(root, "--models", "mmoe")
+    assert ran(r) == ["mmoe", "blend", "submit"]       # data, features and popularity are current
+    assert blended(root) == {"mmoe", "popularity"}     # the earlier run's lgb folder is not blended
+
+
+def test_two_nets_blend_both_and_popularity(lgb_only, tmp_path):
+    root = _copy(lgb_only[0], tmp_path / "two")
+    r = run_all(root, "--models", "sb,ple")
+    assert ran(r) == ["sb", "ple", "blend", "submit"]
+    assert blended(root) == {"sb", "ple", "popularity"}
+
+
+def test_unknown_model_and_stage_are_one_line_errors(lgb_only):
+    root, _ = lgb_only
+    env = {**os.environ, "WBDC_SKIP_VENV": "1", "PYTHON": sys.executable}
+    for extra, message in ((["--models", "mmoe,xgb"], "xgb"), (["--from", "blnd"], "blnd")):
+        r = subprocess.run(["bash", str(REPO / "run_all.sh"), "--root", str(root), *extra],
+                           capture_output=True, text=True, env=env, timeout=120)
+        assert r.returncode == 2, r.stderr
+        last = r.stderr.strip().splitlines()
+        assert len(last) == 1 and last[0].startswith("error: ") and message in last[0], r.stderr
+
+
+def test_relative_root_resolves_against_the_callers_cwd(lgb_only, tmp_path):
+    """`--root out` from another directory lands in that directory, not inside the repo."""
+    caller = tmp_path / "caller"
+    _copy(lgb_only[0], caller / "out")
+    r = run_all("out", "--models", "lgb", cwd=caller)
+    assert "=== submit: up to date, skipped" in r.stderr
+    assert not (REPO / "out").exists()
+    # artifacts and folders carry the usual modes, readable by others
+    sub = caller / "out" / "submissions" / "submission.csv"
+    assert stat.S_IMODE(sub.stat().st_mode) & 0o044 == 0o044
+    assert stat.S_IMODE(sub.parent.stat().st_mode) & 0o055 == 0o055
+    for f in (caller / "out" / "models").rglob("*"):
+        assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f

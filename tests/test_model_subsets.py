@@ -74,6 +74,10 @@ def test_a_single_net_blends_that_net_and_popularity(lgb_only, tmp_path):
     r = run_all(root, "--models", "mmoe")
     assert ran(r) == ["mmoe", "blend", "submit"]       # data, features and popularity are current
     assert blended(root) == {"mmoe", "popularity"}     # the earlier run's lgb folder is not blended
+    # the closing summary lists this run's stages only (not the earlier run's lgb)
+    summary = r.stdout[r.stdout.index("## Pipeline summary"):]
+    assert "| models/mmoe |" in summary and "| models/popularity |" in summary
+    assert "models/lgb" not in summary
 
 
 def test_two_nets_blend_both_and_popularity(lgb_only, tmp_path):
@@ -107,3 +111,15 @@ def test_relative_root_resolves_against_the_callers_cwd(lgb_only, tmp_path):
     assert stat.S_IMODE(sub.parent.stat().st_mode) & 0o055 == 0o055
     for f in (caller / "out" / "models").rglob("*"):
         assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f
+
+
+def test_relative_data_dir_resolves_against_the_callers_cwd(lgb_only, tmp_path):
+    caller = tmp_path / "caller"
+    shutil.copytree(lgb_only[0] / "data" / "synthetic" / f"tiny_seed{SEED}" / "wechat_algo_data1",
+                    caller / "raw")
+    r = run_all("out", "--data-dir", "raw", "--models", "lgb", "--mode", "offline", cwd=caller)
+    assert "make_synthetic" not in ran(r)
+    meta = json.loads((caller / "out" / "data" / "prepared" / "meta.json").read_text())
+    assert Path(meta["source_dir"]) == (caller / "raw").resolve()
+    assert blended(caller / "out") == {"lgb", "popularity"}
+    assert not (caller / "out" / "submissions" / "submission.csv").exists()   # offline: no submit

@@ -70,14 +70,51 @@ def test_lgb_only_blends_lgb_and_popularity(lgb_only):
 
 
 def test_a_single_net_blends_that_net_and_popularity(lgb_only, tmp_path):
+    """`--models mmoe`, with a --config file deep-merged under the --set overrides."""
     root = _copy(lgb_only[0], tmp_path / "mmoe")
-    r = run_all(root, "--models", "mmoe")
+    user = tmp_path / "user.yaml"
+    user.write_text("nn:\n  mmoe:\n    expert_dims: [16]\n    n_experts: 3\n")
+    r = run_all(root, "--models", "mmoe", "--config", str(user))
     assert ran(r) == ["mmoe", "blend", "submit"]       # data, features and popularity are current
     assert blended(root) == {"mmoe", "popularity"}     # the earlier run's lgb folder is not blended
+    mmoe = json.loads((root / "models" / "mmoe" / "config.json").read_text())["nn"]["mmoe"]
+    from wbdc.config import default_config
+    assert mmoe == {**default_config()["nn"]["mmoe"], "expert_dims": [16], "n_experts": 2}  # --set wins
     # the closing summary lists this run's stages only (not the earlier run's lgb)
     summary = r.stdout[r.stdout.index("## Pipeline summary"):]
     assert "| models/mmoe |" in summary and "| models/popularity |" in summary
     assert "models/lgb" not in summary
+
+
+def test_from_blend_reruns_blend_and_submit_only(lgb_only, tmp_path):
+    root = _copy(lgb_only[0], tmp_path / "from")
+    r = run_all(root, "--models", "lgb", "--from", "blend")
+    assert ran(r) == ["blend", "submit"]
+    assert (root / "submissions" / "submission.csv").read_bytes() == \
+        (lgb_only[0] / "submissions" / "submission.csv").read_bytes()
+
+
+def test_online_mode_on_a_root_without_models_runs_what_it_needs(lgb_only, tmp_path):
+    root = _copy(lgb_only[0], tmp_path / "online")
+    for name in ("models", "ensemble", "submissions"):
+        shutil.rmtree(root / name)
+    for stage in ("popularity", "lgb", "blend", "submit"):
+        (root / ".pipeline" / "stamps" / f"{stage}.json").unlink()
+    r = run_all(root, "--models", "lgb", "--mode", "online")
+    assert ran(r) == ["popularity", "lgb", "blend", "submit"]
+    assert (root / "models" / "lgb" / "pred_offline.parquet").exists()   # ran --mode all
+    assert (root / "submissions" / "submission.csv").read_bytes() == \
+        (lgb_only[0] / "submissions" / "submission.csv").read_bytes()
+
+
+def test_models_subset_in_offline_mode_writes_no_submission(lgb_only, tmp_path):
+    root = _copy(lgb_only[0], tmp_path / "off")
+    shutil.rmtree(root / "submissions")
+    r = run_all(root, "--models", "sb", "--mode", "offline")
+    assert ran(r) == ["popularity", "sb", "blend"]    # --mode is part of every model's stamp
+    assert blended(root) == {"sb", "popularity"}
+    assert not (root / "models" / "sb" / "pred_online.parquet").exists()
+    assert not (root / "submissions").exists()
 
 
 def test_two_nets_blend_both_and_popularity(lgb_only, tmp_path):
@@ -113,13 +150,21 @@ def test_relative_root_resolves_against_the_callers_cwd(lgb_only, tmp_path):
         assert stat.S_IMODE(f.stat().st_mode) & 0o044 == 0o044, f
 
 
-def test_relative_data_dir_resolves_against_the_callers_cwd(lgb_only, tmp_path):
+def test_relative_data_dir_and_test_b(lgb_only, tmp_path):
+    """`--data-dir raw --test-file test_b.csv` from another cwd: the folder is the caller's, and
+    the submission holds test_b's rows in test_b's order."""
     caller = tmp_path / "caller"
-    shutil.copytree(lgb_only[0] / "data" / "synthetic" / f"tiny_seed{SEED}" / "wechat_algo_data1",
-                    caller / "raw")
-    r = run_all("out", "--data-dir", "raw", "--models", "lgb", "--mode", "offline", cwd=caller)
+    raw = caller / "raw"
+    shutil.copytree(lgb_only[0] / "data" / "synthetic" / f"tiny_seed{SEED}" / "wechat_algo_data1", raw)
+    test_a = pd.read_csv(raw / "test_a.csv")
+    test_b = test_a.iloc[::-2].reset_index(drop=True)          # other rows, another order
+    test_b.to_csv(raw / "test_b.csv", index=False)
+    r = run_all("out", "--data-dir", "raw", "--test-file", "test_b.csv", "--models", "lgb", cwd=caller)
     assert "make_synthetic" not in ran(r)
     meta = json.loads((caller / "out" / "data" / "prepared" / "meta.json").read_text())
-    assert Path(meta["source_dir"]) == (caller / "raw").resolve()
+    assert Path(meta["source_dir"]) == raw.resolve()
     assert blended(caller / "out") == {"lgb", "popularity"}
-    assert not (caller / "out" / "submissions" / "submission.csv").exists()   # offline: no submit
+    sub = pd.read_csv(caller / "out" / "submissions" / "submission.csv")
+    assert len(sub) == len(test_b)
+    assert (sub["userid"].to_numpy() == test_b["userid"].to_numpy()).all()
+    assert (sub["feedid"].to_numpy() == test_b["feedid"].to_numpy()).all()

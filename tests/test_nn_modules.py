@@ -128,14 +128,6 @@ def test_ple_with_one_level_equals_cgc():
     torch.testing.assert_close(ple(x), cgc(x), rtol=0, atol=0)
 
 
-def test_mmoe_is_a_cgc_without_task_experts():
-    mmoe = MMoE(12, T, 4, [8], [3])
-    cgc = CGC(12, T, 0, 4, [8], [3])
-    cgc.load_state_dict(mmoe.state_dict())
-    x = torch.randn(6, 12)
-    torch.testing.assert_close(cgc(x), mmoe(x), rtol=0, atol=0)
-
-
 def test_build_core_reads_the_arch_section():
     core = build_core("ple", 12, T, {"n_levels": 2, "n_specific": 1, "n_shared": 2,
                                      "expert_dims": [8], "tower_dims": [4]})

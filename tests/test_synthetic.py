@@ -26,11 +26,24 @@ def world(tiny_root) -> Path:
     return Paths.at(tiny_root).synthetic_world("tiny", TINY_SEED)
 
 
+# The official headers, written out literally (not read from wbdc.schema, which the writer uses).
+OFFICIAL_HEADERS = {
+    "user_action.csv": "userid,feedid,date_,device,read_comment,comment,like,play,stay,click_avatar,"
+                       "forward,follow,favorite",
+    "feed_info.csv": "feedid,authorid,videoplayseconds,description,ocr,asr,bgm_song_id,bgm_singer_id,"
+                     "manual_keyword_list,machine_keyword_list,manual_tag_list,machine_tag_list,"
+                     "description_char,ocr_char,asr_char",
+    "feed_embeddings.csv": "feedid,feed_embedding",
+    "test_a.csv": "userid,feedid,device",
+}
+
+
 def test_official_files_and_headers(world):
     raw = world / "wechat_algo_data1"
+    for name, header in OFFICIAL_HEADERS.items():
+        assert (raw / name).open().readline().rstrip("\n") == header, name
     for spec in (USER_ACTION, FEED_INFO, FEED_EMBEDDINGS, TEST):
-        header = (raw / spec.filename).open().readline().strip().split(",")
-        assert header == spec.names, spec.filename
+        assert ",".join(spec.names) == OFFICIAL_HEADERS[spec.filename], spec.filename
     ua = pd.read_csv(raw / "user_action.csv")
     assert ua["date_"].between(1, 14).all() and set(ua["date_"]) == set(range(1, 15))
     assert (ua[["play", "stay"]] >= 0).all().all()

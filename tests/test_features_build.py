@@ -265,3 +265,38 @@ def test_stage_cli_runs_with_root_and_names_missing_inputs(tmp_path):
     assert info["built"] == [2, 15] and info["stage"] == "features"
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert "up to date" in r.stderr
+
+
+def test_a_failure_on_one_day_keeps_finished_days_and_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """A build that dies while writing day 6 leaves days 3's file complete and listed, no
+    temporary file, and the next run builds only the unfinished days, ending byte-identical to
+    a clean build."""
+    cfg = small_config(days=[3, 6, 15])
+    paths = make_world(tmp_path / "broken", seed=5)
+    real = build.write_parquet
+    calls = []
+
+    def failing(table, path, *a, **k):
+        if Path(path).name == day_file(6):       # half a file written, then the disk fills
+            from wbdc.io import atomic_path
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(b"PAR1 half a table")
+                raise OSError("disk full (injected)")
+        calls.append(Path(path).name)
+        return real(table, path, *a, **k)
+    monkeypatch.setattr(build, "write_parquet", failing)
+    with pytest.raises(OSError, match="injected"):
+        build.run(paths, cfg, progress=False)
+    assert day_file(3) in calls
+    leftovers = [p.name for p in paths.features.rglob("*") if ".tmp" in p.name]
+    assert leftovers == []
+    manifest = read_json(paths.features / "manifest.json")
+    assert set(manifest["day_tables"]) == {"3"}
+    assert not (paths.features / day_file(6)).exists()
+    monkeypatch.setattr(build, "write_parquet", real)
+    assert build.run(paths, cfg, progress=False)["built"] == [6, 15]
+
+    clean = make_world(tmp_path / "clean", seed=5)
+    build.run(clean, cfg, progress=False)
+    a, b = feature_files(paths.root), feature_files(clean.root)
+    assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == []

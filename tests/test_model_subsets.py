@@ -80,6 +80,11 @@ def test_a_single_net_blends_that_net_and_popularity(lgb_only, tmp_path):
     mmoe = json.loads((root / "models" / "mmoe" / "config.json").read_text())["nn"]["mmoe"]
     from wbdc.config import default_config
     assert mmoe == {**default_config()["nn"]["mmoe"], "expert_dims": [16], "n_experts": 2}  # --set wins
+    # MMoE gate diagnostics: one row per action over its 2 experts, each a distribution; a heatmap
+    gates = pd.read_csv(root / "models" / "mmoe" / "gates.csv")
+    assert len(gates) == len(ACTIONS) and gates.shape[1] == 2 + 2
+    assert ((gates.drop(columns=["level", "action"]).sum(1) - 1.0).abs() < 1e-5).all()
+    assert (root / "models" / "mmoe" / "gates.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the closing summary lists this run's stages only (not the earlier run's lgb)
     summary = r.stdout[r.stdout.index("## Pipeline summary"):]
     assert "| models/mmoe |" in summary and "| models/popularity |" in summary

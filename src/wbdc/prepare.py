@@ -732,8 +732,8 @@ def prepare(raw_dirs, out_dir: str | Path, test_file: str = "test_a.csv",
         feed_ids = feeds.column("feedid").to_numpy()
         n_feeds = feeds.num_rows
         del feeds
-        stats = write_actions(lay, feed_ids, tmp / "actions.parquet", block_bytes)
         write_embeddings(lay, tmp, block_bytes)
+        stats = write_actions(lay, feed_ids, tmp / "actions.parquet", block_bytes)
         n_test = write_test(lay, feed_ids, tmp / "test.parquet", block_bytes)
         meta = {
             "version": PREPARE_VERSION,

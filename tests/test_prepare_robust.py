@@ -323,3 +323,21 @@ def test_run_main_keeps_the_traceback_of_a_bug():
     code = RUN_MAIN.format(src=str(REPO / "src"))
     r = subprocess.run([sys.executable, "-c", code, "bug"], capture_output=True, text=True)
     assert r.returncode == 1 and "Traceback" in r.stderr and "KeyError: 'a bug'" in r.stderr
+
+
+def test_block_vector_parser_equals_the_row_parser():
+    from wbdc.prepare import _parse_vectors_fast, _parse_vectors_rows
+    rng = np.random.default_rng(3)
+    vals = rng.normal(size=(40, 512)) * 10.0 ** rng.integers(-8, 8, size=(40, 512))
+    strings = np.array([" ".join(repr(float(v)) for v in row) + " " for row in vals], dtype=object)
+    lines = np.arange(2, 42)
+    fast = _parse_vectors_fast(strings)
+    assert fast is not None and fast.dtype == np.float32
+    np.testing.assert_array_equal(fast, _parse_vectors_rows("e.csv", strings, lines))
+    odd = strings.copy()
+    odd[5] = odd[5].replace(" ", "  ", 3)        # double spaces: the row parser takes over
+    assert _parse_vectors_fast(odd) is None
+    np.testing.assert_array_equal(_parse_vectors_rows("e.csv", odd, lines), fast)
+    short = strings.copy()
+    short[7] = short[7].rsplit(" ", 2)[0]
+    assert _parse_vectors_fast(short) is None

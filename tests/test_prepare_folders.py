@@ -235,3 +235,19 @@ def test_make_synthetic_and_score_accept_the_list(two, tmp_path):
     assert r.stderr.strip().splitlines() == [
         "error: no TRUTH given: the real test labels are not public; pass a truth CSV "
         "(userid, feedid and the action labels)"]
+
+
+@pytest.mark.parametrize("parts", [1, 7])
+def test_keep_last_matches_pandas_and_counts_cross_folder_drops(parts):
+    from wbdc.prepare import keep_last
+    rng = np.random.default_rng(parts)
+    user, feed = rng.integers(0, 50, 3000), rng.integers(0, 40, 3000)
+    key = (user.astype(np.int64) << 32) | feed
+    bounds = [0, 1000, 2200, 3000]
+    keep, n_dup, n_cross = keep_last(key, bounds, parts=parts)
+    expect = ~pd.Series(key).duplicated(keep="last").to_numpy()
+    np.testing.assert_array_equal(keep, expect)
+    assert n_dup == int((~expect).sum()) > 0
+    folder = np.searchsorted(bounds, np.arange(3000), side="right") - 1
+    last_row = pd.Series(np.arange(3000)).groupby(key).transform("max").to_numpy()
+    assert n_cross == int(((folder != folder[last_row]) & ~expect).sum()) > 0

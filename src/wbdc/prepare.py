@@ -620,6 +620,43 @@ class ActionStats:
     days: list[int]
 
 
+def keep_last(key: np.ndarray, bounds: Sequence[int] = (), parts: int | None = None
+              ) -> tuple[np.ndarray, int, int]:
+    """Mask of the last occurrence of every key; also (rows dropped, dropped rows whose kept row
+    lies in another folder; ``bounds``: first row of each folder plus the total).
+
+    Rows are split into ``parts`` by userid (the key's high half) and each part is sorted on its
+    own, so the temporaries are a fraction of the 8 bytes per row the keys take."""
+    n = len(key)
+    parts = parts or max(1, min(64, n >> 20))
+    keep = np.zeros(n, dtype=bool)
+    if parts > 1:
+        bucket = np.empty(n, dtype=np.uint8)
+        for lo in range(0, n, 1 << 22):
+            bucket[lo:lo + (1 << 22)] = (key[lo:lo + (1 << 22)] >> 32) % parts
+    n_dup = n_cross = 0
+    for p in range(parts):
+        sel = np.flatnonzero(bucket == p) if parts > 1 else None
+        sub = key[sel] if sel is not None else key
+        order = np.argsort(sub, kind="stable")
+        sk = sub[order]
+        del sub
+        last = np.ones(len(sk), dtype=bool)
+        np.not_equal(sk[1:], sk[:-1], out=last[:-1])
+        del sk
+        rows = sel[order] if sel is not None else order
+        del order, sel
+        keep[rows[last]] = True
+        if not last.all():
+            dropped, ends = np.flatnonzero(~last), np.flatnonzero(last)
+            n_dup += len(dropped)
+            if len(bounds) > 2:
+                keeper = rows[ends[np.searchsorted(ends, dropped)]]
+                folder_of = lambda i: np.searchsorted(bounds, i, side="right") - 1  # noqa: E731
+                n_cross += int((folder_of(rows[dropped]) != folder_of(keeper)).sum())
+    return keep, n_dup, n_cross
+
+
 def write_actions(lay: Layout, feed_ids: np.ndarray, path: Path, block_bytes: int = BLOCK_BYTES) -> ActionStats:
     """actions.parquet from every folder's user_action.csv, de-duplicated keeping the last row.
 
@@ -628,49 +665,32 @@ def write_actions(lay: Layout, feed_ids: np.ndarray, path: Path, block_bytes: in
     spec = schema.USER_ACTION
     feed_sorted = np.sort(feed_ids)
     stage1 = path.with_name(".actions_all.parquet")
-    keys: list[np.ndarray] = []
+    key_file = path.with_name(".actions_keys.i64")
     bounds = [0]
     writer = None
     try:
-        for path_ua in lay.user_action:
-            fname = lay.name(path_ua)
-            n_file = 0
-            for block, lines in iter_csv(path_ua, spec, (), fname, block_bytes):
-                _check_known(fname, block["feedid"], lines, feed_sorted, "feed_info.csv")
-                cols = {c: block[c] for c in ACTION_COLUMNS}
-                if writer is None:
-                    writer = pq.ParquetWriter(stage1, _schema_of(cols), compression="lz4")
-                writer.write_table(pa.table(cols, schema=writer.schema))
-                keys.append(_key(block["userid"], block["feedid"]))
-                n_file += len(lines)
-            if n_file == 0:
-                raise InputError(f"{fname}: no data rows (header only)")
-            bounds.append(bounds[-1] + n_file)
+        with open(key_file, "wb") as key_sink:
+            for path_ua in lay.user_action:
+                fname = lay.name(path_ua)
+                n_file = 0
+                for block, lines in iter_csv(path_ua, spec, (), fname, block_bytes):
+                    _check_known(fname, block["feedid"], lines, feed_sorted, "feed_info.csv")
+                    cols = {c: block[c] for c in ACTION_COLUMNS}
+                    if writer is None:
+                        writer = pq.ParquetWriter(stage1, _schema_of(cols), compression="lz4")
+                    writer.write_table(pa.table(cols, schema=writer.schema))
+                    _key(block["userid"], block["feedid"]).tofile(key_sink)
+                    n_file += len(lines)
+                if n_file == 0:
+                    raise InputError(f"{fname}: no data rows (header only)")
+                bounds.append(bounds[-1] + n_file)
     finally:
         if writer is not None:
             writer.close()
-    key = np.concatenate(keys)
-    del keys
-    n = len(key)
-    order = np.argsort(key, kind="stable")
-    sk = key[order]
+    key = np.fromfile(key_file, dtype=np.int64)
+    key_file.unlink()
+    keep, n_dup, n_cross = keep_last(key, bounds)
     del key
-    last = np.empty(n, dtype=bool)
-    last[-1] = True
-    np.not_equal(sk[1:], sk[:-1], out=last[:-1])
-    del sk
-    n_dup = int(n - last.sum())
-    n_cross = 0
-    if n_dup and len(bounds) > 2:
-        dropped = np.flatnonzero(~last)
-        ends = np.flatnonzero(last)
-        keeper = order[ends[np.searchsorted(ends, dropped)]]
-        folder = lambda i: np.searchsorted(bounds, i, side="right") - 1  # noqa: E731
-        n_cross = int((folder(order[dropped]) != folder(keeper)).sum())
-        del dropped, ends, keeper
-    keep = np.zeros(n, dtype=bool)
-    keep[order[last]] = True
-    del order, last
     users, days = [], np.zeros(schema.LAST_TRAIN_DAY + 1, dtype=np.int64)
     src = pq.ParquetFile(stage1)
     with pq.ParquetWriter(path, src.schema_arrow, compression="zstd") as out:

@@ -341,3 +341,23 @@ def test_block_vector_parser_equals_the_row_parser():
     short = strings.copy()
     short[7] = short[7].rsplit(" ", 2)[0]
     assert _parse_vectors_fast(short) is None
+
+
+def test_crlf_files_read_like_lf_files(raw, good_raw, tmp_path):
+    for f in ("user_action.csv", "feed_info.csv", "feed_embeddings.csv", "test_a.csv"):
+        (raw / f).write_bytes((raw / f).read_bytes().replace(b"\n", b"\r\n"))
+    prepare(raw, tmp_path / "crlf", block_bytes=1000)
+    prepare(good_raw, tmp_path / "lf")
+    for f in ("actions.parquet", "test.parquet", "feeds.parquet"):
+        assert pq.read_table(tmp_path / "crlf" / f).equals(pq.read_table(tmp_path / "lf" / f))
+    for f in ("feed_embeddings.npy", "feed_embedding_ids.npy"):
+        assert (tmp_path / "crlf" / f).read_bytes() == (tmp_path / "lf" / f).read_bytes()
+
+
+def test_quoted_file_cut_short(raw, tmp_path):
+    df = pd.read_csv(raw / "test_a.csv")
+    df.to_csv(raw / "test_a.csv", index=False, quoting=1)
+    text = (raw / "test_a.csv").read_text().rstrip("\n")
+    (raw / "test_a.csv").write_text(text.rsplit(",", 1)[0])
+    n = len(_lines(raw / "test_a.csv"))
+    _fails(raw, tmp_path, rf"^test_a\.csv: line {n}: expected 3 fields, found 2 \(the file ends inside this line\)$")

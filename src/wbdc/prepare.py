@@ -193,7 +193,8 @@ def _record_lines(block: bytes, first_line: int, eof: bool, fname: str, n_fields
                 if not rec:
                     continue
                 if len(rec) != n_fields:
-                    tail = cut_short if eof and not text.endswith("\n") and reader.line_num == text.count("\n") + 1 else ""
+                    at_end = eof and not text.endswith("\n") and reader.line_num == text.count("\n") + 1
+                    tail = cut_short if at_end else ""
                     raise InputError(f"{fname}: line {start}: expected {n_fields} fields, found {len(rec)}{tail}")
                 lines.append(start)
         except csv.Error as e:

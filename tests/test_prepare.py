@@ -14,7 +14,7 @@ import pytest
 from official_fixture import write_official
 from wbdc import schema
 from wbdc.io import InputError
-from wbdc.prepare import PREPARED_FILES, load_raw, prepare
+from wbdc.prepare import PREPARED_FILES, prepare
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -88,17 +88,17 @@ def _edit_csv(path: Path, row: int, column: str, value: str) -> None:
 
 
 BAD_CASES = [
-    ("user_action.csv", 5, "userid", "abc", r"user_action\.csv: row 5, column 'userid': non-numeric value 'abc'"),
-    ("user_action.csv", 7, "date_", "15", r"user_action\.csv: row 7, column 'date_': date_ 15 outside 1\.\.14"),
-    ("user_action.csv", 3, "like", "2", r"user_action\.csv: row 3, column 'like': label 2 outside \{0,1\}"),
-    ("user_action.csv", 9, "play", "-5", r"user_action\.csv: row 9, column 'play': negative value -5"),
-    ("user_action.csv", 4, "stay", "-1", r"user_action\.csv: row 4, column 'stay': negative value -1"),
-    ("feed_info.csv", 2, "authorid", "x1", r"feed_info\.csv: row 2, column 'authorid': non-numeric value 'x1'"),
-    ("feed_info.csv", 6, "manual_tag_list", "3;b", r"feed_info\.csv: row 6, column 'manual_tag_list': non-integer list item 'b'"),
+    ("user_action.csv", 5, "userid", "abc", r"user_action\.csv: line 6, column 'userid': non-numeric value 'abc'"),
+    ("user_action.csv", 7, "date_", "15", r"user_action\.csv: line 8, column 'date_': date_ 15 outside 1\.\.14"),
+    ("user_action.csv", 3, "like", "2", r"user_action\.csv: line 4, column 'like': label 2 outside \{0,1\}"),
+    ("user_action.csv", 9, "play", "-5", r"user_action\.csv: line 10, column 'play': negative value -5"),
+    ("user_action.csv", 4, "stay", "-1", r"user_action\.csv: line 5, column 'stay': negative value -1"),
+    ("feed_info.csv", 2, "authorid", "x1", r"feed_info\.csv: line 3, column 'authorid': non-numeric value 'x1'"),
+    ("feed_info.csv", 6, "manual_tag_list", "3;b", r"feed_info\.csv: line 7, column 'manual_tag_list': non-integer list item 'b'"),
     ("feed_embeddings.csv", 8, "feed_embedding", "0.1 0.2 0.3",
-     r"feed_embeddings\.csv: row 8, column 'feed_embedding': expected 512 numbers, got 3"),
-    ("test_a.csv", 4, "feedid", "999999", r"test_a\.csv: row 4, column 'feedid': feedid 999999 not in feed_info\.csv"),
-    ("test_a.csv", 2, "device", "z", r"test_a\.csv: row 2, column 'device': non-numeric value 'z'"),
+     r"feed_embeddings\.csv: line 9, column 'feed_embedding': expected 512 numbers, got 3"),
+    ("test_a.csv", 4, "feedid", "999999", r"test_a\.csv: line 5, column 'feedid': feedid 999999 not in feed_info\.csv"),
+    ("test_a.csv", 2, "device", "z", r"test_a\.csv: line 3, column 'device': non-numeric value 'z'"),
 ]
 
 
@@ -120,19 +120,19 @@ def test_embedding_with_non_number(raw, tmp_path):
     vals[10] = "oops"
     df.loc[2, "feed_embedding"] = " ".join(vals)
     df.to_csv(raw / "feed_embeddings.csv", index=False)
-    with pytest.raises(InputError, match=r"feed_embeddings\.csv: row 3, column 'feed_embedding': non-numeric"):
+    with pytest.raises(InputError, match=r"feed_embeddings\.csv: line 4, column 'feed_embedding': non-numeric value 'oops'$"):
         prepare(raw, tmp_path / "out")
 
 
 def test_missing_file_and_renamed_column(raw, tmp_path):
     (raw / "feed_embeddings.csv").unlink()
     with pytest.raises(InputError, match=r"feed_embeddings\.csv: missing file"):
-        load_raw(raw)
+        prepare(raw, tmp_path / "out")
     write_official(raw)
     text = (raw / "user_action.csv").read_text().replace("read_comment", "readcomment", 1)
     (raw / "user_action.csv").write_text(text)
-    with pytest.raises(InputError, match=r"user_action\.csv: row 0 \(header\), column 'read_comment': missing column"):
-        load_raw(raw)
+    with pytest.raises(InputError, match=r"user_action\.csv: line 1 \(header\), column 'read_comment': missing column"):
+        prepare(raw, tmp_path / "out")
 
 
 def test_existing_cache_survives_a_failed_rerun(raw, tmp_path):
@@ -152,7 +152,7 @@ def test_stage_cli_error_is_one_line(raw, tmp_path):
                         "--root", str(tmp_path / "root")], capture_output=True, text=True)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == \
-        "error: user_action.csv: row 5, column 'userid': non-numeric value 'abc'"
+        "error: user_action.csv: line 6, column 'userid': non-numeric value 'abc'"
     assert not (tmp_path / "root" / "data" / "prepared").exists()
 
 

@@ -38,7 +38,7 @@ def main() -> int:
     cfg = resolve(args)
     data = cfg["data"]
     if data.get("data_dir"):
-        print(f"[{STAGE}] data.data_dir is set ({data['data_dir']}): real data, nothing to "
+        print(f"[{STAGE}] data.data_dir is set ({', '.join(data['data_dir'])}): real data, nothing to "
               f"generate", file=sys.stderr)
         return 0
     preset, seed = str(data["preset"]), int(data["seed"])

@@ -121,6 +121,11 @@ def _plain(v: Any) -> str:
     return repr(v) if isinstance(v, str) else yaml.safe_dump(v, default_flow_style=True).strip().removesuffix("\n...")
 
 
+# declared scalar type -> (accepted Python types, conversion); bool is never taken for a number
+_SCALARS: dict[type, tuple[tuple[type, ...], Any]] = {
+    bool: ((bool,), bool), int: ((int,), int), float: ((int, float), float), str: ((str,), str)}
+
+
 class _Mismatch(Exception):
     pass
 
@@ -177,21 +182,10 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
         if value is None:
             return None
         raise _Mismatch
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise _Mismatch
-    if tp is str:
-        if isinstance(value, str):
-            return value
+    if tp in _SCALARS:
+        accepts, convert = _SCALARS[tp]
+        if isinstance(value, accepts) and (tp is bool or not isinstance(value, bool)):
+            return convert(value)
         raise _Mismatch
     if tp is Any:
         return value

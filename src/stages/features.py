@@ -19,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wbdc.budget import check_prepared  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features import build  # noqa: E402
@@ -40,6 +41,7 @@ def main() -> int:
         cfg["features"]["days"] = args.days
     paths = Paths.at(args.root)
     require(paths.prepared / "meta.json", "run the prepare stage (src/stages/prepare.py)")
+    check_prepared("features", cfg, paths.prepared)   # before any work: fits data.memory_gb?
     out = paths.features
     with StageRun("features", out) as run:
         summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force)

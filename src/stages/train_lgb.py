@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from wbdc.budget import check_prepared  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
@@ -82,6 +83,7 @@ def main() -> int:
     cfg["lgb"]["actions"] = actions
     cfg["lgb"]["params"] = dict(settings.params)      # effective: seed and threads filled in
     paths = Paths.at(args.root)
+    check_prepared("train_lgb", cfg, paths.prepared)   # before any work: fits data.memory_gb?
     fs = FeatureStore(paths)
     out = paths.model("lgb")
     progress = not args.no_progress

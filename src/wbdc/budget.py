@@ -1,0 +1,72 @@
+"""The one memory budget, ``data.memory_gb``, and the check the in-memory stages make before they
+start.
+
+``data.memory_gb: auto`` is half the machine's RAM.  prepare streams (its peak does not grow with
+the input); features, LightGBM and the nets still hold a day range of exposure rows in memory, so
+their peak grows linearly with the number of exposure rows.  Before any work, each of them
+estimates its peak from the prepared row count and a per-row cost measured at the `full` preset
+(README, "Pipeline time and memory") and stops with a one-line error giving the figure it needs
+when that is over the budget, instead of running out of memory an hour in.
+"""
+from __future__ import annotations
+
+from .io import InputError
+
+#: stage -> (peak MB, exposure rows) measured at the `full` preset (7,344,328 action rows plus
+#: 423,143 test rows; README "Pipeline time and memory").  The estimate scales the peak linearly.
+MEASURED_AT_FULL: dict[str, tuple[float, int]] = {
+    "features": (5_338.0, 7_767_471),
+    "train_lgb": (4_994.0, 7_767_471),
+    "train_nn": (5_578.0, 7_767_471),
+}
+
+
+class BudgetError(InputError):
+    """A stage's estimated peak memory is over ``data.memory_gb``."""
+
+
+def total_ram_gb() -> float:
+    import psutil
+    return psutil.virtual_memory().total / 2**30
+
+
+def memory_budget_gb(cfg: dict) -> float:
+    """``data.memory_gb`` in GB, ``auto`` resolved to half the machine's RAM."""
+    value = cfg["data"]["memory_gb"]
+    if value == "auto":
+        return total_ram_gb() / 2
+    value = float(value)
+    if value <= 0:
+        raise BudgetError(f"data.memory_gb: expected a positive number of GB or 'auto', got {value:g}")
+    return value
+
+
+def estimate_gb(stage: str, exposure_rows: int) -> float:
+    peak_mb, rows = MEASURED_AT_FULL[stage]
+    return peak_mb / 1024 * exposure_rows / rows
+
+
+def check_budget(stage: str, cfg: dict, exposure_rows: int) -> float:
+    """Raise :class:`BudgetError` when ``stage``'s estimated peak for ``exposure_rows`` rows is
+    over the budget; return the estimate (GB) otherwise."""
+    need = estimate_gb(stage, exposure_rows)
+    budget = memory_budget_gb(cfg)
+    if need > budget:
+        raise BudgetError(
+            f"{stage}: needs about {need:.1f} GB for {exposure_rows:,} exposure rows (measured "
+            f"{MEASURED_AT_FULL[stage][0] / MEASURED_AT_FULL[stage][1] * 2**20:.0f} bytes per row), "
+            f"over the memory budget of {budget:.1f} GB (data.memory_gb); this stage holds its "
+            f"rows in memory: raise data.memory_gb if the machine has the RAM")
+    return need
+
+
+def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
+    """:func:`check_budget` with the row counts of ``data/prepared/meta.json`` (nothing to check,
+    None, when it is missing: the stage then names what to run first)."""
+    from pathlib import Path
+
+    from .prepare import load_meta
+    if not (Path(prepared_dir) / "meta.json").exists():
+        return None
+    meta = load_meta(prepared_dir)
+    return check_budget(stage, cfg, int(meta["n_actions"]) + int(meta["n_test"]))

@@ -1224,18 +1224,19 @@ class _Steps:
                   file=sys.stderr, flush=True)
 
 
-def generate_world(preset: str, seed: int, out_dir: Path, progress: bool = False,
+def generate_world(preset: str | Preset, seed: int, out_dir: Path, progress: bool = False,
                    null: bool = False) -> dict:
     """Generate the world of (preset, seed) into ``out_dir`` (``wechat_algo_data1/`` and
     ``truth/``), built in a temporary folder and swapped into place when complete.
 
     ``null``: the same users, feeds, exposures and files, but labels independent of everything
-    (:func:`null_outcomes`); the truth holds the constant base rates.
+    (:func:`null_outcomes`); the truth holds the constant base rates.  ``preset``: a name of
+    PRESETS or a :class:`Preset` (e.g. from :func:`scaled_preset`, for a size between them).
 
     Returns the world summary (also written to ``truth/world.json``) plus ``steps``: time and
     peak memory per step (kept out of world.json so reruns are byte-identical).
     """
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     steps = _Steps(progress)
     world = build_world(preset, seed)

@@ -101,9 +101,11 @@ def main() -> int:
         print("\n| model | day-14 weighted uAUC |\n|---|---:|")
         for name, s in scores.get("models", {}).items():
             print(f"| {name} | {s['weighted']:.6f} |")
-        for key in ("blend", "blend_heldout", "oracle", "online"):
+        for key in ("blend", "oracle", "online"):
             if scores.get(key):
                 print(f"| {key} | {scores[key]['weighted']:.6f} |")
+        if (scores.get("insample") or {}).get("blend"):
+            print(f"| blend in-sample | {scores['insample']['blend']['weighted']:.6f} |")
     if args.json:
         Path(args.json).write_text(json.dumps({"preset": args.preset, "stages": infos, "wall_seconds": wall,
                                                "peak_mb": peak, "scores": scores}, indent=1))

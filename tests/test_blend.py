@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 
 from wbdc.blend import (BlendSettings, BlendWeights, ModelSet, find_models, fit_blend,
-                        load_day_labels, open_predictions, per_user_pct_rank, simplex_search,
-                        split_users)
+                        load_day_labels, open_predictions, per_user_pct_rank, simplex_search)
 from wbdc.io import InputError, write_json
-from wbdc.metrics import group_by_user, uauc, weighted_uauc
+from wbdc.metrics import (HALF_PRED_FILES, HALVES, crossfit_scores, group_by_user, split_halves,
+                          uauc, weighted_uauc, weighted_uauc_by_half)
 from wbdc.schema import ACTIONS
 
 from conftest import run_stage
@@ -90,16 +90,24 @@ def write_root(root: Path, w: dict, models: dict[str, tuple[np.ndarray, np.ndarr
     return root
 
 
-def write_model(root: Path, name: str, w: dict, off: np.ndarray, on: np.ndarray) -> None:
+def write_model(root: Path, name: str, w: dict, off: np.ndarray, on: np.ndarray,
+                halves: dict[str, np.ndarray] | None = None) -> None:
+    """``halves``: the day-14 predictions chosen on each user half (default: ``off`` for both,
+    a model that chooses nothing on day 14)."""
     d = root / "models" / name
     d.mkdir(parents=True, exist_ok=True)
-    po = pd.DataFrame({"userid": w["u14"], "feedid": w["f14"]})
-    pn = pd.DataFrame({"userid": w["ut"], "feedid": w["ft"]})
-    for j, a in enumerate(ACTIONS):
-        po[a] = off[:, j].astype(np.float32)
-        pn[a] = on[:, j].astype(np.float32)
-    po.to_parquet(d / "pred_offline.parquet", index=False)
-    pn.to_parquet(d / "pred_online.parquet", index=False)
+
+    def frame(u, f, x):
+        df = pd.DataFrame({"userid": u, "feedid": f})
+        for j, a in enumerate(ACTIONS):
+            df[a] = x[:, j].astype(np.float32)
+        return df
+
+    frame(w["u14"], w["f14"], off).to_parquet(d / "pred_offline.parquet", index=False)
+    for h, f in HALF_PRED_FILES.items():
+        x = off if halves is None else halves[h]
+        frame(w["u14"], w["f14"], x).to_parquet(d / f, index=False)
+    frame(w["ut"], w["ft"], on).to_parquet(d / "pred_online.parquet", index=False)
     write_json({"offline": {}}, d / "scores.json")
     write_json({"stage": f"train_{name}", "seconds": 2.0, "peak_rss_mb": 200.0},
                d / f"run_info_train_{name}.json")
@@ -142,6 +150,11 @@ def _modelset(root: Path, w: dict, names=None) -> tuple[pd.DataFrame, ModelSet]:
     return labels, open_predictions(root / "models", names, "offline", labels, "labels")
 
 
+def _half_sets(root: Path, labels: pd.DataFrame, names) -> dict[str, ModelSet]:
+    return {h: open_predictions(root / "models", names, f"offline_sel_{h.lower()}", labels, "labels")
+            for h in HALVES}
+
+
 # ------------------------------------------------------------------------------ simplex search
 
 def test_simplex_search_finds_interior_grid_optimum():
@@ -167,15 +180,6 @@ def test_simplex_search_never_worse_than_best_vertex_and_respects_budget():
     one = simplex_search(lambda w: float("nan"), 1)
     np.testing.assert_array_equal(one.weights, [1.0])
 
-
-def test_split_users_is_seeded_half():
-    a = split_users(np.arange(11), 4)
-    assert a.sum() == 5
-    np.testing.assert_array_equal(a, split_users(np.arange(11), 4))
-    assert not np.array_equal(split_users(np.arange(1000), 4), split_users(np.arange(1000), 5))
-
-
-# ------------------------------------------------------------------------------ per-user ranks
 
 def test_per_user_pct_rank_matches_pandas_reference():
     rng = np.random.default_rng(0)
@@ -243,26 +247,65 @@ def test_blend_beats_both_of_two_complementary_models(tmp_path, world):
         assert 0 < fit.weights.actions[a].weights["half_a"] < 1
 
 
-def test_heldout_score_is_the_cross_fitted_uauc(fake_root, world):
-    labels, ms = _modelset(fake_root, world)
-    fit = fit_blend(labels, ms, SMALL, progress=False)
-    g = group_by_user(labels["userid"].to_numpy())
-    in_a_user = split_users(g.user_ids, SMALL.seed)
-    in_a = np.isin(labels["userid"].to_numpy(), g.user_ids[in_a_user])
+def _recompute_half_blends(labels, halves_sets, fit, halves) -> dict[str, pd.DataFrame]:
+    """Each half's blend rebuilt from what blend_weights records: the input and the weights
+    chosen on that half, applied to the models' predictions chosen on that half."""
+    out = {}
+    for h in HALVES:
+        ms = halves_sets[h]
+        df = ms.keys.copy()
+        for a in ACTIONS:
+            b = fit.weights.actions[a]
+            x = ms.column(a)
+            if b.half_method[h] == "rank":
+                x = np.stack([per_user_pct_rank(x[:, j], halves.groups) for j in range(x.shape[1])],
+                             axis=1)
+            wv = np.array([b.half_weights[b.half_method[h]][h][n] for n in ms.names], np.float32)
+            df[a] = np.clip(x @ wv, 0, 1)
+        out[h] = df
+    return out
+
+
+def test_heldout_score_is_the_mean_of_the_out_of_half_uaucs(tmp_path, world):
+    """The held-out blend of each half uses only what that half chose: the models' predictions
+    selected on it and weights fitted on it; its figure is the mean of the two out-of-half
+    uAUCs.  Models whose choices differ per half make the halves' inputs differ."""
+    rng = np.random.default_rng(8)
+    good = lambda: _sigmoid(world["z14"] + rng.normal(0, 0.6, world["z14"].shape))  # noqa: E731
+    noise = lambda: rng.random(world["z14"].shape)  # noqa: E731
+    on = lambda: rng.random(world["zt"].shape)  # noqa: E731
+    root = tmp_path / "r"
+    write_root(root, world, {})
+    write_model(root, "sel", world, good(), on(), {"A": good(), "B": noise()})
+    write_model(root, "plain", world, good(), on())
+    labels, ms = _modelset(root, world)
+    hs = _half_sets(root, labels, ms.names)
+    halves = split_halves(SMALL.seed, labels["userid"].to_numpy())
+    fit = fit_blend(labels, ms, SMALL, progress=False, half_preds=hs, halves=halves)
+    rebuilt = _recompute_half_blends(labels, hs, fit, halves)
+    for h in HALVES:
+        pd.testing.assert_frame_equal(fit.half_preds[h], rebuilt[h], check_dtype=False, atol=1e-6)
+    userids = labels["userid"].to_numpy()
     for a in ACTIONS:
-        b = fit.weights.actions[a]
-        x = ms.column(a)                             # float32, as the blend computes
-        if b.method == "rank":
-            x = np.stack([per_user_pct_rank(x[:, j], g) for j in range(x.shape[1])], axis=1)
-        wa = np.array([b.half_weights[b.method]["A"][n] for n in ms.names], np.float32)
-        wb = np.array([b.half_weights[b.method]["B"][n] for n in ms.names], np.float32)
-        cross = np.where(in_a, x @ wb, x @ wa)       # each half scored with the other's weights
         y = labels[a].to_numpy()
-        assert b.heldout == pytest.approx(uauc(y, cross, labels["userid"].to_numpy()), abs=1e-6)
-        assert uauc(y, fit.heldout[a].to_numpy(), labels["userid"].to_numpy()) == pytest.approx(
-            b.heldout, abs=1e-6)
+        on_b = uauc(y[~halves.row_in_a], rebuilt["A"][a].to_numpy()[~halves.row_in_a],
+                    userids[~halves.row_in_a])
+        on_a = uauc(y[halves.row_in_a], rebuilt["B"][a].to_numpy()[halves.row_in_a],
+                    userids[halves.row_in_a])
+        b = fit.weights.actions[a]
+        assert b.heldout == pytest.approx((on_a + on_b) / 2, abs=1e-9)
         assert b.heldout_by_method.keys() == {"prob", "rank"}
-        assert b.heldout == max(v for v in b.heldout_by_method.values())
+        # half B chose on noise for "sel": its weights avoid it; half A's lean on it or mix
+        assert b.half_weights[b.half_method["B"]]["B"]["sel"] <= 0.25
+        # the held-out rows of each half carry the other half's blend
+        np.testing.assert_allclose(fit.heldout[a].to_numpy()[~halves.row_in_a],
+                                   rebuilt["A"][a].to_numpy()[~halves.row_in_a], atol=1e-6)
+        np.testing.assert_allclose(fit.heldout[a].to_numpy()[halves.row_in_a],
+                                   rebuilt["B"][a].to_numpy()[halves.row_in_a], atol=1e-6)
+    cf = crossfit_scores(labels, rebuilt["A"], rebuilt["B"], halves)
+    assert cf["weighted"] == pytest.approx(
+        np.mean([weighted_uauc_by_half(labels, rebuilt["A"], halves)["B"]["weighted"],
+                 weighted_uauc_by_half(labels, rebuilt["B"], halves)["A"]["weighted"]]))
 
 
 def test_rank_and_prob_blending_both_work(tmp_path, world):
@@ -375,13 +418,16 @@ def test_blend_stage_end_to_end(fake_root, world):
     s = json.loads((ens / "scores.json").read_text())
     keys = [*ACTIONS, "weighted"]
     assert set(s["models"]) == {"good", "noise_a", "noise_b"}
-    for block in (*s["models"].values(), s["blend"], s["blend_heldout"], s["oracle"]):
+    assert set(s["insample"]["models"]) == {"good", "noise_a", "noise_b"}
+    assert "blend_heldout" not in s
+    for block in (*s["models"].values(), s["blend"], *s["insample"]["models"].values(),
+                  s["insample"]["blend"], s["oracle"]):
         assert list(block) == keys
     assert s["online"] is None
     assert set(s["blend_weights"]) == set(ACTIONS)
     assert set(s["blend_method"].values()) <= {"prob", "rank"}
     for a in ACTIONS:
-        assert s["blend"][a] >= max(m[a] for m in s["models"].values())
+        assert s["insample"]["blend"][a] >= max(m[a] for m in s["insample"]["models"].values())
         assert s["blend_weights"][a]["good"] >= 0.8
     # the oracle is the truth's own uAUC, recomputed here
     labels = _labels(world)
@@ -395,7 +441,22 @@ def test_blend_stage_end_to_end(fake_root, world):
     np.testing.assert_array_equal(off["userid"], world["u14"])
     np.testing.assert_array_equal(on["feedid"], world["ft"])
     assert ((on[list(ACTIONS)] >= 0) & (on[list(ACTIONS)] <= 1)).all().all()
-    assert s["blend"]["weighted"] == pytest.approx(round(wu(labels, off)["weighted"], 6))
+    assert s["insample"]["blend"]["weighted"] == pytest.approx(round(wu(labels, off)["weighted"], 6))
+    # the headline blend is the held-out one: its halves' files, each scored on the other half
+    halves = split_halves(2021, labels["userid"].to_numpy())
+    sel = {h: pd.read_parquet(ens / f) for h, f in HALF_PRED_FILES.items()}
+    cf = crossfit_scores(labels, sel["A"], sel["B"], halves)
+    w = json.loads((ens / "blend_weights.json").read_text())
+    for k in keys:
+        assert s["blend"][k] == pytest.approx(round(cf[k], 6), abs=1e-6)
+    for a in ACTIONS:
+        assert s["blend"][a] == pytest.approx(w["actions"][a]["heldout"], abs=1e-6)
+    # each model's figure is the mean of its two out-of-half uAUCs
+    for n in ("good", "noise_a"):
+        d = fake_root / "models" / n
+        cf = crossfit_scores(labels, pd.read_parquet(d / HALF_PRED_FILES["A"]),
+                             pd.read_parquet(d / HALF_PRED_FILES["B"]), halves)
+        assert s["models"][n]["weighted"] == pytest.approx(round(cf["weighted"], 6), abs=1e-6)
     assert "blend" in r.stderr and "done in" in r.stderr
 
 
@@ -428,9 +489,9 @@ def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
     assert names == ["lgb", "popularity"]
     run_stage("blend.py", root, "--preset", "tiny", "--seed", "7", "--no-progress")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
-    best = max(m["weighted"] for m in s["models"].values())
-    assert s["blend"]["weighted"] >= best - 1e-6
-    assert s["oracle"] is not None and s["blend_heldout"]["weighted"] is not None
+    best = max(m["weighted"] for m in s["insample"]["models"].values())
+    assert s["insample"]["blend"]["weighted"] >= best - 1e-6
+    assert s["oracle"] is not None and s["blend"]["weighted"] is not None
     run_stage("submit.py", root, "--preset", "tiny", "--seed", "7")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     assert s["online"]["weighted"] is not None
@@ -445,7 +506,8 @@ def test_blend_stage_offline_mode_needs_and_leaves_no_online_predictions(fake_ro
     stale = root / "ensemble" / "pred_online.parquet"
     stale.parent.mkdir(parents=True, exist_ok=True)
     stale.write_bytes(b"from an earlier fit")
-    with pytest.raises(AssertionError, match=r"no model folder with pred_offline.parquet and pred_online.parquet"):
+    with pytest.raises(AssertionError, match=r"no model folder with pred_offline.parquet and "
+                       r"pred_offline_sel_a.parquet and pred_offline_sel_b.parquet and pred_online.parquet"):
         run_stage("blend.py", root, "--no-progress", "--set", "blend.search.max_evals=20")
     run_stage("blend.py", root, "--no-progress", "--mode", "offline", "--set", "blend.search.max_evals=20")
     assert not stale.exists()

@@ -18,10 +18,12 @@ import pandas as pd
 import pytest
 
 from wbdc.baselines import popularity_columns, popularity_predictions
-from wbdc.lgb import (LgbSettings, UAUCEval, action_rows, calibrate, fit_offline, fit_online,
+from wbdc.lgb import (LgbSettings, UAUCEval, action_rows, calibrate, finish_predictions,
+                      fit_offline, fit_online,
                       keep_mask, load_fit_data, online_rounds, parse_actions, row_uniforms,
                       scale_rounds, select_features, union_mask)
-from wbdc.metrics import group_by_user, uauc, weighted_uauc
+from wbdc.metrics import (HALF_PRED_FILES, crossfit_scores, group_by_user, split_halves, uauc,
+                          uauc_by_half, weighted_uauc)
 from wbdc.schema import ACTIONS
 from wbdc.config import default_config
 
@@ -232,6 +234,12 @@ def test_uauc_eval_matches_metric():
     assert (name, higher) == ("uauc", True)
     assert value == pytest.approx((0.5 + 0.5) / 2)
     assert value == uauc(y, p, users)
+    halves = split_halves(1, users)
+    out = UAUCEval(y, halves.groups, halves)(p, None)
+    assert [(n, h) for n, _, h in out] == [("uauc", True), ("uauc_A", True), ("uauc_B", True)]
+    ua = uauc(y[halves.row_in_a], p[halves.row_in_a], users[halves.row_in_a])
+    ub = uauc(y[~halves.row_in_a], p[~halves.row_in_a], users[~halves.row_in_a])
+    assert [v for _, v, _ in out] == pytest.approx([value, ua, ub], nan_ok=True)
 
 
 # ------------------------------------------------------------------------------ popularity
@@ -286,9 +294,9 @@ def test_fake_fit_predictions(fake_fit):
     for df in (off.preds, on.preds):
         vals = df[list(ACTIONS)].to_numpy()
         assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
-    # scores are the project's metric on these predictions
+    # the in-sample scores are the project's metric on these predictions
     ref = weighted_uauc(fs.load_labels(14), off.preds, day14["userid"].to_numpy())
-    assert off.scores == pytest.approx(ref)
+    assert off.scores_insample == pytest.approx(ref)
     # best iteration = argmax of the recorded history; online rounds scaled by the row ratio
     for a in ACTIONS:
         h = off.history.loc[off.history["action"] == a, "uauc"].to_numpy()
@@ -299,6 +307,46 @@ def test_fake_fit_predictions(fake_fit):
     assert set(imp["action"]) == set(ACTIONS) and len(imp) == len(ACTIONS) * len(data.spec.names)
     top = imp[imp["action"] == "read_comment"].sort_values("gain").iloc[-1]["feature"]
     assert top == "affinity"
+
+
+def test_fake_fit_early_stopping_picks_per_half(fake_fit):
+    """Each user half picks the first best round of its own uAUC history (the feval records
+    both halves every round) and the day-14 rows are predicted at that round."""
+    fs, settings, data, off, _ = fake_fit
+    assert settings.halves_seed == 3                     # data.seed
+    halves = split_halves(3, fs.load_day(14)["userid"].to_numpy())
+    np.testing.assert_array_equal(halves.in_a, data.halves.in_a)
+    differ = 0
+    for a in ACTIONS:
+        h = off.history[off.history["action"] == a]
+        j = ACTIONS.index(a)
+        y = data.valid_rows.labels[:, j]
+        for half in ("A", "B"):
+            curve = h[f"uauc_{half}"].to_numpy()
+            assert off.half_best_iteration[half][a] == int(np.argmax(curve)) + 1
+            raw = off.boosters[a].predict(data.valid_rows.X, num_iteration=off.half_best_iteration[half][a])
+            np.testing.assert_allclose(off.half_preds[half][a].to_numpy(),
+                                       finish_predictions(raw, settings, a), rtol=1e-6)
+            differ += off.half_best_iteration[half][a] != off.best_iteration[a]
+        # the recorded half values are the uAUCs of each half's users at that round
+        it = off.half_best_iteration["A"][a]
+        raw = off.boosters[a].predict(data.valid_rows.X, num_iteration=it)
+        assert uauc_by_half(y, raw, halves)["A"] == pytest.approx(h["uauc_A"].to_numpy()[it - 1])
+    assert differ > 0          # the halves do not simply copy the all-users choice
+
+
+def test_fake_fit_reported_score_is_the_mean_of_the_out_of_half_uaucs(fake_fit):
+    fs, _, data, off, _ = fake_fit
+    labels = fs.load_labels(14)
+    users = fs.load_day(14)["userid"].to_numpy()
+    in_a = data.halves.row_in_a
+    for a in ACTIONS:
+        y = labels[a].to_numpy()
+        on_b = uauc(y[~in_a], off.half_preds["A"][a].to_numpy()[~in_a], users[~in_a])
+        on_a = uauc(y[in_a], off.half_preds["B"][a].to_numpy()[in_a], users[in_a])
+        assert off.scores[a] == pytest.approx((on_a + on_b) / 2, abs=1e-12)
+    assert off.scores == pytest.approx(
+        crossfit_scores(labels, off.half_preds["A"], off.half_preds["B"], data.halves))
 
 
 def test_fake_fit_beats_popularity(fake_fit):
@@ -365,7 +413,8 @@ def test_tiny_stage_writes_the_artifacts(tiny_lgb):
         for kind in ("offline", "online"):
             assert (out / f"model_{kind}_{a}.txt").stat().st_size > 0
     scores = json.loads((out / "scores.json").read_text())
-    for key in ("offline", "best_iteration", "online_rounds"):
+    for key in ("offline", "offline_insample", "best_iteration", "half_best_iteration",
+                "online_rounds"):
         assert key in scores
     assert "popularity" not in scores  # the popularity baseline is its own stage
     assert list(scores["offline"]) == [*ACTIONS, "weighted"]
@@ -400,18 +449,38 @@ def test_tiny_predictions_align_and_are_probabilities(tiny_lgb):
         for df in (off, on):
             v = df[list(ACTIONS)].to_numpy()
             assert np.isfinite(v).all() and (v >= 0).all() and (v <= 1).all()
-    # the written scores are the project's metric on the written predictions
-    off = pd.read_parquet(root / "models" / "lgb" / "pred_offline.parquet")
-    scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
-    ref = weighted_uauc(fs.load_labels(14), off, off["userid"].to_numpy())
-    assert scores["offline"] == pytest.approx(ref)
+    # the written scores are the project's metric on the written predictions: in-sample on
+    # pred_offline, cross-fitted on the per-half files (popularity: both equal its predictions)
+    from conftest import TINY_SEED
+    labels = fs.load_labels(14)
+    for model in ("lgb", "popularity"):
+        d = root / "models" / model
+        off = pd.read_parquet(d / "pred_offline.parquet")
+        sel = {h: pd.read_parquet(d / f) for h, f in HALF_PRED_FILES.items()}
+        scores = json.loads((d / "scores.json").read_text())
+        ref = weighted_uauc(labels, off, off["userid"].to_numpy())
+        assert scores["offline_insample"] == pytest.approx(ref)
+        halves = split_halves(TINY_SEED, off["userid"].to_numpy())
+        assert scores["offline"] == pytest.approx(crossfit_scores(labels, sel["A"], sel["B"], halves))
+        if model == "popularity":
+            for h in sel:
+                pd.testing.assert_frame_equal(sel[h], off)
 
 
-def test_tiny_lgb_beats_popularity(tiny_lgb):
+def test_tiny_lgb_scores_are_consistent(tiny_lgb):
+    """On tiny the day-14 halves are a few hundred users, so LightGBM's honest (cross-fitted)
+    figure does not beat the popularity baseline (seed 7: 0.527 vs 0.531; in-sample 0.594):
+    that comparison lives in the fake-store test, which has signal to spare.  Here: both
+    figures are written per action and the per-half iterations lie within the rounds trained."""
     root, _ = tiny_lgb
     scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
-    pop = json.loads((root / "models" / "popularity" / "scores.json").read_text())
-    assert scores["offline"]["weighted"] > pop["offline"]["weighted"]
+    hist = pd.read_csv(root / "models" / "lgb" / "eval_history.csv")
+    assert list(hist.columns) == ["action", "round", "uauc", "uauc_A", "uauc_B"]
+    for a in ACTIONS:
+        rounds = int(hist.loc[hist["action"] == a, "round"].max())
+        for h in ("A", "B"):
+            assert 1 <= scores["half_best_iteration"][h][a] <= rounds
+        assert 0.0 <= scores["offline"][a] <= 1.0 and 0.0 <= scores["offline_insample"][a] <= 1.0
 
 
 def test_tiny_online_mode_reuses_the_offline_iterations(tiny_lgb, tmp_path):

@@ -310,3 +310,59 @@ def test_property_negated_predictions_give_one_minus(case):
     assume(keep.any())
     y, p, u = y[keep], p[keep], u[keep]
     assert abs(uauc(y, -p, u) - (1.0 - uauc(y, p, u))) < 1e-12
+
+
+# ------------------------------------------------------------------------------ user halves
+
+def test_user_halves_are_seeded_order_free_halves():
+    from wbdc.metrics import user_halves
+    ids = np.arange(11) * 7
+    a = user_halves(ids, 4)
+    assert a.sum() == 5
+    np.testing.assert_array_equal(a, user_halves(ids, 4))
+    # the split depends on the set of ids, not their order
+    perm = np.random.default_rng(0).permutation(11)
+    np.testing.assert_array_equal(user_halves(ids[perm], 4), a[perm])
+    assert not np.array_equal(user_halves(np.arange(1000), 4), user_halves(np.arange(1000), 5))
+    with pytest.raises(ValueError, match="distinct"):
+        user_halves(np.array([1, 1, 2]), 0)
+
+
+def test_split_halves_rows_follow_their_user():
+    from wbdc.metrics import split_halves
+    rng = np.random.default_rng(3)
+    users = rng.integers(0, 50, 600)
+    h = split_halves(9, users)
+    a_users = set(h.groups.user_ids[h.in_a].tolist())
+    assert h.row_in_a.tolist() == [u in a_users for u in users]
+    assert len(a_users) == len(np.unique(users)) // 2
+
+
+def test_uauc_by_half_and_crossfit_scores_by_hand():
+    from wbdc.metrics import crossfit_scores, split_halves, uauc_by_half, weighted_uauc_by_half
+    rng = np.random.default_rng(5)
+    users = rng.integers(0, 80, 3000)
+    labels = {a: (rng.random(3000) < 0.3).astype(np.int8) for a in ACTIONS}
+    sel_a = {a: rng.random(3000) + 0.5 * labels[a] for a in ACTIONS}
+    sel_b = {a: rng.random(3000) for a in ACTIONS}
+    h = split_halves(2, users)
+    ra = h.row_in_a
+    y = labels["like"]
+    by = uauc_by_half(y, sel_a["like"], h)
+    assert by["all"] == pytest.approx(uauc(y, sel_a["like"], users))
+    assert by["A"] == pytest.approx(uauc(y[ra], sel_a["like"][ra], users[ra]))
+    assert by["B"] == pytest.approx(uauc(y[~ra], sel_a["like"][~ra], users[~ra]))
+    wb = weighted_uauc_by_half(labels, sel_a, h)
+    assert wb["all"]["weighted"] == pytest.approx(weighted_uauc(labels, sel_a, users)["weighted"])
+    cf = crossfit_scores(labels, sel_a, sel_b, h)
+    for a in ACTIONS:
+        on_b = uauc(labels[a][~ra], sel_a[a][~ra], users[~ra])
+        on_a = uauc(labels[a][ra], sel_b[a][ra], users[ra])
+        assert cf[a] == pytest.approx((on_a + on_b) / 2)
+    sub_a = {a: v[~ra] for a, v in sel_a.items()}
+    sub_b = {a: v[ra] for a, v in sel_b.items()}
+    lab_b = {a: v[~ra] for a, v in labels.items()}
+    lab_a = {a: v[ra] for a, v in labels.items()}
+    assert cf["weighted"] == pytest.approx(
+        (weighted_uauc(lab_b, sub_a, users[~ra])["weighted"]
+         + weighted_uauc(lab_a, sub_b, users[ra])["weighted"]) / 2)

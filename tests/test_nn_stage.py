@@ -52,8 +52,11 @@ def test_stage_writes_every_artifact(ple_run, nn_root):
             "config.json", "run_info_train_nn_ple.json", "checkpoint_offline.pt",
             "checkpoint_online.pt"} <= names
     assert not [n for n in names if n.endswith(".tmp")]
+    assert {"pred_offline_sel_a.parquet", "pred_offline_sel_b.parquet"} <= names
     scores = json.loads((ple_run / "scores.json").read_text())
     assert set(scores["offline"]) == {*ACTIONS, "weighted"}
+    assert set(scores["offline_insample"]) == {*ACTIONS, "weighted"}
+    assert set(scores["half_best_epoch"]) == {"A", "B"}
     assert 0 < scores["best_epoch"] <= scores["epochs_run"] <= 2
     assert scores["samples_per_s"] > 0 and scores["online"]["epochs"] == scores["best_epoch"]
     cfg = json.loads((ple_run / "config.json").read_text())
@@ -80,6 +83,26 @@ def test_predictions_follow_the_row_order_of_day_14_and_the_test_file(ple_run, n
     for df in (off, on):
         p = df[list(ACTIONS)].to_numpy()
         assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
+
+
+def test_reported_score_is_the_mean_of_the_out_of_half_uaucs(ple_run, nn_root):
+    """scores.json "offline" = mean over the two halves of the uAUC of the other half's
+    best-epoch predictions (recomputed here from the written files)."""
+    from wbdc.metrics import split_halves, uauc
+
+    labels = pd.read_parquet(nn_root / "data" / "prepared" / "actions.parquet")
+    labels = labels[labels["date_"] == 14].reset_index(drop=True)
+    sel = {h: pd.read_parquet(ple_run / f"pred_offline_sel_{h.lower()}.parquet") for h in "AB"}
+    np.testing.assert_array_equal(sel["A"]["feedid"], labels["feedid"])
+    users = labels["userid"].to_numpy()
+    in_a = split_halves(7, users).row_in_a
+    scores = json.loads((ple_run / "scores.json").read_text())
+    for a in ACTIONS:
+        y = labels[a].to_numpy()
+        vals = [v for v in (uauc(y[~in_a], sel["A"][a].to_numpy()[~in_a], users[~in_a]),
+                            uauc(y[in_a], sel["B"][a].to_numpy()[in_a], users[in_a]))
+                if not np.isnan(v)]
+        assert scores["offline"][a] == pytest.approx(np.mean(vals), abs=1e-9)
 
 
 def test_online_mode_reuses_the_offline_best_epoch(ple_run, nn_root):

@@ -126,6 +126,28 @@ def test_early_stopping_keeps_the_best_state(store):
     np.testing.assert_array_equal(trainer.predict(valid), seen[1])   # best state restored
 
 
+def test_each_half_keeps_its_own_best_epoch(store):
+    """With the halves scored at every evaluation, each half keeps the evaluation it prefers
+    (the first maximum of its own weighted uAUC) and that evaluation's predictions, while the
+    state restored (and the online epoch count) stays the all-users choice."""
+    _, _, train, valid, trainer = _setup(store, "mmoe", patience=3, lr=0.05, eval_every_steps=2)
+    score_fn = make_score_fn(valid, 5)
+    res = trainer.fit(train, epochs=2, valid=valid, score_fn=score_fn)
+    assert len(res.history) >= 4
+    for h in ("A", "B"):
+        curve = [r[f"valid_{h}/weighted"] for r in res.history if f"valid_{h}/weighted" in r]
+        k = int(np.argmax(curve))
+        assert res.half_best[h]["score"] == curve[k]
+        assert res.half_best[h]["epoch"] == pytest.approx(res.history[k]["epochs"], abs=1e-4)
+        assert score_fn(res.half_best[h]["preds"])[f"{h}/weighted"] == curve[k]
+    all_curve = [r["valid_weighted"] for r in res.history]
+    assert res.best_epoch == pytest.approx(res.history[int(np.argmax(all_curve))]["epochs"], abs=1e-4)
+    assert "A/like" not in res.best_scores and set(ACTIONS) <= set(res.best_scores)
+    # without halves nothing is kept per half
+    _, _, train, valid, trainer = _setup(store, "sb", epochs=1)
+    assert trainer.fit(train, epochs=0.5, valid=valid, score_fn=make_score_fn(valid)).half_best == {}
+
+
 def test_fractional_epochs_and_step_evaluation(store):
     _, _, train, valid, trainer = _setup(store, "sb", eval_every_steps=5)
     steps_per_epoch = int(np.ceil(len(train) / trainer.cfg.batch_size))
@@ -145,6 +167,13 @@ def test_offline_then_online_pipeline_and_checkpoint(store, tmp_path):
     assert off.preds["userid"].tolist() == store.load_day(14)["userid"].tolist()
     assert 0.5 < off.fit.best_scores["weighted"] <= 1.0
     assert set(ACTIONS) <= set(off.fit.best_scores)
+    # the honest score is cross-fitted from each half's own best-epoch predictions
+    from wbdc.metrics import crossfit_scores, split_halves
+    labels = store.load_labels(14)
+    halves = split_halves(int(cfg["data"]["seed"]), off.preds["userid"].to_numpy())
+    assert off.scores == pytest.approx(crossfit_scores(labels, off.half_preds["A"],
+                                                       off.half_preds["B"], halves))
+    assert set(off.half_epochs) == {"A", "B"}
     # gate diagnostics: one row per (level, action), each a distribution over own + shared experts
     g = off.gates
     assert len(g) == 2 * len(ACTIONS)

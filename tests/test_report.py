@@ -15,6 +15,8 @@ from conftest import run_stage
 from test_blend import make_world, standard_models, write_root
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+HONEST = "Day-14 uAUC (offline, honest)"
+INSAMPLE = "Day-14 uAUC (in-sample, optimistic)"
 
 
 def parse_tables(md: str) -> dict[str, dict[str, list[str]]]:
@@ -45,13 +47,26 @@ def assert_report_matches(root: Path) -> dict:
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     md = (root / "ensemble" / "report.md").read_text()
     tables = parse_tables(md)
-    offline = tables["Day-14 uAUC (offline)"]
-    expected = {**s["models"], "blend": s["blend"], "blend_heldout": s["blend_heldout"]}
+    offline = tables[HONEST]
+    expected = {**s["models"], "blend": s["blend"]}
     if s.get("oracle"):
         expected["oracle"] = s["oracle"]
     assert set(offline) == set(expected)
     for name, sc in expected.items():
         assert _score_row(offline[name]) == sc, name
+    # in-sample figures in their own, labelled table, never among the honest rows
+    ins = tables[INSAMPLE]
+    expected = {f"insample:{n}": v for n, v in s["insample"]["models"].items()}
+    expected["insample:blend"] = s["insample"]["blend"]
+    assert set(ins) == set(expected)
+    for name, sc in expected.items():
+        assert _score_row(ins[name]) == sc, name
+    honest_text = md[md.index("## " + HONEST):md.index("## " + INSAMPLE)]
+    assert "mean of the two out-of-half uAUCs" in honest_text
+    assert "`blend` = the held-out blend" in honest_text
+    assert "in-sample" not in honest_text.split("|")[0].replace("`insample", "")
+    ins_text = md[md.index("## " + INSAMPLE):]
+    assert "Chosen and scored on the same day-14 users" in ins_text.split("|")[0]
     if s.get("online"):
         online = tables["Online (test day)"]
         assert _score_row(online["online"]) == s["online"]
@@ -71,7 +86,8 @@ def test_report_numbers_equal_scores_json(tmp_path):
     paths = Paths.at(tmp_path)
     scores = {
         "models": {"lgb": _scores(0.6), "mmoe": {**_scores(0.55), "comment": None}},
-        "blend": _scores(0.62), "blend_heldout": _scores(0.61), "oracle": _scores(0.7),
+        "blend": _scores(0.61), "oracle": _scores(0.7),
+        "insample": {"models": {"lgb": _scores(0.64), "mmoe": _scores(0.57)}, "blend": _scores(0.66)},
         "online": _scores(0.63), "online_source": "ensemble",
         "models_online": {"lgb": _scores(0.59)},
         "blend_weights": {a: {"lgb": 0.725, "mmoe": 0.275} for a in ACTIONS},
@@ -91,7 +107,7 @@ def test_report_numbers_equal_scores_json(tmp_path):
     report = render_report(paths, extra_sections={"Pipeline extras": "| a | b |\n|---|---|\n| x | 1 |"})
     md = report.read_text()
     tables = assert_report_matches(tmp_path)
-    assert tables["Day-14 uAUC (offline)"]["mmoe"][ACTIONS.index("comment")] == "n/a"
+    assert tables[HONEST]["mmoe"][ACTIONS.index("comment")] == "n/a"
     # runtimes: both run infos, not the one inside a hidden temporary folder
     runtimes = tables["Stage runtimes"]
     assert runtimes["models/mmoe"] == ["train_nn", "12.3", "321"]
@@ -123,8 +139,9 @@ def test_collect_run_infos_reads_every_artifact_folder(tmp_path):
 
 def test_report_without_online_or_oracle(tmp_path):
     paths = Paths.at(tmp_path)
-    write_json({"models": {"lgb": _scores(0.6)}, "blend": _scores(0.6),
-                "blend_heldout": _scores(0.58), "oracle": None, "online": None,
+    write_json({"models": {"lgb": _scores(0.6)}, "blend": _scores(0.58),
+                "insample": {"models": {"lgb": _scores(0.61)}, "blend": _scores(0.6)},
+                "oracle": None, "online": None,
                 "blend_weights": {a: {"lgb": 1.0} for a in ACTIONS},
                 "blend_method": {a: "prob" for a in ACTIONS}}, paths.ensemble / "scores.json")
     md = render_report(paths).read_text()
@@ -158,13 +175,16 @@ def test_pipeline_summary_lists_stages_in_run_order_and_scores(tmp_path):
     os.utime(paths.features / "run_info_features.json", (1, 1))       # ran first
     scores = empty_scores()
     scores["models"] = {"mmoe": {"weighted": 0.61}}
-    scores["blend"] = {"weighted": 0.625}
+    scores["blend"] = {"weighted": 0.605}
+    scores["insample"] = {"models": {"mmoe": {"weighted": 0.64}}, "blend": {"weighted": 0.625}}
     write_json(scores, paths.ensemble / "scores.json")
     lines = summary_lines(paths, total_seconds=13)
     assert lines[4:7] == ["| features | features | 10.0 | 100 |",
                           "| train_nn_mmoe | models/mmoe | 2.5 | 50 |",
                           "| **whole run (this invocation)** | | 13 | |"]
-    assert "| mmoe | 0.610000 |" in lines and "| blend (in-sample) | 0.625000 |" in lines
+    assert "| mmoe | 0.610000 |" in lines and "| blend (held out) | 0.605000 |" in lines
+    assert "| blend in-sample (optimistic, not a score) | 0.625000 |" in lines
+    assert not [x for x in lines if "0.640000" in x]         # in-sample model figures stay out
     (paths.ensemble / "report.md").write_text("# report\n\n## Pipeline summary\nold table\n")
     write_summary(paths, 13)
     text = (paths.ensemble / "report.md").read_text()

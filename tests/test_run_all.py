@@ -57,7 +57,7 @@ def test_run_all_tiny_writes_valid_submission_and_scores(clean_run):
 
     scores = json.loads((root / "ensemble" / "scores.json").read_text())
     assert set(scores["models"]) == {"popularity", "lgb", "sb", "mmoe", "ple"}
-    for block in [*scores["models"].values(), scores["blend"], scores["blend_heldout"],
+    for block in [*scores["models"].values(), scores["blend"], scores["insample"]["blend"],
                   scores["oracle"], scores["online"]]:
         assert set(SCORE_KEYS) <= set(block)
         assert 0.0 < block["weighted"] < 1.0

@@ -1,14 +1,21 @@
 """Stage `blend`: per-action blend of the models' predictions by validated day-14 uAUC.
 
-Reads models/<name>/pred_offline.parquet (day-14 rows) and pred_online.parquet (test rows) of
-every model folder (or --models), the day-14 labels (data/prepared/actions.parquet) and the
-test rows (data/prepared/test.parquet).  Per action it searches non-negative weights summing
-to 1 that maximise the day-14 uAUC, blending either probabilities or per-user percentile
-ranks; a seeded half split of the users gives a held-out score for each (weights fitted on one
-half, scored on the other, both ways), the better input wins and its weights are refitted on
-all users.  When the data is synthetic the true day-14 probabilities are scored too (oracle).
+Reads models/<name>/pred_offline.parquet and pred_offline_sel_{a,b}.parquet (day-14 rows; the
+latter as chosen on each user half) and pred_online.parquet (test rows) of every model folder
+(or --models), the day-14 labels (data/prepared/actions.parquet) and the test rows
+(data/prepared/test.parquet).  Per action it searches non-negative weights summing to 1 that
+maximise the day-14 uAUC, blending either probabilities or per-user percentile ranks.
 
-Writes ensemble/: pred_offline.parquet, pred_online.parquet (same format as a model),
+Honest scores (scores.json "models" and "blend"): the day-14 users are split in the seeded
+halves every model shares (data.seed); what is chosen on one half is scored on the other, both
+ways, and the two out-of-half uAUCs are averaged.  A model's choice is its iteration / epoch;
+the blend's are its input and weights, fitted on one half over the models' predictions chosen
+on that half.  The online weights are refitted on all users with the input of the better
+cross-fitted score; their day-14 score and the models' scores at the iteration / epoch chosen
+on all users are in-sample ("insample").  When the data is synthetic the true day-14
+probabilities are scored too (oracle).
+
+Writes ensemble/: pred_offline.parquet, pred_offline_sel_{a,b}.parquet, pred_online.parquet,
 blend_weights.json, scores.json (layout in src/wbdc/report.py), report.md with PNG plots,
 config.json, run_info_blend.json.  Settings: configs/blend.yaml (--set blend.KEY=VALUE).
 """
@@ -23,12 +30,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pandas as pd  # noqa: E402
 
-from wbdc.blend import (BlendSettings, align_truth, find_models, fit_blend,  # noqa: E402
-                        load_day_labels, open_predictions)
+from wbdc.blend import (OFFLINE_FILES, PRED_FILES, BlendSettings, align_truth,  # noqa: E402
+                        find_models, fit_blend, load_day_labels, open_predictions)
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.io import InputError, read_json, require, write_json, write_parquet  # noqa: E402
-from wbdc.metrics import UAUCWarning, group_by_user, weighted_uauc  # noqa: E402
+from wbdc.metrics import (HALF_PRED_FILES, HALVES, UAUCWarning, crossfit_scores,  # noqa: E402
+                          group_by_user, split_halves, weighted_uauc)
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.report import empty_scores, render_report, rounded  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
@@ -84,7 +92,6 @@ def main(argv=None) -> int:
         settings = BlendSettings.from_config(cfg)
     except ValueError as e:
         raise SystemExit(f"blend: {e}")
-    b["seed"] = settings.seed
     paths = Paths.at(args.root)
     out = paths.ensemble
     progress = not args.no_progress
@@ -93,11 +100,11 @@ def main(argv=None) -> int:
     test_f = require(paths.prepared / "test.parquet", PREPARE_HINT)
     with_online = args.mode != "offline"
     names, skipped = find_models(paths.models, b.get("models"),
-                                 ("offline", "online") if with_online else ("offline",))
+                                 (*OFFLINE_FILES, "online") if with_online else OFFLINE_FILES)
     for s in skipped:
         print(f"[blend] warning: {s}", file=sys.stderr)
     if not names:
-        need = "pred_offline.parquet and pred_online.parquet" if with_online else "pred_offline.parquet"
+        need = " and ".join(PRED_FILES[w] for w in (*OFFLINE_FILES, *(("online",) if with_online else ())))
         raise FileNotFoundError(f"{paths.models}: no model folder with {need}; "
                                 "run src/stages/train_lgb.py or train_nn.py")
 
@@ -106,20 +113,29 @@ def main(argv=None) -> int:
         if len(labels) == 0:
             raise InputError(f"{actions_f}: no rows of day {LAST_TRAIN_DAY} to blend on")
         test = pd.read_parquet(test_f, columns=["userid", "feedid"])
-        offline = open_predictions(paths.models, names, "offline", labels, f"day-{LAST_TRAIN_DAY} labels ({actions_f})")
+        what = f"day-{LAST_TRAIN_DAY} labels ({actions_f})"
+        offline = open_predictions(paths.models, names, "offline", labels, what)
+        half_preds = {h: open_predictions(paths.models, names, f"offline_sel_{h.lower()}", labels, what)
+                      for h in HALVES}
         online = (open_predictions(paths.models, names, "online", test, f"test rows ({test_f})")
                   if with_online else None)
         print(f"[blend] {len(names)} models ({', '.join(names)}), {len(labels):,} day-14 rows, "
               f"{len(test):,} test rows", file=sys.stderr)
-        g14 = group_by_user(labels["userid"].to_numpy())
+        halves = split_halves(settings.seed, labels["userid"].to_numpy())
+        g14 = halves.groups
 
         caught: list[str] = []
-        models = {n: score(labels, offline.frame(n), g14, caught) for n in names}
-        fit = fit_blend(labels, offline, settings, groups=g14, progress=progress)
+        models = {n: rounded(crossfit_scores(labels, half_preds["A"].frame(n), half_preds["B"].frame(n),
+                                             halves)) for n in names}
+        insample_models = {n: score(labels, offline.frame(n), g14, caught) for n in names}
+        fit = fit_blend(labels, offline, settings, groups=g14, progress=progress,
+                        half_preds=half_preds, halves=halves)
         blend_online = (fit.weights.apply(online, group_by_user(test["userid"].to_numpy()))
                         if with_online else None)
 
         write_parquet(fit.offline, out / "pred_offline.parquet")
+        for h, f in HALF_PRED_FILES.items():
+            write_parquet(fit.half_preds[h], out / f)
         if blend_online is not None:
             write_parquet(blend_online, out / "pred_online.parquet")
         elif (out / "pred_online.parquet").exists():
@@ -129,8 +145,8 @@ def main(argv=None) -> int:
         scores = empty_scores()
         scores.update(
             models=models,
-            blend=score(labels, fit.offline, g14, caught),
-            blend_heldout=score(labels, fit.heldout, g14, caught),
+            blend=rounded(crossfit_scores(labels, fit.half_preds["A"], fit.half_preds["B"], halves)),
+            insample={"models": insample_models, "blend": score(labels, fit.offline, g14, caught)},
             oracle=oracle_scores(paths, labels, g14, caught),
             blend_weights={a: {m: round(w, 6) for m, w in fit.weights.actions[a].weights.items()}
                            for a in ACTIONS},
@@ -141,11 +157,13 @@ def main(argv=None) -> int:
         for msg in dict.fromkeys(caught):
             print(f"[blend] warning: {msg}", file=sys.stderr)
         run.info.update(models=names, weighted=scores["blend"]["weighted"],
-                        weighted_heldout=scores["blend_heldout"]["weighted"])
+                        weighted_insample=scores["insample"]["blend"]["weighted"])
 
-        w = max(len(n) for n in [*names, "blend_heldout", "oracle"])
+        w = max(len(n) for n in [*names, "insample:blend", "oracle"]) + 9
         print(f"{'':<{w}}  " + " ".join(f"{a[:8]:>8}" for a in [*ACTIONS, "weighted"]), file=sys.stderr)
-        rows = [*models.items(), ("blend", scores["blend"]), ("blend_heldout", scores["blend_heldout"])]
+        rows = [*models.items(), ("blend", scores["blend"]),
+                *((f"insample:{n}", v) for n, v in insample_models.items()),
+                ("insample:blend", scores["insample"]["blend"])]
         if scores["oracle"]:
             rows.append(("oracle", scores["oracle"]))
         for n, s in rows:

@@ -2,12 +2,16 @@
 
 offline  train on days [first..13] (negatives down-sampled per action), early-stop on the
          action's day-14 uAUC; write day-14 predictions, scores, gain importance, models.
+         "offline" in scores.json is cross-fitted: each user half picks its own best iteration,
+         scored on the other half, both ways, averaged ("offline_insample": chosen and scored
+         on all day-14 users); pred_offline_sel_{a,b}.parquet hold the per-half choices.
 online   refit on days [first..14] for each action's best iteration scaled to the bigger
          training set (or --rounds), predict the test rows (day 15).
 all      both (default).
 
 Reads features/ (FeatureStore) and data/prepared/actions.parquet (labels); writes models/lgb/
-(model_{offline,online}_<action>.txt, pred_offline.parquet, pred_online.parquet, scores.json,
+(model_{offline,online}_<action>.txt, pred_offline.parquet, pred_offline_sel_{a,b}.parquet,
+pred_online.parquet, scores.json,
 importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
 """
@@ -101,7 +105,8 @@ def main() -> int:
         if lacking:
             raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
                                     "--mode offline for them first or pass --rounds")
-        scores = {k: scores[k] for k in ("offline", "best_iteration", "train_rows") if k in scores}
+        scores = {k: scores[k] for k in ("offline", "offline_insample", "best_iteration",
+                                         "half_best_iteration", "train_rows") if k in scores}
 
     with StageRun("train_lgb", out) as run:
         seconds: dict[str, float] = {}
@@ -118,7 +123,9 @@ def main() -> int:
             write_offline(off, out)
             seconds["offline"] = time.perf_counter() - t0
             best = off.best_iteration
-            scores.update(offline=off.scores, best_iteration=off.best_iteration,
+            scores.update(offline=off.scores, offline_insample=off.scores_insample,
+                          best_iteration=off.best_iteration,
+                          half_best_iteration=off.half_best_iteration,
                           train_rows={"offline": off.train_rows})
         if args.mode in ("online", "all"):
             t0 = time.perf_counter()

@@ -6,7 +6,10 @@ The architectures are registered in src/wbdc/nn/archs.py (class in wbdc/nn/model
 nn.<arch> in configs/nn.yaml).
 
 offline: train on the feature days <= 13, score the weighted uAUC on day 14 after every epoch,
-         stop early, keep the best state; writes pred_offline.parquet, scores.json, the gate
+         stop early, keep the best state; each user half keeps the predictions of its own best
+         epoch (pred_offline_sel_{a,b}.parquet) and scores.json "offline" is cross-fitted from
+         them ("offline_insample": the best epoch scored on the rows that chose it); writes
+         pred_offline.parquet, scores.json, the gate
          diagnostics (gates.csv, gates.png for mmoe/ple) and checkpoint_offline.pt.
 online:  retrain on days <= 14 for the offline best number of epochs (from scores.json, or
          nn.online.epochs) and predict the test day; writes pred_online.parquet and
@@ -66,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # imported late so that --help stays instant
     from wbdc.features.store import FeatureStore
+    from wbdc.metrics import HALF_PRED_FILES
     from wbdc.nn.diagnostics import write_gate_diagnostics
     from wbdc.nn.pipeline import run_offline, run_online, save_checkpoint
 
@@ -88,12 +92,16 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode in ("offline", "all"):
             res = run_offline(store, args.arch, cfg)
             write_parquet(res.preds, out / "pred_offline.parquet")
+            for h, f in HALF_PRED_FILES.items():
+                write_parquet(res.half_preds[h], out / f)
             save_checkpoint(out / "checkpoint_offline.pt", args.arch, res, cfg["nn"])
             written = write_gate_diagnostics(
                 res.gates, out, f"{ARCHS[args.arch].title}: mean gate weight on day 14")
             scores = {
-                "offline": res.fit.best_scores,
+                "offline": res.scores,
+                "offline_insample": res.scores_insample,
                 "best_epoch": round(res.fit.best_epoch, 4),
+                "half_best_epoch": res.half_epochs,
                 "epochs_run": round(res.fit.epochs_run, 4),
                 "samples_per_s": round(res.fit.samples_per_s, 1),
                 "train_cpu_seconds": round(res.fit.cpu_seconds, 1),
@@ -106,8 +114,9 @@ def main(argv: list[str] | None = None) -> int:
             }
             if online_epochs is None:
                 online_epochs = max(res.fit.best_epoch, 1e-9)
-            run.info["offline_weighted"] = res.fit.best_scores.get("weighted")
-            print(f"[train_nn] {args.arch} offline weighted uAUC {res.fit.best_score:.6f} "
+            run.info["offline_weighted"] = res.scores.get("weighted")
+            print(f"[train_nn] {args.arch} offline weighted uAUC {res.scores['weighted']:.6f} "
+                  f"cross-fitted over the user halves (in-sample {res.fit.best_score:.6f}, "
                   f"(best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
                   f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
         if args.mode in ("online", "all"):

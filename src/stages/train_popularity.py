@@ -5,7 +5,8 @@ feature tables (no training, seconds).  It is always trained and blended, whatev
 ``run_all.sh --models`` says, so every model subset blends at least against it.
 
 Reads features/ (FeatureStore) and the day-14 labels; writes models/popularity/
-(pred_offline.parquet, pred_online.parquet unless --mode offline, scores.json, config.json,
+(pred_offline.parquet, pred_offline_sel_{a,b}.parquet -- the same predictions, nothing is
+chosen on day 14 --, pred_online.parquet unless --mode offline, scores.json, config.json,
 run_info_train_popularity.json).  Settings: configs/popularity.yaml.
 """
 from __future__ import annotations
@@ -38,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     out = paths.model("popularity")
     with StageRun("train_popularity", out) as run:
         scores = run_popularity(FeatureStore(paths), out, cfg["popularity"]["template"], config=cfg,
-                                online=args.mode != "offline")
+                                online=args.mode != "offline", seed=int(cfg["data"]["seed"]))
         run.info["weighted_uauc"] = scores.get("weighted")
     print(f"[popularity] day-14 weighted uAUC {scores['weighted']:.6f}", file=sys.stderr)
     return 0

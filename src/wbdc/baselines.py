@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from .io import write_json, write_parquet
-from .metrics import weighted_uauc
+from .metrics import HALF_PRED_FILES, crossfit_scores, split_halves, weighted_uauc
 from .schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 
 #: key names the features stage may give the feedid window statistics
@@ -64,21 +64,32 @@ def popularity_predictions(fs, day: int, columns: Mapping[str, str]) -> pd.DataF
 
 
 def run_popularity(fs, out_dir: Path, template: str | None = None, config: dict | None = None,
-                   online: bool = True) -> dict[str, float]:
+                   online: bool = True, seed: int = 2021) -> dict[str, float]:
     """Score day 14, predict day 15 (with ``online``) and write models/popularity/
-    (pred_offline.parquet, pred_online.parquet, scores.json, config.json); returns the day-14
-    scores.  Without ``online`` a stale pred_online.parquet is removed."""
+    (pred_offline.parquet, pred_offline_sel_{a,b}.parquet, pred_online.parquet, scores.json,
+    config.json); returns the day-14 scores.  Without ``online`` a stale pred_online.parquet is
+    removed.
+
+    Nothing is chosen on day 14, so the predictions "selected" on either user half are the
+    predictions themselves; the reported score is still the mean of the two halves' uAUCs
+    (``seed``: data.seed, the halves every model shares), comparable with the other models'.
+    """
     out_dir = Path(out_dir)
     columns = popularity_columns(fs.columns("dense"), template)
     offline = popularity_predictions(fs, LAST_TRAIN_DAY, columns)
     labels = fs.load_labels(LAST_TRAIN_DAY)
-    scores = weighted_uauc(labels, offline, offline["userid"].to_numpy())
+    halves = split_halves(seed, offline["userid"].to_numpy())
+    scores = crossfit_scores(labels, offline, offline, halves)
+    all_users = weighted_uauc(labels, offline, groups=halves.groups)
     write_parquet(offline, out_dir / "pred_offline.parquet")
+    for f in HALF_PRED_FILES.values():
+        write_parquet(offline, out_dir / f)
     if online and TEST_DAY in fs.days:
         write_parquet(popularity_predictions(fs, TEST_DAY, columns), out_dir / "pred_online.parquet")
     elif not online:
         (out_dir / "pred_online.parquet").unlink(missing_ok=True)
-    write_json({"offline": scores, "columns": columns}, out_dir / "scores.json")
+    write_json({"offline": scores, "offline_insample": all_users, "columns": columns},
+               out_dir / "scores.json")
     if config is not None:
         write_json(config, out_dir / "config.json")
     return scores

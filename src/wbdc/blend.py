@@ -11,9 +11,13 @@ tried per action:
   down-sampled GBDT against a net trained on all rows) comparable before they are mixed.
 
 Choosing weights on day 14 and scoring them on day 14 flatters the blend, so the users are
-split in two seeded halves; weights fitted on one half score the other, both ways, and the
-uAUC of these cross-fitted predictions is the *held-out* score.  The input (prob or rank) with
-the better held-out score wins per action and its weights are refitted on all users.
+split in the two seeded halves every model shares (``wbdc.metrics.split_halves``).  On each
+half H the models' predictions *chosen on H* (each model's iteration / epoch picked on H:
+``pred_offline_sel_<h>.parquet``) are blended with weights and an input (prob or rank) fitted
+on H, and scored on the other half; the mean of the two out-of-half uAUCs is the *held-out*
+score, the blend's honest figure.  For the online predictions the input with the better
+cross-fitted score is refitted on all users over ``pred_offline.parquet`` (its day-14 score is
+in-sample).
 
 Each search evaluation is one matrix-vector product and one uAUC call on precomputed user
 groups restricted to the users that can be scored for that action (both classes present):
@@ -32,12 +36,16 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from .io import InputError
-from .metrics import UAUCWarning, UserGroups, group_by_user, uauc
+from .metrics import (HALF_PRED_FILES, HALVES, Halves, UAUCWarning, UserGroups, group_by_user,
+                      split_halves, uauc, user_codes)
 from .schema import ACTIONS
 
 METHODS = ("prob", "rank")
 KEYS = ("userid", "feedid")
-PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet"}
+PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet",
+              **{f"offline_sel_{h.lower()}": f for h, f in HALF_PRED_FILES.items()}}
+#: what the blend needs of every model offline: day 14 as chosen on all users and on each half
+OFFLINE_FILES = ("offline", *(f"offline_sel_{h.lower()}" for h in HALF_PRED_FILES))
 MODEL_HINT = "run a model stage first (src/stages/train_lgb.py or src/stages/train_nn.py)"
 
 
@@ -61,9 +69,7 @@ class BlendSettings:
     def from_config(cls, cfg: Mapping) -> "BlendSettings":
         b = cfg.get("blend", {}) or {}
         search = b.get("search", {}) or {}
-        seed = b.get("seed")
-        if seed is None:
-            seed = cfg.get("data", {}).get("seed", 2021)
+        seed = cfg.get("data", {}).get("seed", 2021)   # the halves every model shares
         methods = tuple(b.get("methods") or METHODS)
         bad = [m for m in methods if m not in METHODS]
         if bad:
@@ -178,15 +184,6 @@ def simplex_search(score: Callable[[np.ndarray], float], n_models: int, *, grid_
     return SearchResult(np.asarray(best, np.float64) / grid_units, f(best), len(cache))
 
 
-def split_users(user_ids: np.ndarray, seed: int) -> np.ndarray:
-    """Seeded half split: bool per user (True = half A), exactly ``n // 2`` users in A."""
-    n = len(user_ids)
-    rng = np.random.default_rng(seed)
-    in_a = np.zeros(n, bool)
-    in_a[rng.permutation(n)[: n // 2]] = True
-    return in_a
-
-
 # ------------------------------------------------------------------------------ model inputs
 
 def find_models(models_dir: str | Path, names: Sequence[str] | None = None,
@@ -292,12 +289,13 @@ def open_predictions(models_dir: str | Path, names: Sequence[str], which: str,
 class ActionBlend:
     """The blend of one action: the chosen input, its weights, and what it scored."""
 
-    method: str
-    weights: dict[str, float]
-    in_sample: float | None = None
-    heldout: float | None = None
-    heldout_by_method: dict[str, float | None] = field(default_factory=dict)
+    method: str                      # the input of the refit on all users (the online blend)
+    weights: dict[str, float]        # its weights
+    in_sample: float | None = None   # their uAUC on the users they were fitted on
+    heldout: float | None = None     # honest: mean of the two out-of-half uAUCs (half_method)
+    heldout_by_method: dict[str, float | None] = field(default_factory=dict)  # picks ``method``
     half_weights: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    half_method: dict[str, str] = field(default_factory=dict)   # half -> input chosen on it
     evals: int = 0
 
 
@@ -389,70 +387,112 @@ def _fit(x: np.ndarray, sub: _Subset | None, n_models: int, s: BlendSettings) ->
 @dataclass
 class BlendFit:
     weights: BlendWeights
-    offline: pd.DataFrame    # in-sample blend (weights fitted on all users)
-    heldout: pd.DataFrame    # cross-fitted blend: each half scored with the other half's weights
+    offline: pd.DataFrame    # in-sample blend (weights fitted on all users, on pred_offline)
+    heldout: pd.DataFrame    # cross-fitted blend: each half's rows blended as the other chose
+    half_preds: dict[str, pd.DataFrame] = field(default_factory=dict)  # half -> its choice, all rows
+
+
+def _half_score(x: np.ndarray, sub: _Subset | None) -> float:
+    return float("nan") if sub is None else _quiet_uauc(sub.y, x[sub.rows], sub.groups)
 
 
 def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
-              groups: UserGroups | None = None, progress: bool = True) -> BlendFit:
-    """Fit per-action blend weights on ``labels`` (userid, feedid, 7 actions; rows of
-    ``preds``), choosing prob or rank per action by the held-out score."""
+              groups: UserGroups | None = None, progress: bool = True,
+              half_preds: Mapping[str, ModelSet] | None = None,
+              halves: Halves | None = None) -> BlendFit:
+    """Fit per-action blend weights on ``labels`` (userid, feedid, 7 actions; rows of ``preds``).
+
+    Honest (held-out) blend, per user half H: the models' predictions chosen on H
+    (``half_preds[H]``, e.g. LightGBM at H's best iteration; ``preds`` itself for a model with
+    no selection) are blended with weights fitted on H's users, for each input (prob, rank),
+    and the input that fits H better is kept; that blend scores the other half.  Nothing seen
+    by the scored half's labels enters its predictions.
+
+    Online blend: the input with the better cross-fitted score (per input, the mean of its two
+    out-of-half uAUCs) is refitted on all users over ``preds`` (the in-sample blend).
+    ``halves``: the shared user halves (default: ``settings.seed`` over ``labels``).
+    """
     userids = labels["userid"].to_numpy()
     if groups is None:
-        groups = group_by_user(userids)
-    user_code = np.empty(len(userids), np.int64)
-    user_code[groups.order if groups.order is not None else slice(None)] = np.repeat(
-        np.arange(groups.n_users), groups.sizes)
-    in_a = split_users(groups.user_ids, settings.seed)
+        groups = group_by_user(userids) if halves is None else halves.groups
+    if halves is None:
+        halves = split_halves(settings.seed, groups=groups)
+    if half_preds is None:
+        half_preds = {h: preds for h in HALVES}
+    for h in HALVES:
+        if list(half_preds[h].names) != list(preds.names):
+            raise ValueError(f"half {h} predictions hold models {half_preds[h].names}, "
+                             f"expected {preds.names}")
+    user_code = user_codes(groups)
     all_users = np.ones(groups.n_users, bool)
-    row_in_a = in_a[user_code]
     m = len(preds.names)
     names = list(preds.names)
     blends: dict[str, ActionBlend] = {}
     offline = preds.keys.copy()
     heldout = preds.keys.copy()
+    chosen = {h: preds.keys.copy() for h in HALVES}
     it = ACTIONS
     if progress:
         from tqdm import tqdm
         it = tqdm(ACTIONS, desc="blend", unit="action", file=sys.stderr)
     for a in it:
         y = labels[a].to_numpy().astype(np.int8)
-        raw = preds.column(a)
         subs = {"all": _subset(user_code, y, all_users, userids),
-                "A": _subset(user_code, y, in_a, userids),
-                "B": _subset(user_code, y, ~in_a, userids)}
-        inputs, cross, cross_score, halves, evals = {}, {}, {}, {}, 0
+                **{h: _subset(user_code, y, halves.user_mask(h), userids) for h in HALVES}}
+        half_x = {h: half_preds[h].column(a) for h in HALVES}
+        out_of_half: dict[str, dict[str, float]] = {}   # method -> half -> score on the other
+        fitted: dict[str, dict[str, SearchResult]] = {}
+        blended: dict[str, dict[str, np.ndarray]] = {}
+        evals = 0
         for method in settings.methods:
-            x = raw if method == "prob" else rank_columns(raw, groups)
-            inputs[method] = x
-            fa = _fit(x, subs["A"], m, settings)
-            fb = _fit(x, subs["B"], m, settings)
-            evals += fa.evals + fb.evals
-            # users of B get A's weights and the other way round
-            p = np.where(row_in_a, x @ fb.weights.astype(np.float32),
-                         x @ fa.weights.astype(np.float32)).astype(np.float32)
-            cross[method] = p
-            cross_score[method] = (_quiet_uauc(subs["all"].y, p[subs["all"].rows],
-                                               subs["all"].groups)
-                                   if subs["all"] is not None else float("nan"))
-            halves[method] = {"A": dict(zip(names, map(float, fa.weights))),
-                              "B": dict(zip(names, map(float, fb.weights)))}
-        # best held-out score wins; ties (and all-NaN) keep the first method listed
+            fitted[method], blended[method], out_of_half[method] = {}, {}, {}
+            for h in HALVES:
+                x = half_x[h] if method == "prob" else rank_columns(half_x[h], groups)
+                f = _fit(x, subs[h], m, settings)
+                evals += f.evals
+                fitted[method][h] = f
+                blended[method][h] = np.clip(x @ f.weights.astype(np.float32), 0.0, 1.0)
+                out_of_half[method][h] = _half_score(blended[method][h], subs[Halves.other(h)])
+        # each half keeps the input that fits *it* better (ties: the first listed)
+        half_method = {}
+        for h in HALVES:
+            best = settings.methods[0]
+            for mth in settings.methods[1:]:
+                if fitted[mth][h].score > fitted[best][h].score:
+                    best = mth
+            half_method[h] = best
+            chosen[h][a] = blended[best][h]
+            heldout.loc[halves.row_mask(Halves.other(h)), a] = blended[best][h][
+                halves.row_mask(Halves.other(h))]
+        honest = _nanmean2(out_of_half[half_method["A"]]["A"], out_of_half[half_method["B"]]["B"])
+        by_method = {mth: _nanmean2(v["A"], v["B"]) for mth, v in out_of_half.items()}
+        # the online blend: the input with the better cross-fitted score, refitted on everyone
         method = settings.methods[0]
         for mth in settings.methods[1:]:
-            if cross_score[mth] > cross_score[method]:
+            if by_method[mth] > by_method[method]:
                 method = mth
-        full = _fit(inputs[method], subs["all"], m, settings)
+        raw = preds.column(a)
+        x_all = raw if method == "prob" else rank_columns(raw, groups)
+        full = _fit(x_all, subs["all"], m, settings)
         evals += full.evals
-        offline[a] = np.clip(inputs[method] @ full.weights.astype(np.float32), 0.0, 1.0)
-        heldout[a] = np.clip(cross[method], 0.0, 1.0)
+        offline[a] = np.clip(x_all @ full.weights.astype(np.float32), 0.0, 1.0)
         blends[a] = ActionBlend(
             method=method, weights=dict(zip(names, map(float, full.weights))),
-            in_sample=_nan_to_none(full.score), heldout=_nan_to_none(cross_score[method]),
-            heldout_by_method={k: _nan_to_none(v) for k, v in cross_score.items()},
-            half_weights=halves, evals=evals)
-        del inputs, cross
-    return BlendFit(BlendWeights(names, blends), offline, heldout)
+            in_sample=_nan_to_none(full.score), heldout=_nan_to_none(honest),
+            heldout_by_method={k: _nan_to_none(v) for k, v in by_method.items()},
+            half_weights={mth: {h: dict(zip(names, map(float, fitted[mth][h].weights)))
+                                for h in HALVES} for mth in settings.methods},
+            half_method=half_method, evals=evals)
+        del blended, half_x
+    for frame in (offline, heldout, *chosen.values()):
+        for a in ACTIONS:
+            frame[a] = frame[a].astype(np.float32)
+    return BlendFit(BlendWeights(names, blends), offline, heldout, chosen)
+
+
+def _nanmean2(u: float, v: float) -> float:
+    vals = [x for x in (u, v) if not np.isnan(x)]
+    return float(np.mean(vals)) if vals else float("nan")
 
 
 # ------------------------------------------------------------------------------ stage inputs

@@ -275,7 +275,6 @@ class SubmitConfig:
 class BlendConfig:
     models: Union[list[str], None]
     methods: list[Literal["prob", "rank"]]
-    seed: Union[int, None]
     search: BlendSearch
     submit: SubmitConfig
 

@@ -2,6 +2,9 @@
 
 Offline, each action's model trains on days ``[first_day..13]`` and early-stops on the
 project's uAUC of that action on day 14 (a custom ``feval`` over a user grouping computed once).
+The feval also records the uAUC of each of the two shared user halves (``wbdc.metrics``) every
+round; each half picks its own best iteration and the reported day-14 score is cross-fitted:
+the predictions chosen on one half scored on the other, both ways, averaged.
 Online, it is refit on days ``[first_day..14]`` for the offline best iteration scaled up for the
 extra day and predicts day 15.
 
@@ -36,7 +39,8 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .io import InputError, atomic_path, write_csv, write_parquet
-from .metrics import UserGroups, group_by_user, uauc, weighted_uauc
+from .metrics import (HALF_PRED_FILES, HALVES, Halves, UserGroups, crossfit_scores, group_by_user,
+                      split_halves, uauc, uauc_by_half, weighted_uauc)
 from .schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 
 VALID_DAY = LAST_TRAIN_DAY            # offline validation day (14)
@@ -59,6 +63,7 @@ class LgbSettings:
     early_stopping_rounds: int = 50
     first_day: int | None = None
     seed: int = 2021
+    halves_seed: int = 2021        # data.seed: the day-14 user halves every model shares
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LgbSettings":
@@ -81,7 +86,8 @@ class LgbSettings:
                    categorical=tuple(sec["categorical"]), calibrate=bool(sec["calibrate"]),
                    round_scaling=scaling, num_boost_round=int(sec["num_boost_round"]),
                    early_stopping_rounds=int(sec["early_stopping_rounds"]),
-                   first_day=None if first is None else int(first), seed=seed)
+                   first_day=None if first is None else int(first), seed=seed,
+                   halves_seed=int(cfg["data"]["seed"]))
 
 
 def parse_actions(spec: str | Sequence[str] | None) -> list[str]:
@@ -230,14 +236,21 @@ class UAUCEval:
 
     The user grouping is computed once and the labels rearranged once; each round only
     scores the current predictions (rank-based, so raw or sigmoid scores give the same value).
+    With ``halves`` it also reports the uAUC of each half of the users (``uauc_A``,
+    ``uauc_B``; each user's AUC is computed once, so this costs nothing extra); early stopping
+    reads the first value only, the uAUC over all users.
     """
 
-    def __init__(self, labels: np.ndarray, groups: UserGroups):
+    def __init__(self, labels: np.ndarray, groups: UserGroups, halves: Halves | None = None):
         self.labels = np.asarray(labels)
         self.groups = groups
+        self.halves = halves
 
-    def __call__(self, preds: np.ndarray, eval_data) -> tuple[str, float, bool]:
-        return "uauc", uauc(self.labels, preds, groups=self.groups), True
+    def __call__(self, preds: np.ndarray, eval_data):
+        if self.halves is None:
+            return "uauc", uauc(self.labels, preds, groups=self.groups), True
+        s = uauc_by_half(self.labels, preds, self.halves)
+        return [("uauc", s["all"], True), ("uauc_A", s["A"], True), ("uauc_B", s["B"], True)]
 
 
 class RoundProgress:
@@ -266,9 +279,12 @@ class RoundProgress:
 
 def train_booster(params: dict, train: lgb.Dataset, rounds: int, *, valid: lgb.Dataset | None = None,
                   feval=None, early_stopping_rounds: int | None = None, desc: str = "train",
-                  progress: bool = True, history: list | None = None) -> lgb.Booster:
-    """lightgbm.train with an optional validation feval (early stopping on it) and a progress
-    bar; ``history`` receives the validation value of every round."""
+                  progress: bool = True, history: list | None = None,
+                  metrics: dict | None = None) -> lgb.Booster:
+    """lightgbm.train with an optional validation feval (early stopping on its first value) and
+    a progress bar; ``history`` receives the first validation value of every round,
+    ``metrics`` every value by name.  Every tree grown is kept (also those after the best
+    iteration), so the booster can predict at any iteration up to where training stopped."""
     params = {**params, "metric": "None"}
     bar = RoundProgress(rounds, desc, progress)
     callbacks: list = [bar]
@@ -282,11 +298,15 @@ def train_booster(params: dict, train: lgb.Dataset, rounds: int, *, valid: lgb.D
         booster = lgb.train(params, train, num_boost_round=rounds,
                             valid_sets=[valid] if valid is not None else None,
                             valid_names=[f"day{VALID_DAY}"] if valid is not None else None,
-                            feval=feval if valid is not None else None, callbacks=callbacks)
+                            feval=feval if valid is not None else None, callbacks=callbacks,
+                            keep_training_booster=True)
     finally:
         bar.close()
-    if history is not None and evals:
-        history.extend(float(v) for v in next(iter(next(iter(evals.values())).values())))
+    recorded = next(iter(evals.values())) if evals else {}
+    if history is not None and recorded:
+        history.extend(float(v) for v in next(iter(recorded.values())))
+    if metrics is not None:
+        metrics.update({k: [float(x) for x in v] for k, v in recorded.items()})
     if valid is None or not booster.best_iteration:
         booster.best_iteration = booster.current_iteration()
     return booster
@@ -306,6 +326,7 @@ class FitData:
     valid_rows: TrainRows      # day 14, every row, in order
     valid_keys: pd.DataFrame   # userid, feedid of day 14
     groups: UserGroups         # day-14 user grouping for uAUC
+    halves: Halves             # the shared day-14 user halves (selection cross-fitted on them)
 
 
 def training_days(fs, settings: LgbSettings, last: int) -> list[int]:
@@ -342,7 +363,8 @@ def load_fit_data(fs, settings: LgbSettings, progress: bool = True) -> FitData:
                                        progress=False)
     base = _dataset(rows.X, len(rows), spec, settings.params)
     groups = group_by_user(valid_keys["userid"].to_numpy())
-    return FitData(spec, days, rows, base, valid_rows, valid_keys, groups)
+    return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
+                   split_halves(settings.halves_seed, groups=groups))
 
 
 def action_rows(labels: np.ndarray, u: np.ndarray, action: str, rate: float) -> np.ndarray:
@@ -370,49 +392,77 @@ def labels_frame(labels: np.ndarray, actions: Sequence[str]) -> pd.DataFrame:
     return pd.DataFrame({a: labels[:, ACTIONS.index(a)] for a in actions})
 
 
+def half_best_iteration(values: Sequence[float], fallback: int) -> int:
+    """1-based round of the first maximum of one half's per-round uAUC (``fallback`` when the
+    half could not be scored in any round)."""
+    v = np.asarray(values, np.float64)
+    if len(v) == 0 or np.isnan(v).all():
+        return int(fallback)
+    return int(np.nanargmax(v)) + 1
+
+
 @dataclass
 class OfflineResult:
     boosters: dict[str, lgb.Booster]
-    best_iteration: dict[str, int]
-    scores: dict[str, float]                 # per action + "weighted" (day-14 uAUC)
+    best_iteration: dict[str, int]           # chosen on all day-14 users: the online refit's
+    scores: dict[str, float]                 # honest day-14 uAUC: cross-fitted over the halves
+    scores_insample: dict[str, float]        # uAUC of ``preds`` (chosen and scored on day 14)
     preds: pd.DataFrame                      # userid, feedid, actions: day-14 rows in order
     importance: pd.DataFrame                 # feature, action, gain
-    history: pd.DataFrame                    # action, round, uauc
+    history: pd.DataFrame                    # action, round, uauc, uauc_A, uauc_B
     train_rows: dict[str, int]
+    half_best_iteration: dict[str, dict[str, int]] = None   # half -> action -> iteration
+    half_preds: dict[str, pd.DataFrame] = None              # half -> day-14 predictions at it
 
 
 def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
                 progress: bool = True) -> OfflineResult:
-    """Per action: train on days [first..13], early-stop on the day-14 uAUC, predict day 14."""
+    """Per action: train on days [first..13], early-stop on the day-14 uAUC, predict day 14.
+
+    The uAUC of each user half is recorded every round too; each half picks its own best
+    iteration among the rounds trained (no extra training) and the day-14 rows are predicted
+    at it, so the reported score is cross-fitted (chosen on one half, scored on the other).
+    """
     valid = _dataset(data.valid_rows.X, len(data.valid_rows), data.spec, settings.params,
                      reference=data.base)
     boosters, best, n_rows = {}, {}, {}
     preds = data.valid_keys[["userid", "feedid"]].copy()
+    half_preds = {h: preds.copy() for h in HALVES}
+    half_best: dict[str, dict[str, int]] = {h: {} for h in HALVES}
     imp, hist = [], []
     for a in actions:
         j = ACTIONS.index(a)
         train_ds = _action_subset(data.base, data.rows.labels, data.rows.u, a, settings.neg_rate[a])
         n_rows[a] = train_ds.num_data()
         valid.set_label(data.valid_rows.labels[:, j].astype(np.float32))
-        history: list[float] = []
+        metrics: dict[str, list[float]] = {}
         booster = train_booster(settings.params, train_ds, settings.num_boost_round, valid=valid,
-                                feval=UAUCEval(data.valid_rows.labels[:, j], data.groups),
+                                feval=UAUCEval(data.valid_rows.labels[:, j], data.groups, data.halves),
                                 early_stopping_rounds=settings.early_stopping_rounds,
-                                desc=f"{a} offline", progress=progress, history=history)
+                                desc=f"{a} offline", progress=progress, metrics=metrics)
         best[a] = int(booster.best_iteration)
         raw = booster.predict(data.valid_rows.X, num_iteration=best[a])
         preds[a] = finish_predictions(raw, settings, a)
+        for h in HALVES:
+            it = half_best_iteration(metrics.get(f"uauc_{h}", []), best[a])
+            half_best[h][a] = it
+            half_preds[h][a] = (preds[a].to_numpy() if it == best[a] else finish_predictions(
+                booster.predict(data.valid_rows.X, num_iteration=it), settings, a))
         imp.append(pd.DataFrame({"feature": data.spec.names, "action": a,
                                  "gain": booster.feature_importance("gain", iteration=best[a])
                                  .astype(np.float64)}))
-        hist.append(pd.DataFrame({"action": a, "round": np.arange(1, len(history) + 1),
-                                  "uauc": history}))
+        n_hist = len(metrics.get("uauc", []))
+        hist.append(pd.DataFrame({"action": a, "round": np.arange(1, n_hist + 1),
+                                  **{k: metrics.get(k, [np.nan] * n_hist)
+                                     for k in ("uauc", "uauc_A", "uauc_B")}}))
         booster.free_dataset()
         boosters[a] = booster
         del train_ds
-    scores = weighted_uauc(labels_frame(data.valid_rows.labels, actions), preds, groups=data.groups)
-    return OfflineResult(boosters, best, scores, preds, pd.concat(imp, ignore_index=True),
-                         pd.concat(hist, ignore_index=True), n_rows)
+    labels = labels_frame(data.valid_rows.labels, actions)
+    insample = weighted_uauc(labels, preds, groups=data.groups)
+    scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], data.halves)
+    return OfflineResult(boosters, best, scores, insample, preds, pd.concat(imp, ignore_index=True),
+                         pd.concat(hist, ignore_index=True), n_rows, half_best, half_preds)
 
 
 @dataclass
@@ -499,6 +549,8 @@ def write_offline(result: OfflineResult, out_dir: Path) -> None:
     out_dir = Path(out_dir)
     save_boosters(result.boosters, out_dir, "offline", result.best_iteration)
     write_parquet(result.preds, out_dir / "pred_offline.parquet")
+    for h, f in HALF_PRED_FILES.items():
+        write_parquet(result.half_preds[h], out_dir / f)
     write_csv(result.importance, out_dir / "importance.csv")
     write_csv(result.history, out_dir / "eval_history.csv")
 

@@ -33,7 +33,8 @@ from .schema import ACTION_WEIGHTS, ACTIONS
 
 __all__ = [
     "UAUCWarning", "UserGroups", "group_by_user", "per_user_auc", "uauc", "weighted_uauc",
-    "warm_up",
+    "warm_up", "Halves", "user_halves", "split_halves", "HALVES", "HALF_PRED_FILES",
+    "uauc_by_half", "weighted_uauc_by_half", "crossfit_scores",
 ]
 
 
@@ -405,3 +406,130 @@ def warm_up() -> float:
         uauc(y, p, np.sort(ids))
         uauc(y, p, ids.astype(np.int64) * 10**12)
     return time.perf_counter() - t0
+
+
+# ------------------------------------------------------------------------------ user halves
+#
+# Honest day-14 scores.  Whatever is chosen on day 14 (LightGBM's iteration, a net's epoch, the
+# blend's weights and input) is chosen twice, once on each of two seeded halves of the day-14
+# users, and each choice is scored on the *other* half; a model's reported day-14 score is the
+# mean of those two out-of-half scores (:func:`crossfit_scores`).  Every model and the blend
+# split with :func:`split_halves` and the same seed (``data.seed``), so they share the halves.
+
+HALVES = ("A", "B")
+#: the day-14 predictions selected on each half (every row), written next to pred_offline.parquet
+HALF_PRED_FILES = {"A": "pred_offline_sel_a.parquet", "B": "pred_offline_sel_b.parquet"}
+_HALF_SALT = 0x48414C46   # "HALF": keeps the split's stream apart from other uses of the seed
+
+
+def user_halves(user_ids, seed: int) -> np.ndarray:
+    """Seeded half split of distinct users: bool per id (True = half A), ``n // 2`` ids in A.
+
+    Depends only on the *set* of ids and the seed (ids are sorted first), so every model that
+    scores the same day-14 rows gets the same halves whatever order it holds them in.
+    """
+    ids = np.asarray(user_ids)
+    uniq, inv = np.unique(ids, return_inverse=True)
+    if len(uniq) != len(ids):
+        raise ValueError("user_halves: user ids must be distinct")
+    n = len(uniq)
+    in_a = np.zeros(n, bool)
+    in_a[np.random.default_rng([int(seed), _HALF_SALT]).permutation(n)[: n // 2]] = True
+    return in_a[inv.reshape(-1)]
+
+
+@dataclass(frozen=True)
+class Halves:
+    """The day-14 rows' user grouping and its two halves: ``in_a`` per user (aligned with
+    ``groups.user_ids``), ``row_in_a`` per row (original order)."""
+
+    groups: UserGroups
+    in_a: np.ndarray
+    row_in_a: np.ndarray
+
+    def user_mask(self, half: str) -> np.ndarray:
+        return self.in_a if half == "A" else ~self.in_a
+
+    def row_mask(self, half: str) -> np.ndarray:
+        return self.row_in_a if half == "A" else ~self.row_in_a
+
+    @staticmethod
+    def other(half: str) -> str:
+        return "B" if half == "A" else "A"
+
+
+def user_codes(groups: UserGroups) -> np.ndarray:
+    """Per row (original order): the index of its user in ``groups.user_ids``."""
+    code = np.empty(groups.n_rows, np.int64)
+    per_user = np.repeat(np.arange(groups.n_users, dtype=np.int64), groups.sizes)
+    if groups.order is None:
+        code[:] = per_user
+    else:
+        code[groups.order] = per_user
+    return code
+
+
+def split_halves(seed: int, userids=None, *, groups: UserGroups | None = None) -> Halves:
+    """The shared day-14 half split of the rows of ``userids`` (or ``groups``)."""
+    if groups is None:
+        if userids is None:
+            raise ValueError("split_halves: give userids or groups=")
+        groups = group_by_user(userids)
+    in_a = user_halves(groups.user_ids, seed)
+    return Halves(groups, in_a, in_a[user_codes(groups)])
+
+
+def _nanmean_quiet(v: np.ndarray) -> float:
+    v = v[~np.isnan(v)]
+    return float(v.mean()) if len(v) else float("nan")
+
+
+def uauc_by_half(labels, preds, halves: Halves) -> dict[str, float]:
+    """``{"all", "A", "B"}``: the uAUC over all users and over each half's users, from one pass
+    over the rows (each user's AUC is computed once).  NaN where no user can be scored."""
+    y, p = _checked_pair(labels, preds, "uauc_by_half")
+    g = _resolve_groups(None, halves.groups, len(y), "uauc_by_half")
+    aucs = _aucs_grouped(y, p, g)
+    return {"all": _nanmean_quiet(aucs), "A": _nanmean_quiet(aucs[halves.in_a]),
+            "B": _nanmean_quiet(aucs[~halves.in_a])}
+
+
+def _weighted_of(per_action: Mapping[str, float], weights: Mapping[str, float]) -> float:
+    scored = [a for a, v in per_action.items() if not np.isnan(v)]
+    if not scored:
+        return float("nan")
+    return float(sum(weights[a] * per_action[a] for a in scored) / sum(weights[a] for a in scored))
+
+
+def weighted_uauc_by_half(labels, preds, halves: Halves,
+                          weights: Mapping[str, float] | None = None) -> dict[str, dict[str, float]]:
+    """:func:`weighted_uauc` over all users and over each half: ``{"all": {...}, "A": {...},
+    "B": {...}}``, each ``{action: uAUC, ..., "weighted": x}`` (actions present in both
+    ``labels`` and ``preds``; NaN actions left out of that set's weighted mean, no warning)."""
+    weights = dict(ACTION_WEIGHTS if weights is None else weights)
+    label_names = set(labels.columns if isinstance(labels, pd.DataFrame) else labels.keys())
+    pred_names = set(preds.columns if isinstance(preds, pd.DataFrame) else preds.keys())
+    actions = [a for a in ACTIONS if a in label_names and a in pred_names]
+    if not actions:
+        raise ValueError("weighted_uauc_by_half: no action present in both labels and predictions")
+    out: dict[str, dict[str, float]] = {k: {} for k in ("all", *HALVES)}
+    for a in actions:
+        for k, v in uauc_by_half(_column(labels, a), _column(preds, a), halves).items():
+            out[k][a] = v
+    for k in out:
+        out[k]["weighted"] = _weighted_of({a: out[k][a] for a in actions}, weights)
+    return out
+
+
+def crossfit_scores(labels, sel_a, sel_b, halves: Halves,
+                    weights: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The honest day-14 score of a selection made on each half.
+
+    ``sel_a`` / ``sel_b``: predictions of every day-14 row whose selection (iteration, epoch,
+    blend weights) was made on half A / half B.  Each is scored on the other half's users and
+    every key (each action and ``weighted``) is the mean of the two out-of-half values (the one
+    that exists when the other is NaN; NaN when neither does).
+    """
+    out_a = weighted_uauc_by_half(labels, sel_a, halves, weights)["B"]   # chosen on A, scored on B
+    out_b = weighted_uauc_by_half(labels, sel_b, halves, weights)["A"]   # chosen on B, scored on A
+    return {k: _nanmean_quiet(np.array([out_a[k], out_b[k]], np.float64)) for k in out_a}

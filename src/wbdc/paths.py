@@ -18,14 +18,21 @@ class Paths:
     def data(self) -> Path:
         return self.root / "data"
 
-    def synthetic_world(self, preset: str, seed: int) -> Path:
-        return self.data / "synthetic" / f"{preset}_seed{seed}"
+    def synthetic_world(self, preset: str, seed: int, null: bool = False) -> Path:
+        """``<preset>_seed<seed>``; the null world (labels independent of everything) lives
+        in ``<preset>_seed<seed>_null`` so it never overwrites the normal one."""
+        return self.data / "synthetic" / f"{preset}_seed{seed}{'_null' if null else ''}"
 
-    def synthetic_raw(self, preset: str, seed: int) -> Path:
-        return self.synthetic_world(preset, seed) / "wechat_algo_data1"
+    def synthetic_raw(self, preset: str, seed: int, null: bool = False) -> Path:
+        return self.synthetic_world(preset, seed, null) / "wechat_algo_data1"
 
-    def synthetic_truth(self, preset: str, seed: int) -> Path:
-        return self.synthetic_world(preset, seed) / "truth"
+    def synthetic_truth(self, preset: str, seed: int, null: bool = False) -> Path:
+        return self.synthetic_world(preset, seed, null) / "truth"
+
+    def world_of(self, data: dict) -> Path:
+        """The synthetic world the ``data`` config section selects (preset, seed, null_world)."""
+        return self.synthetic_world(str(data["preset"]), int(data["seed"]),
+                                    bool(data.get("null_world", False)))
 
     @property
     def prepared(self) -> Path:

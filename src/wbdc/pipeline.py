@@ -188,7 +188,7 @@ def stage_folder(stage: str, cfg: dict, root: str | Path) -> str:
 
     paths = Paths.at(root)
     if stage == "make_synthetic":
-        world = paths.synthetic_world(str(cfg["data"]["preset"]), int(cfg["data"]["seed"]))
+        world = paths.world_of(cfg["data"])
         return str(world.relative_to(paths.root))
     fixed = {"prepare": paths.prepared, "features": paths.features, "blend": paths.ensemble,
              "submit": paths.submissions}

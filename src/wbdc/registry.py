@@ -2,7 +2,8 @@
 
 Each entry says how the model is trained (its stage script and arguments), what code and which
 config keys its stamp hashes, and where it writes (``models/<name>/`` with ``pred_offline.parquet``,
-``pred_online.parquet`` and ``scores.json``; docs/ARTIFACTS.md).  ``run_all.sh --models``,
+``pred_offline_sel_a.parquet`` / ``pred_offline_sel_b.parquet`` (day 14 as chosen on each user
+half, ``wbdc.metrics``), ``pred_online.parquet`` and ``scores.json``; docs/ARTIFACTS.md).  ``run_all.sh --models``,
 ``stamp.py``, the stamps in ``wbdc.pipeline``, ``train_nn.py --arch`` and the blend read it; a new
 net architecture enters through ``wbdc.nn.archs`` and appears here by itself.  Importable without
 torch or lightgbm.
@@ -28,7 +29,7 @@ class ModelSpec:
 
 
 POPULARITY = ModelSpec("popularity", "popularity baseline", "train_popularity.py", (),
-                       ("wbdc/baselines.py",), ("popularity",), always=True,
+                       ("wbdc/baselines.py", "wbdc/metrics.py"), ("popularity",), always=True,
                        needs_offline_for_online=False)
 LGB = ModelSpec("lgb", "LightGBM", "train_lgb.py", (), ("wbdc/lgb.py", "wbdc/metrics.py"), ("lgb",))
 

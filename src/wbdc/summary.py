@@ -10,6 +10,11 @@ from .report import collect_run_infos
 SECTION = "## Pipeline summary"
 
 
+def _fmt(sc: dict) -> str:
+    v = sc.get("weighted")
+    return "n/a" if v is None else f"{v:.6f}"
+
+
 def summary_lines(paths: Paths, total_seconds: float | None = None,
                   folders: set[str] | None = None) -> list[str]:
     """``folders``: the artifact folders (relative to the root) of this run's stages; others
@@ -24,13 +29,17 @@ def summary_lines(paths: Paths, total_seconds: float | None = None,
     scores_path = paths.ensemble / "scores.json"
     if scores_path.exists():
         s = json.loads(scores_path.read_text())
-        lines += ["", "| model | day-14 weighted uAUC |", "|---|---:|"]
+        lines += ["", "| model | day-14 weighted uAUC (honest: chosen on one user half, scored on "
+                  "the other) |", "|---|---:|"]
         for name, sc in (s.get("models") or {}).items():
-            lines.append(f"| {name} | {sc['weighted']:.6f} |")
-        for key, label in (("blend", "blend (in-sample)"), ("blend_heldout", "blend (held-out halves)"),
-                           ("oracle", "oracle (true probabilities)"), ("online", "online: submission on day 15")):
-            if s.get(key):
-                lines.append(f"| {label} | {s[key]['weighted']:.6f} |")
+            lines.append(f"| {name} | {_fmt(sc)} |")
+        ins = (s.get("insample") or {}).get("blend")
+        for label, sc in (("blend (held out)", s.get("blend")),
+                          ("blend in-sample (optimistic, not a score)", ins),
+                          ("oracle (true probabilities)", s.get("oracle")),
+                          ("online: submission on day 15", s.get("online"))):
+            if sc:
+                lines.append(f"| {label} | {_fmt(sc)} |")
     return lines
 
 

@@ -833,6 +833,27 @@ class Outcomes:
     intercept: np.ndarray   # [7]
 
 
+def null_outcomes(world: World, rows: Rows) -> Outcomes:
+    """The null world's outcomes: every label Bernoulli(the action's real positive rate),
+    independent of the row, the user, the feed, the day, the other actions and play/stay (which
+    are drawn as usual but from labels all 0).  The true probability of every row is that rate,
+    so no model can beat 0.5 but by chance, and any day-14 figure above it is selection."""
+    n = len(rows.user)
+    rates = np.array([REAL_POSITIVE_RATES[a] for a in ACTIONS], np.float32)
+    prob = np.broadcast_to(rates, (n, len(ACTIONS))).copy()
+    rng = _rng(world.seed, "null_labels")
+    label = np.empty((n, len(ACTIONS)), dtype=np.int8)
+    play = np.empty(n, dtype=np.int32)
+    stay = np.empty(n, dtype=np.int32)
+    for sl in _chunks(n, ROW_CHUNK):
+        m = sl.stop - sl.start
+        label[sl] = rng.random((m, len(ACTIONS)), dtype=np.float32) < rates
+        play[sl], stay[sl] = _play_stay(world, rows, sl, rng.standard_normal(m, dtype=np.float32),
+                                        np.zeros((m, len(ACTIONS)), np.int8), rng)
+    intercept = np.log(rates / (1 - rates)).astype(np.float32)
+    return Outcomes(prob=prob, label=label, play=play, stay=stay, intercept=intercept)
+
+
 def simulate_outcomes(world: World, rows: Rows, progress: bool = False) -> Outcomes:
     """True probabilities (calibrated), sampled labels and play/stay for every row."""
     k = world.knobs
@@ -1124,7 +1145,7 @@ def _write_truth(world: World, rows: Rows, out: Outcomes, truth_dir: Path) -> No
     write_table(truth_dir / TRUTH_TEST.filename, TRUTH_TEST, len(rows.user) - nt, test, ROW_CHUNK)
 
 
-def _summary(world: World, rows: Rows, out: Outcomes) -> dict:
+def _summary(world: World, rows: Rows, out: Outcomes, null: bool = False) -> dict:
     P = world.preset
     nt = rows.n_train
     day = rows.day[:nt]
@@ -1141,6 +1162,7 @@ def _summary(world: World, rows: Rows, out: Outcomes) -> dict:
         "generator_version": GENERATOR_VERSION,
         "preset": P.name,
         "seed": world.seed,
+        "null_world": bool(null),
         "sizes": {
             "users": world.n_users, "feeds": world.n_feeds, "authors": P.n_authors,
             "bgm_songs": P.n_songs, "bgm_singers": P.n_singers, "keywords": P.n_keywords,
@@ -1167,8 +1189,9 @@ def _summary(world: World, rows: Rows, out: Outcomes) -> dict:
     }
 
 
-def world_is_current(world_dir: str | Path, preset: str, seed: int) -> bool:
-    """True if ``world_dir`` holds a complete world of this generator version, preset and seed."""
+def world_is_current(world_dir: str | Path, preset: str, seed: int, null: bool = False) -> bool:
+    """True if ``world_dir`` holds a complete world of this generator version, preset, seed and
+    kind (``null``: the null world)."""
     world_dir = Path(world_dir)
     info = world_dir / TRUTH_DIRNAME / WORLD_JSON
     files = [world_dir / RAW_DIRNAME / s.filename for s in schema.FILES.values()]
@@ -1180,7 +1203,7 @@ def world_is_current(world_dir: str | Path, preset: str, seed: int) -> bool:
     except ValueError:
         return False
     return (meta.get("generator_version") == GENERATOR_VERSION and meta.get("preset") == preset
-            and meta.get("seed") == seed)
+            and meta.get("seed") == seed and bool(meta.get("null_world", False)) == bool(null))
 
 
 class _Steps:
@@ -1201,23 +1224,28 @@ class _Steps:
                   file=sys.stderr, flush=True)
 
 
-def generate_world(preset: str, seed: int, out_dir: Path, progress: bool = False) -> dict:
+def generate_world(preset: str | Preset, seed: int, out_dir: Path, progress: bool = False,
+                   null: bool = False) -> dict:
     """Generate the world of (preset, seed) into ``out_dir`` (``wechat_algo_data1/`` and
     ``truth/``), built in a temporary folder and swapped into place when complete.
+
+    ``null``: the same users, feeds, exposures and files, but labels independent of everything
+    (:func:`null_outcomes`); the truth holds the constant base rates.  ``preset``: a name of
+    PRESETS or a :class:`Preset` (e.g. from :func:`scaled_preset`, for a size between them).
 
     Returns the world summary (also written to ``truth/world.json``) plus ``steps``: time and
     peak memory per step (kept out of world.json so reruns are byte-identical).
     """
-    if preset not in PRESETS:
+    if isinstance(preset, str) and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     steps = _Steps(progress)
     world = build_world(preset, seed)
     steps.done("entities")
     rows = simulate_rows(world, progress)
     steps.done("exposures")
-    outcomes = simulate_outcomes(world, rows, progress)
+    outcomes = null_outcomes(world, rows) if null else simulate_outcomes(world, rows, progress)
     steps.done("actions")
-    summary = _summary(world, rows, outcomes)
+    summary = _summary(world, rows, outcomes, null)
     with atomic_dir(out_dir) as tmp:
         _write_raw(world, rows, outcomes, tmp / RAW_DIRNAME, progress)
         steps.done("write competition files")

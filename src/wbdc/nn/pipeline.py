@@ -1,7 +1,9 @@
 """Offline and online runs of one architecture over a FeatureStore.
 
 Offline: encoder fitted on the training days (<= 13), trained with early stopping on the day-14
-weighted uAUC, best state kept.  Online: a fresh encoder and model fitted on days <= 14 for the
+weighted uAUC, best state kept; each of the two shared user halves also keeps the predictions of
+the epoch it prefers, and the honest day-14 score is cross-fitted from them (chosen on one
+half, scored on the other, both ways, averaged).  Online: a fresh encoder and model fitted on days <= 14 for the
 offline best number of epochs, then predicting day 15.  No file is written here; the stage does
 that.
 """
@@ -18,6 +20,7 @@ import pandas as pd
 import torch
 
 from ..io import InputError, atomic_path
+from ..metrics import HALVES, crossfit_scores, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 from .data import EncodedArrays, Encoder, FeatureSelection, select_features
 from .diagnostics import gate_means
@@ -43,6 +46,10 @@ class RunResult:
     n_train: int
     n_params: int
     seconds: dict
+    half_preds: dict | None = None      # offline: half -> day-14 predictions of its best epoch
+    half_epochs: dict | None = None     # offline: half -> its best epoch
+    scores: dict | None = None          # offline: honest day-14 scores (cross-fitted halves)
+    scores_insample: dict | None = None  # offline: the best epoch's own day-14 scores
 
 
 def net_seed(cfg: dict) -> int:
@@ -68,17 +75,26 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
     return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
 
 
-def make_score_fn(valid: EncodedArrays):
+def make_score_fn(valid: EncodedArrays, halves_seed: int | None = None):
     """Weighted uAUC of predictions on ``valid`` (rounded to 6 decimals like the official
-    scorer); the user grouping is built once and reused at every evaluation."""
-    from ..metrics import group_by_user, weighted_uauc
+    scorer); the user grouping is built once and reused at every evaluation.  With
+    ``halves_seed`` the scores of the two shared user halves come too (``"A/<key>"``,
+    ``"B/<key>"``, each user's AUC computed once), so each half can pick its own epoch."""
+    from ..metrics import group_by_user, split_halves, weighted_uauc, weighted_uauc_by_half
 
     groups = group_by_user(valid.userid)
     labels = valid.labels_frame()
+    halves = None if halves_seed is None else split_halves(halves_seed, groups=groups)
 
     def score(preds: np.ndarray) -> dict:
         p = {a: np.round(preds[:, i].astype(np.float64), 6) for i, a in enumerate(ACTIONS)}
-        return weighted_uauc(labels, p, groups=groups)
+        if halves is None:
+            return weighted_uauc(labels, p, groups=groups)
+        by = weighted_uauc_by_half(labels, p, halves)
+        out = dict(by["all"])
+        for h in ("A", "B"):
+            out.update({f"{h}/{k}": v for k, v in by[h].items()})
+        return out
 
     return score
 
@@ -130,16 +146,27 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     trainer = new_trainer(arch, enc, store, cfg, train)
     _log(f"{arch}: {count_parameters(trainer.model):,} parameters, input width "
          f"{trainer.model.inputs.output_dim}")
-    fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid, make_score_fn(valid))
+    fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid,
+                      make_score_fn(valid, int(cfg["data"]["seed"])))
     t1 = time.perf_counter()
     gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size)
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
-    return RunResult(trainer.model, enc, fit, prediction_frame(valid, preds), gates, len(train),
+    frame = prediction_frame(valid, preds)
+    half_preds = {h: (prediction_frame(valid, fit.half_best[h]["preds"]) if h in fit.half_best
+                      else frame) for h in HALVES}
+    half_epochs = {h: round(fit.half_best[h]["epoch"] if h in fit.half_best else fit.best_epoch, 4)
+                   for h in HALVES}
+    labels = valid.labels_frame()
+    halves = split_halves(int(cfg["data"]["seed"]), valid.userid)
+    return RunResult(trainer.model, enc, fit, frame, gates, len(train),
                      count_parameters(trainer.model),
                      {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
-                      "diagnostics": round(time.perf_counter() - t1, 2)})
+                      "diagnostics": round(time.perf_counter() - t1, 2)},
+                     half_preds=half_preds, half_epochs=half_epochs,
+                     scores=crossfit_scores(labels, half_preds["A"], half_preds["B"], halves),
+                     scores_insample=weighted_uauc(labels, frame, groups=halves.groups))
 
 
 def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:

@@ -173,6 +173,13 @@ class FitResult:
     samples_per_s: float = 0.0
     best_scores: dict = field(default_factory=dict)
     best_preds: np.ndarray | None = None
+    #: per user half ("A", "B"), when ``score_fn`` scores the halves too: the evaluation that
+    #: half prefers, {"score": weighted uAUC on that half, "epoch": epochs, "preds": [N, T]}
+    half_best: dict = field(default_factory=dict)
+
+
+def _half_keys(scores: dict) -> list[str]:
+    return [h for h in ("A", "B") if f"{h}/weighted" in scores]
 
 
 class Trainer:
@@ -204,7 +211,10 @@ class Trainer:
 
         With ``valid`` and ``score_fn``: score after every epoch (and every
         ``eval_every_steps``), stop after ``patience`` evaluations without improvement of
-        ``score["weighted"]`` and restore the best state.
+        ``score["weighted"]`` and restore the best state.  When ``score_fn`` also returns
+        ``"A/weighted"`` and ``"B/weighted"`` (the two user halves, ``wbdc.metrics``), each
+        half's best evaluation and its predictions are kept in ``FitResult.half_best`` (a
+        cross-fitted selection; it never changes when training stops).
         """
         if train.labels is None:
             raise ValueError("training rows need labels")
@@ -247,10 +257,17 @@ class Trainer:
                         te, ce = time.perf_counter(), time.process_time()
                         preds = self.predict(valid)
                         scores = score_fn(preds)
-                        record.update({f"valid_{k}": float(v) for k, v in scores.items()})
+                        record.update({f"valid_{k}": float(v) for k, v in scores.items()
+                                       if "/" not in k or k.endswith("/weighted")})
+                        for h in _half_keys(scores):
+                            hb = res.half_best.get(h)
+                            v = float(scores[f"{h}/weighted"])
+                            if hb is None or v > hb["score"]:
+                                res.half_best[h] = {"score": v, "epoch": step / steps_per_epoch,
+                                                    "preds": preds}
                         if best_state is None or scores["weighted"] > res.best_score:
                             res.best_score = float(scores["weighted"])
-                            res.best_scores = {k: float(v) for k, v in scores.items()}
+                            res.best_scores = {k: float(v) for k, v in scores.items() if "/" not in k}
                             res.best_epoch = step / steps_per_epoch
                             res.best_preds = preds
                             best_state = self._snapshot()

@@ -18,7 +18,7 @@ from wbdc.schema import ACTIONS
 
 from conftest import run_stage
 
-SMALL = BlendSettings(seed=3, grid_units=20, start_step=4, max_evals=60)
+SMALL = BlendSettings(methods=("prob", "rank"), seed=3, grid_units=20, start_step=4, max_evals=60)
 
 
 # ------------------------------------------------------------------------------ fake artifact root
@@ -513,3 +513,57 @@ def test_blend_stage_offline_mode_needs_and_leaves_no_online_predictions(fake_ro
     assert not stale.exists()
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     assert set(s["models"]) == {"good", "noise_a", "noise_b"} and s["blend"]["weighted"] > 0.5
+
+
+# ------------------------------------------------------------------------------ interior optimum, isolation
+
+def test_weights_match_a_brute_force_interior_optimum(tmp_path):
+    """Two models with noise variances 3:7 around the same signal: the best mix is interior
+    (near 0.7 / 0.3). fit_blend lands within one grid step of the brute-force argmax over the
+    grid, computed with `uauc` itself (a search stuck at a vertex fails)."""
+    w = make_world(n_users=300, rows_per_user=24, seed=11)
+    rng = np.random.default_rng(12)
+    k = 1.2
+    models = {name: (_sigmoid(w["z14"] + rng.normal(0, np.sqrt(var * k), w["z14"].shape)),
+                     _sigmoid(w["zt"] + rng.normal(0, np.sqrt(var * k), w["zt"].shape)))
+              for name, var in (("a", 0.3), ("b", 0.7))}
+    root = write_root(tmp_path, w, models)
+    labels, ms = _modelset(root, w)
+    settings = BlendSettings(methods=("prob",), seed=3, grid_units=20, start_step=4, max_evals=200)
+    fit = fit_blend(labels, ms, settings, progress=False)
+    users = labels["userid"].to_numpy()
+    grid = np.arange(settings.grid_units + 1) / settings.grid_units
+    ia = ms.names.index("a")
+    for a in ACTIONS:
+        x = ms.column(a)
+        y = labels[a].to_numpy()
+        scores = [uauc(y, x[:, ia] * g + x[:, 1 - ia] * (1 - g), users) for g in grid]
+        best = grid[int(np.argmax(scores))]
+        assert 0.0 < best < 1.0, (a, best)                      # the optimum is interior
+        got = fit.weights.actions[a].weights["a"]
+        assert abs(got - best) <= 1.0 / settings.grid_units + 1e-9, (a, got, best)
+        assert fit.weights.actions[a].in_sample == pytest.approx(max(scores), abs=1e-6)
+
+
+def test_each_half_is_fitted_on_its_own_users_only(fake_root, world):
+    """Scrambling the labels of half B's users leaves half A's weights (and A's chosen input)
+    unchanged, and vice versa: a half never sees the other half's labels."""
+    labels, ms = _modelset(fake_root, world)
+    fit = fit_blend(labels, ms, SMALL, progress=False)
+    halves = split_halves(SMALL.seed, groups=group_by_user(labels["userid"].to_numpy()))
+    rng = np.random.default_rng(9)
+    for scrambled, kept in (("B", "A"), ("A", "B")):
+        rows = np.flatnonzero(halves.row_mask(scrambled))
+        other = labels.copy()
+        for a in ACTIONS:
+            other.loc[rows, a] = rng.permutation(other.loc[rows, a].to_numpy())
+        refit = fit_blend(other, ms, SMALL, progress=False)
+        for a in ACTIONS:
+            b0, b1 = fit.weights.actions[a], refit.weights.actions[a]
+            assert b1.half_method[kept] == b0.half_method[kept]
+            for m in SMALL.methods:
+                assert b1.half_weights[m][kept] == b0.half_weights[m][kept], (a, m, kept)
+        changed = sum(refit.weights.actions[a].half_weights[m][scrambled]
+                      != fit.weights.actions[a].half_weights[m][scrambled]
+                      for a in ACTIONS for m in SMALL.methods)
+        assert changed > 0      # the scrambled half did see its own (new) labels

@@ -59,25 +59,25 @@ class BlendSettings:
     weight between two models at a time and halves the step when no move helps.
     """
 
-    methods: tuple[str, ...] = METHODS
-    seed: int = 2021
-    grid_units: int = 40
-    start_step: int = 8
-    max_evals: int = 200
+    methods: tuple[str, ...]
+    seed: int
+    grid_units: int
+    start_step: int
+    max_evals: int
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "BlendSettings":
-        b = cfg.get("blend", {}) or {}
-        search = b.get("search", {}) or {}
-        seed = cfg.get("data", {}).get("seed", 2021)   # the halves every model shares
-        methods = tuple(b.get("methods") or METHODS)
+        """From the resolved config (``blend`` section; the user halves are ``data.seed``'s,
+        shared with every model's selection).  No defaults here: configs/blend.yaml has them."""
+        b, search = cfg["blend"], cfg["blend"]["search"]
+        methods = tuple(b["methods"])
         bad = [m for m in methods if m not in METHODS]
-        if bad:
+        if bad or not methods:
             raise ValueError(f"blend.methods: unknown {bad} (choose from {list(METHODS)})")
-        s = cls(methods=methods, seed=int(seed),
-                grid_units=int(search.get("grid_units", 40)),
-                start_step=int(search.get("start_step_units", 8)),
-                max_evals=int(search.get("max_evals", 200)))
+        s = cls(methods=methods, seed=int(cfg["data"]["seed"]),
+                grid_units=int(search["grid_units"]),
+                start_step=int(search["start_step_units"]),
+                max_evals=int(search["max_evals"]))
         if s.grid_units < 1 or not 1 <= s.start_step <= s.grid_units or s.max_evals < 1:
             raise ValueError("blend.search: need grid_units >= 1, 1 <= start_step_units <= "
                              f"grid_units and max_evals >= 1 (got {s.grid_units}, "

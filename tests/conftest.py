@@ -36,3 +36,33 @@ def tiny_root(tmp_path_factory) -> Path:
     run_stage("prepare.py", root, *common)
     run_stage("features.py", root, *common)
     return root
+
+
+# ------------------------------------------------------------------------------ run_all.sh end to end
+
+RUN_ALL_SEED = "11"
+#: small nets, one epoch, few boosting rounds: the end-to-end runs test the plumbing, not scores
+RUN_ALL_FAST = ["--set", "nn.train.epochs=1", "--set", "nn.mmoe.n_experts=2", "--set", "nn.ple.n_levels=1",
+                "--set", "nn.mmoe.expert_dims=[32]", "--set", "nn.ple.expert_dims=[32]",
+                "--set", "nn.sb.bottom_dims=[32]", "--set", "lgb.num_boost_round=20",
+                "--set", "blend.search.max_evals=20"]
+
+
+def run_all_env() -> dict:
+    return {**os.environ, "WBDC_SKIP_VENV": "1", "PYTHON": sys.executable}
+
+
+def run_all_cmd(root, *extra: str) -> list[str]:
+    """`bash run_all.sh` on the tiny world with the fast settings (extra arguments go last)."""
+    return ["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--seed", RUN_ALL_SEED,
+            "--root", str(root), *RUN_ALL_FAST, *extra]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """One clean `run_all.sh` of every model on tiny (fast settings): (root, completed process).
+    Read-only: tests copy it before they run anything in it."""
+    root = tmp_path_factory.mktemp("tiny_run") / "root"
+    r = subprocess.run(run_all_cmd(root), capture_output=True, text=True, env=run_all_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    return root, r

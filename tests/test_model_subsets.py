@@ -20,18 +20,16 @@ import pytest
 
 from wbdc.schema import ACTIONS
 
+from conftest import RUN_ALL_SEED as SEED
+from conftest import run_all_cmd, run_all_env
+
 REPO = Path(__file__).resolve().parents[1]
-SEED = "13"
 pytestmark = pytest.mark.slow
-FAST = ["--set", "nn.train.epochs=1", "--set", "nn.mmoe.n_experts=2", "--set", "nn.ple.n_levels=1",
-        "--set", "lgb.num_boost_round=20", "--set", "blend.search.max_evals=20"]
 
 
 def run_all(root: Path | str, *extra: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    cmd = ["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--seed", SEED, "--root", str(root),
-           *FAST, *extra]
-    env = {**os.environ, "WBDC_SKIP_VENV": "1", "PYTHON": sys.executable}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, cwd=cwd)
+    r = subprocess.run(run_all_cmd(root, *extra), capture_output=True, text=True, env=run_all_env(),
+                       timeout=600, cwd=cwd)
     assert r.returncode == 0, r.stderr[-4000:]
     return r
 
@@ -49,22 +47,24 @@ def ran(r: subprocess.CompletedProcess) -> list[str]:
             if line.startswith("=== ") and "skipped" not in line]
 
 
-@pytest.fixture(scope="module")
-def lgb_only(tmp_path_factory):
-    root = tmp_path_factory.mktemp("subsets") / "lgb"
-    r = run_all(root, "--models", "lgb")
-    return root, r
-
-
 def _copy(src: Path, dst: Path) -> Path:
     shutil.copytree(src, dst, symlinks=True)
     return dst
 
 
+@pytest.fixture(scope="module")
+def lgb_only(tiny_run, tmp_path_factory):
+    """A copy of the session's full tiny run, then `--models lgb`."""
+    root = _copy(tiny_run[0], tmp_path_factory.mktemp("subsets") / "lgb")
+    r = run_all(root, "--models", "lgb")
+    return root, r
+
+
 def test_lgb_only_blends_lgb_and_popularity(lgb_only):
     root, r = lgb_only
-    assert blended(root) == {"lgb", "popularity"}
-    assert ran(r) == ["make_synthetic", "prepare", "features", "popularity", "lgb", "blend", "submit"]
+    assert blended(root) == {"lgb", "popularity"}      # the nets' folders are there, not blended
+    assert (root / "models" / "mmoe" / "pred_offline.parquet").exists()
+    assert ran(r) == ["blend", "submit"]               # every model of the subset is current
     sub = pd.read_csv(root / "submissions" / "submission.csv")
     assert list(sub.columns) == ["userid", "feedid", *ACTIONS]
 
@@ -73,13 +73,14 @@ def test_a_single_net_blends_that_net_and_popularity(lgb_only, tmp_path):
     """`--models mmoe`, with a --config file deep-merged under the --set overrides."""
     root = _copy(lgb_only[0], tmp_path / "mmoe")
     user = tmp_path / "user.yaml"
-    user.write_text("nn:\n  mmoe:\n    expert_dims: [16]\n    n_experts: 3\n")
+    user.write_text("nn:\n  mmoe:\n    tower_dims: [8]\n    n_experts: 3\n")
     r = run_all(root, "--models", "mmoe", "--config", str(user))
     assert ran(r) == ["mmoe", "blend", "submit"]       # data, features and popularity are current
     assert blended(root) == {"mmoe", "popularity"}     # the earlier run's lgb folder is not blended
     mmoe = json.loads((root / "models" / "mmoe" / "config.json").read_text())["nn"]["mmoe"]
     from wbdc.config import default_config
-    assert mmoe == {**default_config()["nn"]["mmoe"], "expert_dims": [16], "n_experts": 2}  # --set wins
+    # the file's tower_dims; n_experts and expert_dims from the fast --set overrides, which win
+    assert mmoe == {**default_config()["nn"]["mmoe"], "tower_dims": [8], "n_experts": 2, "expert_dims": [32]}
     # MMoE gate diagnostics: one row per action over its 2 experts, each a distribution; a heatmap
     gates = pd.read_csv(root / "models" / "mmoe" / "gates.csv")
     assert len(gates) == len(ACTIONS) and gates.shape[1] == 2 + 2
@@ -118,14 +119,14 @@ def test_models_subset_in_offline_mode_writes_no_submission(lgb_only, tmp_path):
     r = run_all(root, "--models", "sb", "--mode", "offline")
     assert ran(r) == ["popularity", "sb", "blend"]    # --mode is part of every model's stamp
     assert blended(root) == {"sb", "popularity"}
-    assert not (root / "models" / "sb" / "pred_online.parquet").exists()
+    assert not (root / "models" / "sb" / "pred_online.parquet").exists()   # the earlier fit's is gone
     assert not (root / "submissions").exists()
 
 
 def test_two_nets_blend_both_and_popularity(lgb_only, tmp_path):
     root = _copy(lgb_only[0], tmp_path / "two")
-    r = run_all(root, "--models", "sb,ple")
-    assert ran(r) == ["sb", "ple", "blend", "submit"]
+    r = run_all(root, "--models", "sb,ple", "--set", "nn.sb.tower_dims=[8]")
+    assert ran(r) == ["sb", "blend", "submit"]          # ple's own keys did not change
     assert blended(root) == {"sb", "ple", "popularity"}
 
 

@@ -20,32 +20,24 @@ import pytest
 
 from wbdc.schema import ACTIONS
 
-REPO = Path(__file__).resolve().parents[1]
-SEED = "11"
+from conftest import RUN_ALL_SEED as SEED
+from conftest import run_all_cmd, run_all_env
+
 SCORE_KEYS = [*ACTIONS, "weighted"]
 pytestmark = pytest.mark.slow
 
 
-def run_all_cmd(root: Path, *extra: str) -> list[str]:
-    return ["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--seed", SEED, "--root", str(root), *extra]
-
-
 def env() -> dict:
-    return {**os.environ, "WBDC_SKIP_VENV": "1", "PYTHON": sys.executable}
+    return run_all_env()
 
 
 @pytest.fixture(scope="module")
-def clean_run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e_clean")
-    t0 = time.time()
-    r = subprocess.run(run_all_cmd(root), capture_output=True, text=True, env=env(), timeout=600)
-    seconds = time.time() - t0
-    assert r.returncode == 0, r.stderr[-4000:]
-    return root, r, seconds
+def clean_run(tiny_run):
+    return tiny_run
 
 
 def test_run_all_tiny_writes_valid_submission_and_scores(clean_run):
-    root, r, seconds = clean_run
+    root, r = clean_run
     sub = pd.read_csv(root / "submissions" / "submission.csv")
     test = pd.read_csv(root / "data" / "synthetic" / f"tiny_seed{SEED}" / "wechat_algo_data1" / "test_a.csv")
     assert list(sub.columns) == ["userid", "feedid", *ACTIONS]
@@ -69,8 +61,10 @@ def test_run_all_tiny_writes_valid_submission_and_scores(clean_run):
     assert "## Pipeline summary" in (root / "ensemble" / "report.md").read_text()
 
 
-def test_rerun_skips_every_stage(clean_run):
-    root, _, _ = clean_run
+def test_rerun_skips_every_stage(clean_run, tmp_path):
+    import shutil
+    root = tmp_path / "again"
+    shutil.copytree(clean_run[0], root, symlinks=True)
     r = subprocess.run(run_all_cmd(root), capture_output=True, text=True, env=env(), timeout=600)
     assert r.returncode == 0, r.stderr[-4000:]
     skipped = [line for line in r.stderr.splitlines() if line.endswith("up to date, skipped")]
@@ -78,7 +72,7 @@ def test_rerun_skips_every_stage(clean_run):
 
 
 def test_killed_run_resumes_and_matches_clean_run(clean_run, tmp_path):
-    clean_root, _, _ = clean_run
+    clean_root, _ = clean_run
     root = tmp_path / "resumed"
     # Kill the whole run (process group) once the mmoe stage has started training.
     p = subprocess.Popen(run_all_cmd(root), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,

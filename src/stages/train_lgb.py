@@ -127,6 +127,10 @@ def main() -> int:
                           best_iteration=off.best_iteration,
                           half_best_iteration=off.half_best_iteration,
                           train_rows={"offline": off.train_rows})
+        if args.mode == "offline":   # online files of an earlier fit would not match this one
+            (out / "pred_online.parquet").unlink(missing_ok=True)
+            for stale in out.glob("model_online_*.txt"):
+                stale.unlink()
         if args.mode in ("online", "all"):
             t0 = time.perf_counter()
             on = fit_online(data, fs, settings, actions, best_iteration=best,

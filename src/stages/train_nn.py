@@ -119,6 +119,9 @@ def main(argv: list[str] | None = None) -> int:
                   f"cross-fitted over the user halves (in-sample {res.fit.best_score:.6f}, "
                   f"(best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
                   f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
+        if args.mode == "offline":   # online files of an earlier fit would not match this one
+            for stale in ("pred_online.parquet", "checkpoint_online.pt"):
+                (out / stale).unlink(missing_ok=True)
         if args.mode in ("online", "all"):
             res = run_online(store, args.arch, cfg, float(online_epochs))
             write_parquet(res.preds, out / "pred_online.parquet")

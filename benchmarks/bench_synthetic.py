@@ -5,7 +5,7 @@ preset, each preset generated in a fresh process (so each peak is its own).
         --out /work/scratch/bench_synthetic
 
 The worlds are written under --out/<preset>_seed<seed>/ and deleted afterwards unless --keep
-(`final` writes about 9 GB).  Prints one table row per preset: users, feeds, action rows, test
+(`final` writes about 4.8 GB).  Prints one table row per preset: users, feeds, action rows, test
 rows, seconds, peak MB; and each step's seconds and cumulative peak.
 """
 from __future__ import annotations

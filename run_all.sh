@@ -11,7 +11,7 @@ source "$(dirname "${BASH_SOURCE[0]}")/scripts/env.sh"
 usage() {
   cat <<'USAGE'
 Usage: bash run_all.sh [options]
-  --preset tiny|small|full   synthetic world size when no --data-dir is given (default: small)
+  --preset tiny|small|full|final  synthetic world size when no --data-dir is given (default: small)
   --null                     synthetic world whose labels are independent of everything (every
                              honest score should read 0.5: a check of the validation itself)
   --data-dir DIR             folder holding the official CSVs (user_action.csv, feed_info.csv,

@@ -22,7 +22,7 @@ from .schema import ACTIONS
 
 Action = Literal["read_comment", "like", "click_avatar", "forward", "favorite", "comment", "follow"]
 assert tuple(Action.__args__) == tuple(ACTIONS)  # noqa: S101 - the Literal mirrors schema.ACTIONS
-Preset = Literal["tiny", "small", "full"]
+Preset = Literal["tiny", "small", "full", "final"]
 
 
 # ------------------------------------------------------------------------------ data

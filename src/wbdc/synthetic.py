@@ -41,7 +41,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -65,6 +65,8 @@ FULL_USERS, FULL_FEEDS, FULL_AUTHORS = 20_000, 106_444, 18_789
 FULL_SONGS, FULL_SINGERS, FULL_KEYWORDS, FULL_TAGS = 25_159, 17_500, 14_255, 329
 FULL_TRAIN_ROWS, FULL_DAY14_ROWS, FULL_TEST_ROWS = 7_317_882, 609_036, 421_985
 FULL_WORDS, FULL_CHARS = 150_000, 20_000
+# Real final-round sizes (FACTS.md): same 106,444 feeds, 199,999 users, 73,175,511 action rows.
+FINAL_USERS, FINAL_TRAIN_ROWS, FINAL_TEST_ROWS = 199_999, 73_175_511, 4_252_097
 
 N_DAYS = schema.LAST_TRAIN_DAY          # 14 training days
 TEST_DAY = schema.TEST_DAY              # 15
@@ -117,15 +119,20 @@ def scaled_preset(name: str, n_users: int, n_feeds: int, train_rows: int, n_topi
     )
 
 
+_FULL = Preset(
+    name="full", n_users=FULL_USERS, n_feeds=FULL_FEEDS, n_authors=FULL_AUTHORS,
+    n_songs=FULL_SONGS, n_singers=FULL_SINGERS, n_keywords=FULL_KEYWORDS, n_tags=FULL_TAGS,
+    n_topics=48, n_words=FULL_WORDS, n_chars=FULL_CHARS, train_rows=FULL_TRAIN_ROWS,
+    test_rows=FULL_TEST_ROWS, day15_release_share=0.05)
+
 PRESETS: dict[str, Preset] = {
     "tiny": scaled_preset("tiny", 1_000, 3_000, 50_000, n_topics=16, day15_release_share=0.03),
     "small": scaled_preset("small", 4_000, 20_000, 1_000_000, n_topics=32,
                            day15_release_share=0.04),
-    "full": Preset(
-        name="full", n_users=FULL_USERS, n_feeds=FULL_FEEDS, n_authors=FULL_AUTHORS,
-        n_songs=FULL_SONGS, n_singers=FULL_SINGERS, n_keywords=FULL_KEYWORDS, n_tags=FULL_TAGS,
-        n_topics=48, n_words=FULL_WORDS, n_chars=FULL_CHARS, train_rows=FULL_TRAIN_ROWS,
-        test_rows=FULL_TEST_ROWS, day15_release_share=0.05),
+    "full": _FULL,
+    # the final round's sizes: the same feeds and catalogue as full, ten times the users and rows
+    "final": replace(_FULL, name="final", n_users=FINAL_USERS, train_rows=FINAL_TRAIN_ROWS,
+                     test_rows=FINAL_TEST_ROWS),
 }
 
 
@@ -309,14 +316,34 @@ def write_table(path: Path, spec: FileSpec, n_rows: int,
     """Write ``spec``'s header and rows; ``cells_for(rows)`` gives each column's values (scalar
     kinds, converted here) or ready cell matrices (list kinds) for one chunk of rows."""
     starts = range(0, n_rows, chunk_rows)
-    with open(path, "wb") as fh:
-        fh.write((",".join(spec.names) + "\n").encode())
+    with TableWriter(path, spec) as table:
         for start in tqdm(starts, desc=f"write {spec.filename}", unit="chunk",
                           disable=not progress, file=sys.stderr, leave=False):
-            cols = cells_for(slice(start, min(start + chunk_rows, n_rows)))
-            cells = [scalar_cells(c, cols[c.name]) if c.kind in schema.SCALAR_KINDS
-                     else cols[c.name] for c in spec.columns]
-            fh.write(csv_lines(cells))
+            table.write(cells_for(slice(start, min(start + chunk_rows, n_rows))))
+
+
+class TableWriter:
+    """``spec``'s header, then rows appended chunk by chunk (the bytes do not depend on how
+    the rows are split into chunks)."""
+
+    def __init__(self, path: Path, spec: FileSpec):
+        self.spec = spec
+        self.fh = open(path, "wb")
+        self.fh.write((",".join(spec.names) + "\n").encode())
+
+    def write(self, cols: dict[str, np.ndarray]) -> None:
+        """Append rows: each column's values (scalar kinds) or ready cell matrices."""
+        if len(cols[self.spec.columns[0].name]) == 0:
+            return
+        cells = [scalar_cells(c, cols[c.name]) if c.kind in schema.SCALAR_KINDS
+                 else cols[c.name] for c in self.spec.columns]
+        self.fh.write(csv_lines(cells))
+
+    def __enter__(self) -> "TableWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.fh.close()
 
 
 # Truth files (never read by a training stage); probabilities are written with 9 decimals.
@@ -730,7 +757,11 @@ def _day_rows(world: World, day: int, scale: float, rng: np.random.Generator,
 
 def simulate_rows(world: World, progress: bool = False) -> Rows:
     """Exposures of days 1..15: de-duplicated, duplicate copies injected in days 1..13, and
-    ordered like the real files (training rows by date_ then userid, test rows by userid)."""
+    ordered like the real files (training rows by date_ then userid, test rows by userid).
+
+    Rows are held compactly (int32 user and feed, int8 day and device: 10 bytes a row) and put
+    in file order day by day; the draws and the order are those of one global
+    ``lexsort((tie, userid, day))`` over all rows."""
     P, k = world.preset, world.knobs
     rng = _rng(world.seed, "exposure")
     F = world.n_feeds
@@ -744,31 +775,49 @@ def simulate_rows(world: World, progress: bool = False) -> Rows:
     scales = list(base * day_w) + [P.test_rows / expected]
 
     seen = _SeenPairs(world.n_users, F)
-    parts = []
+    parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
     for i, day in enumerate(tqdm(range(1, TEST_DAY + 1), desc="exposures", unit="day",
                                  disable=not progress, file=sys.stderr, leave=False)):
         users, feeds, device = _day_rows(world, day, scales[i], rng, samplers, seen)
-        parts.append((users, feeds, np.full(len(users), day, dtype=np.int64), device))
-    user, feed, day, device = (np.concatenate(x) for x in zip(*parts))
+        parts.append((users.astype(np.int32), feeds.astype(np.int32), device.astype(np.int8)))
     del seen
+    counts = np.array([len(u) for u, _, _ in parts], dtype=np.int64)
+    ends = np.cumsum(counts)
+    starts = ends - counts
+    user, feed, device = (np.concatenate([x[j] for x in parts]) for j in range(3))
+    del parts
+    n_base = int(ends[-1])
 
-    # a few re-exposures (duplicate pairs), both copies inside days 1..13
-    cand = np.flatnonzero(day <= N_DAYS - 1)
-    src = np.sort(rng.choice(cand, size=min(n_dup_target, len(cand)), replace=False))
-    copy_day = day[src] + np.floor(rng.random(len(src)) * (N_DAYS - day[src])).astype(np.int64)
-    user = np.concatenate([user, user[src]])
-    feed = np.concatenate([feed, feed[src]])
-    day = np.concatenate([day, copy_day])
-    device = np.concatenate([device, device[src]])
+    # a few re-exposures (duplicate pairs), both copies inside days 1..13; rows are in day
+    # order, so the rows of days 1..13 are a prefix
+    n_cand = int(ends[N_DAYS - 2])
+    src = np.sort(rng.choice(n_cand, size=min(n_dup_target, n_cand), replace=False))
+    src_day = np.searchsorted(ends, src, side="right").astype(np.int64) + 1
+    copy_day = src_day + np.floor(rng.random(len(src)) * (N_DAYS - src_day)).astype(np.int64)
+    dup_user, dup_feed, dup_device = user[src], feed[src], device[src]
+    n = n_base + len(src)
 
-    # file order: training rows by (date_, userid), test rows by userid; random within
-    tie = rng.permutation(len(user))
-    ext_user = world.user_ids[user]
-    test_day = day == TEST_DAY
-    order = np.lexsort((tie, ext_user, test_day.astype(np.int64) * 100 + np.where(test_day, 0, day)))
-    return Rows(user=user[order].astype(np.int32), feed=feed[order].astype(np.int32),
-                day=day[order].astype(np.int8), device=device[order].astype(np.int8),
-                n_train=int((~test_day).sum()), n_duplicates=len(src))
+    # file order: training rows by (date_, userid), test rows by userid; random within (a
+    # permutation of all rows breaks ties: the same draws as rng.permutation(n))
+    tie = rng.permutation(np.arange(n, dtype=np.int32 if n < 2**31 else np.int64))
+    out_user = np.empty(n, dtype=np.int32)
+    out_feed = np.empty(n, dtype=np.int32)
+    out_day = np.empty(n, dtype=np.int8)
+    out_device = np.empty(n, dtype=np.int8)
+    pos = 0
+    for d in range(1, TEST_DAY + 1):
+        seg = slice(int(starts[d - 1]), int(ends[d - 1]))
+        extra = np.flatnonzero(copy_day == d)
+        u = np.concatenate([user[seg], dup_user[extra]])
+        order = np.lexsort((np.concatenate([tie[seg], tie[n_base + extra]]), world.user_ids[u]))
+        end = pos + len(order)
+        out_user[pos:end] = u[order]
+        out_feed[pos:end] = np.concatenate([feed[seg], dup_feed[extra]])[order]
+        out_device[pos:end] = np.concatenate([device[seg], dup_device[extra]])[order]
+        out_day[pos:end] = d
+        pos = end
+    return Rows(user=out_user, feed=out_feed, day=out_day, device=out_device,
+                n_train=n - int(counts[-1]), n_duplicates=len(src))
 
 
 # --------------------------------------------------------------------------- the actions
@@ -826,69 +875,75 @@ ROW_CHUNK = 1 << 20
 
 @dataclass
 class Outcomes:
-    prob: np.ndarray        # float32 [n, 7] true probabilities
-    label: np.ndarray       # int8 [n, 7]
+    """The outcomes of one chunk of rows."""
+    prob: np.ndarray        # float32 [m, 7] true probabilities
+    label: np.ndarray       # int8 [m, 7]
     play: np.ndarray        # int32 ms
     stay: np.ndarray        # int32 ms
-    intercept: np.ndarray   # [7]
 
 
-def null_outcomes(world: World, rows: Rows) -> Outcomes:
-    """The null world's outcomes: every label Bernoulli(the action's real positive rate),
+CALIBRATION_ROWS = 2_000_000
+
+
+def calibrate_intercepts(world: World, rows: Rows) -> np.ndarray:
+    """Intercepts such that the mean true probability over days 1..14 (over a sample of
+    CALIBRATION_ROWS training rows when there are more) hits the real positive rates."""
+    rng = _rng(world.seed, "calibration")
+    nt = rows.n_train
+    if nt > CALIBRATION_ROWS:
+        train = np.sort(rng.choice(nt, size=CALIBRATION_ROWS, replace=False))
+    else:
+        train = np.arange(nt)
+    x = np.empty((len(train), len(ACTIONS)), dtype=np.float32)
+    for sl in _chunks(len(train), ROW_CHUNK):
+        r = train[sl]
+        x[sl] = action_logits(world, rows.user[r], rows.feed[r], rows.day[r], rows.device[r])
+    return np.array([calibrate_intercept(x[:, j], REAL_POSITIVE_RATES[a])
+                     for j, a in enumerate(ACTIONS)], dtype=np.float32)
+
+
+def null_intercepts() -> np.ndarray:
+    rates = np.array([REAL_POSITIVE_RATES[a] for a in ACTIONS], np.float32)
+    return np.log(rates / (1 - rates)).astype(np.float32)
+
+
+def outcome_chunks(world: World, rows: Rows, intercept: np.ndarray,
+                   null: bool = False) -> Iterator[tuple[slice, Outcomes]]:
+    """True probabilities, sampled labels and play/stay, chunk by chunk (ROW_CHUNK rows in
+    row order; the random draws depend on that chunking, so it is fixed).
+
+    Labels go through a Gaussian copula: P(label=1) = p exactly, co-occurrence within groups.
+    ``null``: the null world's outcomes: every label Bernoulli(the action's real positive rate),
     independent of the row, the user, the feed, the day, the other actions and play/stay (which
     are drawn as usual but from labels all 0).  The true probability of every row is that rate,
     so no model can beat 0.5 but by chance, and any day-14 figure above it is selection."""
-    n = len(rows.user)
-    rates = np.array([REAL_POSITIVE_RATES[a] for a in ACTIONS], np.float32)
-    prob = np.broadcast_to(rates, (n, len(ACTIONS))).copy()
-    rng = _rng(world.seed, "null_labels")
-    label = np.empty((n, len(ACTIONS)), dtype=np.int8)
-    play = np.empty(n, dtype=np.int32)
-    stay = np.empty(n, dtype=np.int32)
-    for sl in _chunks(n, ROW_CHUNK):
-        m = sl.stop - sl.start
-        label[sl] = rng.random((m, len(ACTIONS)), dtype=np.float32) < rates
-        play[sl], stay[sl] = _play_stay(world, rows, sl, rng.standard_normal(m, dtype=np.float32),
-                                        np.zeros((m, len(ACTIONS)), np.int8), rng)
-    intercept = np.log(rates / (1 - rates)).astype(np.float32)
-    return Outcomes(prob=prob, label=label, play=play, stay=stay, intercept=intercept)
-
-
-def simulate_outcomes(world: World, rows: Rows, progress: bool = False) -> Outcomes:
-    """True probabilities (calibrated), sampled labels and play/stay for every row."""
     k = world.knobs
     n = len(rows.user)
-    x = np.empty((n, len(ACTIONS)), dtype=np.float32)
-    for sl in tqdm(list(_chunks(n, ROW_CHUNK)), desc="logits", disable=not progress,
-                   file=sys.stderr, leave=False):
-        x[sl] = action_logits(world, rows.user[sl], rows.feed[sl], rows.day[sl], rows.device[sl])
-
-    # intercepts: the mean true probability over days 1..14 hits the real positive rate
-    rng = _rng(world.seed, "calibration")
-    train = np.arange(rows.n_train)
-    if len(train) > 2_000_000:
-        train = np.sort(rng.choice(train, size=2_000_000, replace=False))
-    intercept = np.array([calibrate_intercept(x[train, j], REAL_POSITIVE_RATES[a])
-                          for j, a in enumerate(ACTIONS)], dtype=np.float32)
-    x += intercept
-    prob = expit(x, out=x)
-
-    # labels through a Gaussian copula: P(label=1) = p exactly, co-occurrence within groups
+    if null:
+        rates = np.array([REAL_POSITIVE_RATES[a] for a in ACTIONS], np.float32)
+        rng = _rng(world.seed, "null_labels")
+        for sl in _chunks(n, ROW_CHUNK):
+            m = sl.stop - sl.start
+            label = (rng.random((m, len(ACTIONS)), dtype=np.float32) < rates).astype(np.int8)
+            play, stay = _play_stay(world, rows, sl, rng.standard_normal(m, dtype=np.float32),
+                                    np.zeros((m, len(ACTIONS)), np.int8), rng)
+            yield sl, Outcomes(np.broadcast_to(rates, (m, len(ACTIONS))), label, play, stay)
+        return
     rng = _rng(world.seed, "labels")
     g_idx = np.array([ACTION_GROUP[a] for a in ACTIONS])
     e, g = k.copula_engagement, k.copula_group
-    label = np.empty((n, len(ACTIONS)), dtype=np.int8)
-    play = np.empty(n, dtype=np.int32)
-    stay = np.empty(n, dtype=np.int32)
     for sl in _chunks(n, ROW_CHUNK):
         m = sl.stop - sl.start
+        x = action_logits(world, rows.user[sl], rows.feed[sl], rows.day[sl], rows.device[sl])
+        x += intercept
+        prob = expit(x, out=x)
         engage = rng.standard_normal(m, dtype=np.float32)
         group = rng.standard_normal((m, len(GROUPS)), dtype=np.float32)
         own = rng.standard_normal((m, len(ACTIONS)), dtype=np.float32)
         z = np.sqrt(e) * engage[:, None] + np.sqrt(g) * group[:, g_idx] + np.sqrt(1 - e - g) * own
-        label[sl] = z < ndtri(np.clip(prob[sl], 1e-12, 1 - 1e-7))
-        play[sl], stay[sl] = _play_stay(world, rows, sl, -engage, label[sl], rng)
-    return Outcomes(prob=prob, label=label, play=play, stay=stay, intercept=intercept)
+        label = (z < ndtri(np.clip(prob, 1e-12, 1 - 1e-7))).astype(np.int8)
+        play, stay = _play_stay(world, rows, sl, -engage, label, rng)
+        yield sl, Outcomes(prob, label, play, stay)
 
 
 def _play_stay(world: World, rows: Rows, sl: slice, engaged: np.ndarray, label: np.ndarray,
@@ -1079,29 +1134,69 @@ def embedding_projection(world: World) -> np.ndarray:
 FEED_CHUNK = 4096
 
 
-def _write_raw(world: World, rows: Rows, out: Outcomes, raw_dir: Path, progress: bool) -> None:
-    raw_dir.mkdir(parents=True, exist_ok=True)
+class _Means:
+    """Column means of [m, 7] chunks over all their rows, summed in row order like
+    ``values.mean(axis=0, dtype=np.float64)`` of all rows at once (the same float sums)."""
+
+    def __init__(self) -> None:
+        self.sum = np.zeros(len(ACTIONS), dtype=np.float64)
+        self.n = 0
+
+    def add(self, values: np.ndarray) -> None:
+        if len(values):
+            stacked = np.concatenate([self.sum[None], np.asarray(values, dtype=np.float64)])
+            self.sum = np.add.reduce(stacked, axis=0)
+            self.n += len(values)
+
+    def rounded(self) -> dict[str, float]:
+        m = self.sum / self.n
+        return {a: round(float(m[j]), 6) for j, a in enumerate(ACTIONS)}
+
+
+def _write_rows(world: World, rows: Rows, chunks: Iterator[tuple[slice, Outcomes]],
+                raw_dir: Path, truth_dir: Path, progress: bool) -> dict[str, _Means]:
+    """One pass over the rows in order: user_action.csv, test_a.csv and the truth files
+    (day14_prob.csv, test_truth.csv) from each chunk's outcomes, which are then dropped.
+    Returns the running positive rates of the summary."""
     nt = rows.n_train
-    col = {a: j for j, a in enumerate(ACTIONS)}
+    means = {k: _Means() for k in ("true_prob_days1_14", "labels_days1_14", "true_prob_test",
+                                   "labels_test")}
+    with TableWriter(raw_dir / schema.USER_ACTION.filename, schema.USER_ACTION) as ua, \
+            TableWriter(raw_dir / schema.TEST.filename, schema.TEST) as test, \
+            TableWriter(truth_dir / TRUTH_DAY14.filename, TRUTH_DAY14) as day14, \
+            TableWriter(truth_dir / TRUTH_TEST.filename, TRUTH_TEST) as truth:
+        for sl, out in tqdm(chunks, total=-(-len(rows.user) // ROW_CHUNK), desc="actions",
+                            unit="chunk", disable=not progress, file=sys.stderr, leave=False):
+            m = sl.stop - sl.start
+            k = min(max(nt - sl.start, 0), m)          # the chunk's training rows: [0, k)
+            user = world.user_ids[rows.user[sl]]
+            feed = world.feed_ids[rows.feed[sl]]
+            day, device = rows.day[sl], rows.device[sl]
+            if k:
+                tr = slice(0, k)
+                d = {"userid": user[tr], "feedid": feed[tr], "date_": day[tr],
+                     "device": device[tr], "play": out.play[tr], "stay": out.stay[tr]}
+                d.update({a: out.label[tr, j] for j, a in enumerate(ACTIONS)})
+                ua.write(d)
+                r = np.flatnonzero(day[tr] == N_DAYS)
+                d = {"userid": user[r], "feedid": feed[r]}
+                d.update({a: out.prob[r, j] for j, a in enumerate(ACTIONS)})
+                day14.write(d)
+                means["true_prob_days1_14"].add(out.prob[tr])
+                means["labels_days1_14"].add(out.label[tr])
+            if k < m:
+                te = slice(k, m)
+                d = {"userid": user[te], "feedid": feed[te], "device": device[te]}
+                test.write(d)
+                d.update({a: out.label[te, j] for j, a in enumerate(ACTIONS)})
+                d.update({f"p_{a}": out.prob[te, j] for j, a in enumerate(ACTIONS)})
+                truth.write(d)
+                means["true_prob_test"].add(out.prob[te])
+                means["labels_test"].add(out.label[te])
+    return means
 
-    def actions(sl: slice) -> dict[str, np.ndarray]:
-        d = {"userid": world.user_ids[rows.user[sl]], "feedid": world.feed_ids[rows.feed[sl]],
-             "date_": rows.day[sl], "device": rows.device[sl],
-             "play": out.play[sl], "stay": out.stay[sl]}
-        d.update({a: out.label[sl, j] for a, j in col.items()})
-        return d
 
-    write_table(raw_dir / schema.USER_ACTION.filename, schema.USER_ACTION, nt, actions,
-                ROW_CHUNK, progress)
-
-    def test(sl: slice) -> dict[str, np.ndarray]:
-        s = slice(nt + sl.start, nt + sl.stop)
-        return {"userid": world.user_ids[rows.user[s]], "feedid": world.feed_ids[rows.feed[s]],
-                "device": rows.device[s]}
-
-    write_table(raw_dir / schema.TEST.filename, schema.TEST, len(rows.user) - nt, test,
-                ROW_CHUNK, progress)
-
+def _write_feed_files(world: World, raw_dir: Path, progress: bool) -> None:
     feed_order = np.argsort(world.feed_ids, kind="stable")
     vocab = build_vocab(world)
     rng = _rng(world.seed, "feed-info")
@@ -1121,43 +1216,23 @@ def _write_raw(world: World, rows: Rows, out: Outcomes, raw_dir: Path, progress:
                 len(feed_order), embeddings, FEED_CHUNK // 2, progress)
 
 
-def _write_truth(world: World, rows: Rows, out: Outcomes, truth_dir: Path) -> None:
-    truth_dir.mkdir(parents=True, exist_ok=True)
-    d14 = np.flatnonzero(rows.day[:rows.n_train] == N_DAYS)
-
-    def day14(sl: slice) -> dict[str, np.ndarray]:
-        r = d14[sl]
-        d = {"userid": world.user_ids[rows.user[r]], "feedid": world.feed_ids[rows.feed[r]]}
-        d.update({a: out.prob[r, j] for j, a in enumerate(ACTIONS)})
-        return d
-
-    write_table(truth_dir / TRUTH_DAY14.filename, TRUTH_DAY14, len(d14), day14, ROW_CHUNK)
-    nt = rows.n_train
-
-    def test(sl: slice) -> dict[str, np.ndarray]:
-        r = slice(nt + sl.start, nt + sl.stop)
-        d = {"userid": world.user_ids[rows.user[r]], "feedid": world.feed_ids[rows.feed[r]],
-             "device": rows.device[r]}
-        d.update({a: out.label[r, j] for j, a in enumerate(ACTIONS)})
-        d.update({f"p_{a}": out.prob[r, j] for j, a in enumerate(ACTIONS)})
-        return d
-
-    write_table(truth_dir / TRUTH_TEST.filename, TRUTH_TEST, len(rows.user) - nt, test, ROW_CHUNK)
+def _counts(values: np.ndarray, size: int, chunk: int = 1 << 23) -> np.ndarray:
+    """np.bincount(values, minlength=size) without an int64 copy of all values."""
+    out = np.zeros(size, dtype=np.int64)
+    for s in range(0, len(values), chunk):
+        out += np.bincount(values[s:s + chunk], minlength=size)
+    return out
 
 
-def _summary(world: World, rows: Rows, out: Outcomes, null: bool = False) -> dict:
+def _summary(world: World, rows: Rows, means: dict[str, _Means], intercept: np.ndarray,
+             null: bool = False) -> dict:
     P = world.preset
     nt = rows.n_train
-    day = rows.day[:nt]
-    train_feeds = np.unique(rows.feed[:nt])
-    test_feeds = np.unique(rows.feed[nt:])
-    cold = ~np.isin(test_feeds, train_feeds)
-    cold_rows = ~np.isin(rows.feed[nt:], train_feeds)
-
-    def rates(sel: slice | np.ndarray, what: np.ndarray) -> dict[str, float]:
-        m = what[sel].mean(axis=0, dtype=np.float64)
-        return {a: round(float(m[j]), 6) for j, a in enumerate(ACTIONS)}
-
+    in_train = _counts(rows.feed[:nt], world.n_feeds) > 0
+    test_feeds = np.flatnonzero(_counts(rows.feed[nt:], world.n_feeds))
+    cold = ~in_train[test_feeds]
+    cold_rows = ~in_train[rows.feed[nt:]]
+    per_day = _counts(rows.day[:nt], N_DAYS + 1)
     return {
         "generator_version": GENERATOR_VERSION,
         "preset": P.name,
@@ -1167,23 +1242,20 @@ def _summary(world: World, rows: Rows, out: Outcomes, null: bool = False) -> dic
             "users": world.n_users, "feeds": world.n_feeds, "authors": P.n_authors,
             "bgm_songs": P.n_songs, "bgm_singers": P.n_singers, "keywords": P.n_keywords,
             "tags": P.n_tags, "topics": P.n_topics, "words": P.n_words, "chars": P.n_chars,
-            "user_action_rows": nt, "day14_rows": int((day == N_DAYS).sum()),
+            "user_action_rows": nt, "day14_rows": int(per_day[N_DAYS]),
             "test_rows": len(rows.user) - nt,
-            "rows_per_day": np.bincount(day, minlength=N_DAYS + 1)[1:].tolist(),
-            "users_with_actions": int(len(np.unique(rows.user[:nt]))),
-            "feeds_in_actions": int(len(train_feeds)),
+            "rows_per_day": per_day[1:].tolist(),
+            "users_with_actions": int((_counts(rows.user[:nt], world.n_users) > 0).sum()),
+            "feeds_in_actions": int(in_train.sum()),
             "duplicate_rows": rows.n_duplicates,
         },
         "cold_test_feed_share": round(float(cold.mean()), 4),
         "cold_test_row_share": round(float(cold_rows.mean()), 4),
         "positive_rates": {
             "target": dict(REAL_POSITIVE_RATES),
-            "true_prob_days1_14": rates(slice(0, nt), out.prob),
-            "labels_days1_14": rates(slice(0, nt), out.label),
-            "true_prob_test": rates(slice(nt, None), out.prob),
-            "labels_test": rates(slice(nt, None), out.label),
+            **{k: v.rounded() for k, v in means.items()},
         },
-        "intercepts": {a: round(float(out.intercept[j]), 6) for j, a in enumerate(ACTIONS)},
+        "intercepts": {a: round(float(intercept[j]), 6) for j, a in enumerate(ACTIONS)},
         "preset_config": asdict(P),
         "knobs": asdict(world.knobs),
     }
@@ -1230,7 +1302,7 @@ def generate_world(preset: str | Preset, seed: int, out_dir: Path, progress: boo
     ``truth/``), built in a temporary folder and swapped into place when complete.
 
     ``null``: the same users, feeds, exposures and files, but labels independent of everything
-    (:func:`null_outcomes`); the truth holds the constant base rates.  ``preset``: a name of
+    (:func:`outcome_chunks`); the truth holds the constant base rates.  ``preset``: a name of
     PRESETS or a :class:`Preset` (e.g. from :func:`scaled_preset`, for a size between them).
 
     Returns the world summary (also written to ``truth/world.json``) plus ``steps``: time and
@@ -1243,13 +1315,18 @@ def generate_world(preset: str | Preset, seed: int, out_dir: Path, progress: boo
     steps.done("entities")
     rows = simulate_rows(world, progress)
     steps.done("exposures")
-    outcomes = null_outcomes(world, rows) if null else simulate_outcomes(world, rows, progress)
-    steps.done("actions")
-    summary = _summary(world, rows, outcomes, null)
+    intercept = null_intercepts() if null else calibrate_intercepts(world, rows)
+    steps.done("calibration")
     with atomic_dir(out_dir) as tmp:
-        _write_raw(world, rows, outcomes, tmp / RAW_DIRNAME, progress)
-        steps.done("write competition files")
-        _write_truth(world, rows, outcomes, tmp / TRUTH_DIRNAME)
-        write_json(summary, tmp / TRUTH_DIRNAME / WORLD_JSON)
-        steps.done("write truth")
+        raw, truth = tmp / RAW_DIRNAME, tmp / TRUTH_DIRNAME
+        raw.mkdir(parents=True, exist_ok=True)
+        truth.mkdir(parents=True, exist_ok=True)
+        means = _write_rows(world, rows, outcome_chunks(world, rows, intercept, null), raw, truth,
+                            progress)
+        steps.done("actions, user_action, test and truth files")
+        _write_feed_files(world, raw, progress)
+        steps.done("feed files")
+        summary = _summary(world, rows, means, intercept, null)
+        write_json(summary, truth / WORLD_JSON)
+        steps.done("summary")
     return {**summary, "steps": steps.rows}

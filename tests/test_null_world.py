@@ -131,3 +131,29 @@ def test_honest_scores_on_the_null_world_are_chance(tmp_path):
     # the in-sample blend is at least each in-sample model per action (its search starts at
     # every single model) and those are chosen on the scored rows: here it sits 0.04 above
     assert s["insample"]["blend"]["weighted"] > s["blend"]["weighted"] + 0.01
+
+
+def test_prepare_and_score_read_the_null_world_when_asked(null_world):
+    """`run_all.sh --null` sets data.null_world: prepare reads the null world's folder (not the
+    normal one) and records its truth; score's default truth is the null world's too."""
+    import importlib.util
+
+    from wbdc.config import resolve_argv
+    from wbdc.prepare import resolve_source
+    paths = Paths.at(null_world)
+    cfg = resolve_argv(["--preset", "tiny", "--seed", str(TINY_SEED), "--set", "data.null_world=true"])
+    src = resolve_source(cfg, paths)
+    null = paths.synthetic_world("tiny", TINY_SEED, null=True)
+    assert src.raw_dirs == [null / "wechat_algo_data1"] and src.truth_dir == null / "truth"
+    run_stage("prepare.py", null_world, "--preset", "tiny", "--seed", str(TINY_SEED),
+              "--set", "data.null_world=true")
+    meta = json.loads((paths.prepared / "meta.json").read_text())
+    assert Path(meta["truth_dir"]) == (null / "truth").resolve()
+    labels = pd.read_parquet(paths.prepared / "actions.parquet")
+    raw = pd.read_csv(null / "wechat_algo_data1" / "user_action.csv")
+    assert labels["like"].sum() == raw.drop_duplicates(["userid", "feedid"], keep="last")["like"].sum()
+    repo = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("score_stage", repo / "src" / "stages" / "score.py")
+    score = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(score)
+    assert score.default_truth(cfg, str(null_world)) == null / "truth" / "test_truth.csv"

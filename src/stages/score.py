@@ -35,7 +35,7 @@ def default_truth(cfg: dict, root: str) -> Path:
     if data.get("data_dir"):
         raise InputError("no TRUTH given: the real test labels are not public; "
                          "pass a truth CSV (userid, feedid and the action labels)")
-    return Paths.at(root).synthetic_truth(data["preset"], data["seed"]) / "test_truth.csv"
+    return Paths.at(root).world_of(data) / "truth" / "test_truth.csv"
 
 
 def main(argv: list[str] | None = None) -> int:

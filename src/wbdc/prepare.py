@@ -836,5 +836,5 @@ def resolve_source(cfg: dict, paths) -> Source:
     dirs = data_dirs(data.get("data_dir"))
     if dirs:
         return Source([Path(d) for d in dirs], test_file, None)
-    preset, seed = data["preset"], int(data["seed"])
-    return Source([paths.synthetic_raw(preset, seed)], test_file, paths.synthetic_truth(preset, seed))
+    world = paths.world_of(data)         # the null world has its own folder
+    return Source([world / "wechat_algo_data1"], test_file, world / "truth")

@@ -53,6 +53,21 @@ def test_run_all_tiny_writes_valid_submission_and_scores(clean_run):
                   scores["oracle"], scores["online"]]:
         assert set(SCORE_KEYS) <= set(block)
         assert 0.0 < block["weighted"] < 1.0
+    # every figure is the one its producer wrote or a recomputation of it, not just "a number"
+    for name, block in scores["models"].items():
+        own = json.loads((root / "models" / name / "scores.json").read_text())["offline"]
+        assert set(own) == set(block), name
+        for k, v in own.items():      # the ensemble rounds to 6 decimals and writes NaN as null
+            if v is None or v != v:
+                assert block[k] is None, (name, k)
+            else:
+                assert block[k] == pytest.approx(v, abs=1e-6), (name, k)
+    from wbdc.scoring import score_files
+    truth = root / "data" / "synthetic" / f"tiny_seed{SEED}" / "truth" / "test_truth.csv"
+    online = score_files(root / "submissions" / "submission.csv", truth)
+    assert scores["online"]["weighted"] == pytest.approx(online["weighted"], abs=1e-6)
+    assert scores["oracle"]["weighted"] > max(b["weighted"] for b in scores["models"].values())
+    assert scores["models"]["lgb"]["weighted"] > 0.5 and scores["online"]["weighted"] > 0.5
     assert set(scores["blend_weights"]) == set(ACTIONS)
     for a, w in scores["blend_weights"].items():
         assert abs(sum(w.values()) - 1.0) < 1e-6, (a, w)

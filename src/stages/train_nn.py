@@ -116,8 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                 online_epochs = max(res.fit.best_epoch, 1e-9)
             run.info["offline_weighted"] = res.scores.get("weighted")
             print(f"[train_nn] {args.arch} offline weighted uAUC {res.scores['weighted']:.6f} "
-                  f"cross-fitted over the user halves (in-sample {res.fit.best_score:.6f}, "
-                  f"(best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
+                  f"cross-fitted over the user halves (in-sample {res.fit.best_score:.6f}; "
+                  f"best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
                   f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
         if args.mode == "offline":   # online files of an earlier fit would not match this one
             for stale in ("pred_online.parquet", "checkpoint_online.pt"):

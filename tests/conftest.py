@@ -66,3 +66,21 @@ def tiny_run(tmp_path_factory):
     r = subprocess.run(run_all_cmd(root), capture_output=True, text=True, env=run_all_env(), timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     return root, r
+
+
+# ------------------------------------------------------------------------------ official-format files
+
+@pytest.fixture(scope="module")
+def good_raw(tmp_path_factory) -> Path:
+    """A small valid folder of the four official CSVs (tests/official_fixture.py)."""
+    from official_fixture import write_official
+    return write_official(tmp_path_factory.mktemp("raw") / "wechat_algo_data1")
+
+
+@pytest.fixture
+def raw(good_raw, tmp_path) -> Path:
+    """A private copy of ``good_raw`` a test may edit."""
+    import shutil
+    dst = tmp_path / "raw"
+    shutil.copytree(good_raw, dst)
+    return dst

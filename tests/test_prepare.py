@@ -1,7 +1,6 @@
 """The official data layer: round trip, typed caches, and one clear error per kind of bad input."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,18 +16,6 @@ from wbdc.io import InputError
 from wbdc.prepare import PREPARED_FILES, prepare
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def good_raw(tmp_path_factory) -> Path:
-    return write_official(tmp_path_factory.mktemp("raw") / "wechat_algo_data1")
-
-
-@pytest.fixture
-def raw(good_raw, tmp_path) -> Path:
-    dst = tmp_path / "raw"
-    shutil.copytree(good_raw, dst)
-    return dst
 
 
 def test_round_trip_values_and_dtypes(good_raw, tmp_path):

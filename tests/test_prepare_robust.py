@@ -5,7 +5,6 @@ prepare silently (or end in a traceback)."""
 from __future__ import annotations
 
 import hashlib
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,25 +15,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from official_fixture import write_official
 from wbdc import schema
 from wbdc.io import InputError
 from wbdc.prepare import prepare
 
 REPO = Path(__file__).resolve().parents[1]
 PREPARE = str(REPO / "src/stages/prepare.py")
-
-
-@pytest.fixture(scope="module")
-def good_raw(tmp_path_factory) -> Path:
-    return write_official(tmp_path_factory.mktemp("raw") / "wechat_algo_data1")
-
-
-@pytest.fixture
-def raw(good_raw, tmp_path) -> Path:
-    dst = tmp_path / "raw"
-    shutil.copytree(good_raw, dst)
-    return dst
 
 
 def _lines(path: Path) -> list[str]:

@@ -300,3 +300,33 @@ def test_a_failure_on_one_day_keeps_finished_days_and_resumes_to_the_same_bytes(
     build.run(clean, cfg, progress=False)
     a, b = feature_files(paths.root), feature_files(clean.root)
     assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == []
+
+
+def test_features_stage_killed_midway_resumes_to_the_bytes_of_a_clean_build(tiny_root, tmp_path):
+    """SIGKILL the features stage once its first day table is on disk; the rerun builds the
+    rest and the store equals the session's clean build byte for byte."""
+    import os
+    import shutil
+    import signal
+    import time
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    cmd = [sys.executable, str(REPO / "src" / "stages" / "features.py"), "--root", str(root),
+           "--preset", "tiny", "--seed", "7", "--no-progress"]
+    p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+    deadline = time.time() + 300
+    while not (root / "features" / day_file(3)).exists():
+        assert p.poll() is None, "the stage ended before any day table was written"
+        assert time.time() < deadline
+        time.sleep(0.05)
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait(timeout=60)
+    assert p.returncode != 0, "the stage finished before it could be killed"
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a = {k: v for k, v in feature_files(root).items() if "run_info" not in k}
+    b = {k: v for k, v in feature_files(tiny_root).items() if "run_info" not in k}
+    assert sorted(a) == sorted(b)
+    assert [k for k in a if a[k] != b[k]] == []

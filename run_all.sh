@@ -40,7 +40,7 @@ abspath() { [[ "$1" = /* ]] && echo "$1" || echo "$CALLER_PWD/$1"; }
 
 COMMON=()
 MODE="all"
-MODELS="lgb,sb,mmoe,ple"
+MODELS=""            # empty: every model of the registry (wbdc.registry.DEFAULT_MODELS)
 FROM=""
 need() { [[ $# -ge 2 && -n "$2" ]] || { echo "run_all.sh: $1 needs a value (see --help)" >&2; exit 2; }; }
 while [[ $# -gt 0 ]]; do
@@ -69,14 +69,14 @@ case "$MODE" in offline|online|all) ;; *) echo "run_all.sh: --mode must be offli
 cd "$REPO"
 
 # The run's stages from the model registry; checks --models, --from and every config key first.
-PLAN="$("$PY" src/stages/stamp.py plan --models "$MODELS" --mode "$MODE" ${FROM:+--from "$FROM"} "${COMMON[@]}")" \
+PLAN="$("$PY" src/stages/stamp.py plan ${MODELS:+--models "$MODELS"} --mode "$MODE" ${FROM:+--from "$FROM"} "${COMMON[@]}")" \
   || exit 2
 
 FORCING=0
 T0=$(date +%s)
 STAGES=()
 # stamp ACTION NAME [stage args...]: hash bookkeeping (src/stages/stamp.py).
-stamp() { "$PY" src/stages/stamp.py "$1" "$2" --models "$MODELS" "${COMMON[@]}" -- "${@:3}"; }
+stamp() { "$PY" src/stages/stamp.py "$1" "$2" ${MODELS:+--models "$MODELS"} "${COMMON[@]}" -- "${@:3}"; }
 # stage NAME SCRIPT [stage args...]: run a stage unless its stamp says it is up to date.
 stage() {
   local name="$1" script="$2"; shift 2

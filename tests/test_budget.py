@@ -23,9 +23,9 @@ def test_auto_is_half_the_ram_and_numbers_are_taken_as_given():
 
 
 def test_estimate_is_the_measured_full_peak_scaled_by_rows():
-    peak, rows = MEASURED_AT_FULL["features"]
-    assert estimate_gb("features", rows) == pytest.approx(peak / 1024)
-    assert estimate_gb("features", 10 * rows) == pytest.approx(10 * peak / 1024)
+    peak, rows = MEASURED_AT_FULL["train_lgb"]
+    assert estimate_gb("train_lgb", rows) == pytest.approx(peak / 1024)
+    assert estimate_gb("train_lgb", 10 * rows) == pytest.approx(10 * peak / 1024)
 
 
 def test_final_size_is_refused_in_one_line_with_the_figure_it_needs():

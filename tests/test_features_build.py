@@ -13,7 +13,7 @@ import pytest
 from test_features_world import make_world, small_config
 
 from wbdc.features import build
-from wbdc.features.store import FeatureStore, day_file, user_day_file
+from wbdc.features.store import FeatureStore, part_file
 from wbdc.io import read_json
 from wbdc.paths import Paths
 from wbdc.schema import ACTIONS
@@ -69,11 +69,15 @@ def test_manifest_matches_the_files(built):
     user_cols = {c["name"]: c["dtype"] for c in m["columns"] if c["table"] == "users"}
     assert len(user_cols) == 4 + 4
     for d in fs.days:
-        schema = pq.read_schema(paths.features / day_file(d))
-        assert np_types(schema) == day_cols
-        assert pq.read_metadata(paths.features / day_file(d)).num_rows == m["day_tables"][str(d)]["rows"]
-        uschema = pq.read_schema(paths.features / user_day_file(d))
-        assert np_types(uschema) == {"userid": "int32", "date_": "int8", **user_cols}
+        parts = fs.parts(d)
+        assert [p["file"] for p in parts] == [part_file(d, 0)]    # the tiny world fits one bucket
+        for p in parts:
+            schema = pq.read_schema(paths.features / p["file"])
+            assert np_types(schema) == {**day_cols, "row": "int32"}
+            assert pq.read_metadata(paths.features / p["file"]).num_rows == p["rows"]
+            uschema = pq.read_schema(paths.features / p["users"])
+            assert np_types(uschema) == {"userid": "int32", "date_": "int8", **user_cols}
+        assert sum(p["rows"] for p in parts) == m["day_tables"][str(d)]["rows"]
     for name, e in m["pretrained"].items():
         ids, mat = np.load(paths.features / e["ids_file"]), np.load(paths.features / e["file"])
         assert ids.dtype == np.int32 and mat.dtype == np.float32 and mat.shape == (len(ids), e["dim"])
@@ -230,8 +234,8 @@ def test_incremental_skips_unchanged_days_and_rebuilds_on_config_change(tmp_path
     a.loc[0, "like"] = 1 - a.loc[0, "like"]
     a.to_parquet(paths.prepared / "actions.parquet", index=False)
     assert build.run(paths, cfg3, progress=False)["built"] == [3, 6, 9, 15]
-    # a removed day file is rebuilt even though the manifest lists it
-    (paths.features / day_file(6)).unlink()
+    # a removed part file is rebuilt even though the manifest lists it
+    (paths.features / part_file(6, 0)).unlink()
     assert build.run(paths, cfg3, progress=False)["built"] == [6]
 
 
@@ -267,43 +271,46 @@ def test_stage_cli_runs_with_root_and_names_missing_inputs(tmp_path):
     assert "up to date" in r.stderr
 
 
-def test_a_failure_on_one_day_keeps_finished_days_and_resumes_to_the_same_bytes(tmp_path, monkeypatch):
-    """A build that dies while writing day 6 leaves days 3's file complete and listed, no
-    temporary file, and the next run builds only the unfinished days, ending byte-identical to
-    a clean build."""
+def test_a_failure_in_a_bucket_keeps_finished_buckets_and_resumes_to_the_same_bytes(tmp_path, monkeypatch):
+    """A two-bucket build that dies while writing bucket 1's part of day 6 leaves bucket 0's
+    parts, no temporary file and no day listed as built; the next run resumes at bucket 1
+    (bucket 0 is not recomputed) and ends byte-identical to a clean build."""
     cfg = small_config(days=[3, 6, 15])
     paths = make_world(tmp_path / "broken", seed=5)
     real = build.write_parquet
-    calls = []
+    calls, armed = [], [True]
 
     def failing(table, path, *a, **k):
-        if Path(path).name == day_file(6):       # half a file written, then the disk fills
+        if armed[0] and str(path).endswith(part_file(6, 1)):   # half a file written, then the disk fills
             from wbdc.io import atomic_path
             with atomic_path(path) as tmp:
                 tmp.write_bytes(b"PAR1 half a table")
                 raise OSError("disk full (injected)")
-        calls.append(Path(path).name)
+        calls.append(str(Path(path).relative_to(paths.features)))
         return real(table, path, *a, **k)
     monkeypatch.setattr(build, "write_parquet", failing)
     with pytest.raises(OSError, match="injected"):
-        build.run(paths, cfg, progress=False)
-    assert day_file(3) in calls
+        build.run(paths, cfg, progress=False, n_buckets=2)
+    assert {part_file(d, 0) for d in (3, 6, 15)} <= set(calls) and part_file(3, 1) in calls
     leftovers = [p.name for p in paths.features.rglob("*") if ".tmp" in p.name]
     assert leftovers == []
     manifest = read_json(paths.features / "manifest.json")
-    assert set(manifest["day_tables"]) == {"3"}
-    assert not (paths.features / day_file(6)).exists()
-    monkeypatch.setattr(build, "write_parquet", real)
-    assert build.run(paths, cfg, progress=False)["built"] == [6, 15]
+    assert manifest["day_tables"] == {} and manifest["building"]["buckets_done"] == [0]
+    assert not (paths.features / part_file(6, 1)).exists()
+    calls.clear()
+    armed[0] = False
+    assert build.run(paths, cfg, progress=False, n_buckets=2)["built"] == [3, 6, 15]
+    assert not any("part-00" in c for c in calls) and part_file(6, 1) in calls
 
     clean = make_world(tmp_path / "clean", seed=5)
-    build.run(clean, cfg, progress=False)
+    monkeypatch.setattr(build, "write_parquet", real)
+    build.run(clean, cfg, progress=False, n_buckets=2)
     a, b = feature_files(paths.root), feature_files(clean.root)
     assert sorted(a) == sorted(b) and [k for k in a if a[k] != b[k]] == []
 
 
 def test_features_stage_killed_midway_resumes_to_the_bytes_of_a_clean_build(tiny_root, tmp_path):
-    """SIGKILL the features stage once its first day table is on disk; the rerun builds the
+    """SIGKILL the features stage once its first part file is on disk; the rerun builds the
     rest and the store equals the session's clean build byte for byte."""
     import os
     import shutil
@@ -317,7 +324,7 @@ def test_features_stage_killed_midway_resumes_to_the_bytes_of_a_clean_build(tiny
     p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
     deadline = time.time() + 300
-    while not (root / "features" / day_file(3)).exists():
+    while not (root / "features" / part_file(3, 0)).exists():
         assert p.poll() is None, "the stage ended before any day table was written"
         assert time.time() < deadline
         time.sleep(0.05)

@@ -1,5 +1,7 @@
 """Leak check: scrambling every label, play and stay of day d and later leaves every feature
-of days <= d bit-identical (and does change later days, so the check has teeth)."""
+of days <= d bit-identical (and does change later days, so the check has teeth).  The scrambled
+world is built in one user bucket and in three (the out-of-core path), and compared with the
+one-bucket build of the original world."""
 from __future__ import annotations
 
 import numpy as np
@@ -37,11 +39,13 @@ def original(tmp_path_factory):
     return paths
 
 
+@pytest.mark.parametrize("buckets", [1, 3])
 @pytest.mark.parametrize("d", [5, 12])
-def test_scrambling_day_d_and_later_leaves_day_d_identical(original, tmp_path, d):
+def test_scrambling_day_d_and_later_leaves_day_d_identical(original, tmp_path, d, buckets):
     paths = make_world(tmp_path, seed=7)
     scramble_from(paths, d, seed=d)
-    summary = build.run(paths, small_config(), progress=False)
+    summary = build.run(paths, small_config(), progress=False, n_buckets=buckets)
+    assert summary["buckets"] == buckets
     assert summary["built"] == list(range(2, 16))
     fs0, fs1 = FeatureStore(original), FeatureStore(paths)
     assert fs0.columns("dense") == fs1.columns("dense")

@@ -1,15 +1,20 @@
 """Stage `features`: leak-free per-day feature tables for days 2..15 from data/prepared/.
 
-For every target day d it writes features/day_XX.parquet (one row per exposure of day d, in
-order), users/day_XX.parquet (per-user history vectors), side tables for feeds and authors,
+Out of core: the rows are cut into user buckets (ranges of user ids, features.buckets; auto =
+the fewest whose estimated peak fits data.memory_gb) and for every target day d it writes
+features/day=DD/part-BB.parquet (bucket BB's exposures of day d with their row key),
+users/day=DD/part-BB.parquet (per-user history vectors), side tables for feeds and authors,
 pretrained tables (feed_pca, feed_w2v, author_w2v) and features/manifest.json, which the model
-stages read through wbdc.features.store.FeatureStore.  Only labels of days < d enter day d.
-Days whose inputs and config are unchanged are skipped (per-day fingerprints in the manifest).
+stages read through wbdc.features.store.FeatureStore.  Only labels of days < d enter day d; the
+values do not depend on the number of buckets.  Days whose inputs and config are unchanged are
+skipped (per-day fingerprints in the manifest); an interrupted build resumes at its first
+unfinished bucket.
 
 Examples:
   .venv/bin/python src/stages/features.py                       # repo artifact root
   .venv/bin/python src/stages/features.py --root /tmp/run --set features.pca.dim=16
   .venv/bin/python src/stages/features.py --days 13 14 15 --force
+  .venv/bin/python src/stages/features.py --set data.memory_gb=2     # more, smaller buckets
 """
 from __future__ import annotations
 
@@ -19,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbdc.budget import check_prepared  # noqa: E402
+from wbdc.budget import choose_buckets  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features import build  # noqa: E402
@@ -41,10 +46,10 @@ def main() -> int:
         cfg["features"]["days"] = args.days
     paths = Paths.at(args.root)
     require(paths.prepared / "meta.json", "run the prepare stage (src/stages/prepare.py)")
-    check_prepared("features", cfg, paths.prepared)   # before any work: fits data.memory_gb?
+    n_buckets = choose_buckets(cfg, paths.prepared)   # before any work: fits data.memory_gb?
     out = paths.features
     with StageRun("features", out) as run:
-        summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force)
+        summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force, n_buckets=n_buckets)
         write_json(cfg, out / "config.json")
         run.info.update(summary)
     t = summary["timings"]

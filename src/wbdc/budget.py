@@ -2,20 +2,22 @@
 start.
 
 ``data.memory_gb: auto`` is half the machine's RAM.  prepare streams (its peak does not grow with
-the input); features, LightGBM and the nets still hold a day range of exposure rows in memory, so
-their peak grows linearly with the number of exposure rows.  Before any work, each of them
+the input); features cuts its rows into user buckets sized from the budget (``choose_buckets``);
+LightGBM and the nets still hold a day range of exposure rows in memory, so their peak grows
+linearly with the number of exposure rows.  Before any work, each of them
 estimates its peak from the prepared row count and a per-row cost measured at the `full` preset
 (README, "Pipeline time and memory") and stops with a one-line error giving the figure it needs
 when that is over the budget, instead of running out of memory an hour in.
 """
 from __future__ import annotations
 
+import math
+
 from .io import InputError
 
 #: stage -> (peak MB, exposure rows) measured at the `full` preset (7,344,328 action rows plus
 #: 423,143 test rows; README "Pipeline time and memory").  The estimate scales the peak linearly.
 MEASURED_AT_FULL: dict[str, tuple[float, int]] = {
-    "features": (5_338.0, 7_767_471),
     "train_lgb": (4_994.0, 7_767_471),
     "train_nn": (5_578.0, 7_767_471),
 }
@@ -70,3 +72,36 @@ def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
         return None
     meta = load_meta(prepared_dir)
     return check_budget(stage, cfg, int(meta["n_actions"]) + int(meta["n_test"]))
+
+
+#: The bucketed features build (wbdc.features.build): pass B holds one user bucket's rows with
+#: their history tables and one day's part, so its peak is about FEATURES_FIXED_MB plus
+#: FEATURES_ROW_BYTES per exposure row of the bucket (measured with one bucket at the `full`
+#: preset, README "Pipeline time and memory").  The shared pass holds one day's rows.
+FEATURES_FIXED_MB = 600.0
+FEATURES_ROW_BYTES = 720.0
+MAX_BUCKETS = 256
+
+
+def choose_buckets(cfg: dict, prepared_dir) -> int:
+    """``features.buckets``, or for ``auto`` the fewest user buckets whose estimated peak fits
+    ``data.memory_gb`` (a :class:`BudgetError` when even the fixed part does not)."""
+    from pathlib import Path
+
+    from .prepare import load_meta
+    value = cfg["features"].get("buckets", "auto")
+    if value != "auto":
+        if int(value) < 1:
+            raise BudgetError(f"features.buckets: expected a positive number or 'auto', got {value}")
+        return int(value)
+    budget_mb = memory_budget_gb(cfg) * 1024
+    meta = load_meta(Path(prepared_dir))
+    rows = int(meta["n_actions"]) + int(meta["n_test"])
+    avail = budget_mb - FEATURES_FIXED_MB
+    need = rows * FEATURES_ROW_BYTES / 2**20
+    n = max(1, math.ceil(need / avail)) if avail > 0 else MAX_BUCKETS + 1
+    if n > MAX_BUCKETS:
+        raise BudgetError(
+            f"features: needs about {(FEATURES_FIXED_MB + need / MAX_BUCKETS) / 1024:.1f} GB even in "
+            f"{MAX_BUCKETS} user buckets, over the memory budget of {budget_mb / 1024:.1f} GB (data.memory_gb)")
+    return n

@@ -80,6 +80,7 @@ class W2VModelConfig:
 class W2VConfig:
     deterministic: bool
     workers: int
+    corpus_file: bool
     max_sentence_len: int
     feed: W2VModelConfig
     author: W2VModelConfig
@@ -95,6 +96,7 @@ class PCAConfig:
 class FeaturesConfig:
     seed: Union[int, None]
     days: Union[list[int], None]
+    buckets: Union[int, Literal["auto"]]
     first_history_day: int
     window_stats: WindowStatsConfig
     w2v: W2VConfig

@@ -23,7 +23,7 @@ from .registry import MODELS
 SRC = REPO_ROOT / "src"
 COMMON_CODE = ("wbdc/__init__.py", "wbdc/config.py", "wbdc/io.py", "wbdc/paths.py",
                "wbdc/schema.py", "wbdc/runinfo.py", "wbdc/cli.py")
-NOT_HASHED = ("data.memory_gb",)
+NOT_HASHED = ("data.memory_gb", "features.buckets")   # change how work is cut, never a value
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ def _hashed_config(cfg: dict, keys: tuple[str, ...]) -> dict:
     out = {}
     for key in keys:
         value = config_value(cfg, key)
+        if isinstance(value, dict):
+            value = {k: v for k, v in value.items() if f"{key}.{k}" not in NOT_HASHED}
         if key == "data" and isinstance(value, dict):
-            value = {k: v for k, v in value.items() if f"data.{k}" not in NOT_HASHED}
             if value.get("data_dir"):
                 value["inputs"] = {str(f): quick_digest(f) for d in value["data_dir"]
                                    for f in sorted(Path(d).glob("*.csv"))}

@@ -1,18 +1,33 @@
-"""Assemble the ``features`` stage: one table per target day, side tables, pretrained tables
-and the manifest that :class:`~wbdc.features.store.FeatureStore` reads.
+"""Assemble the ``features`` stage: one partitioned table per target day, side tables,
+pretrained tables and the manifest that :class:`~wbdc.features.store.FeatureStore` reads.
 
-Order of work: load the prepared caches; build every label-free piece once (static feed
-table, dense key ids of every exposure row, feed PCA, word2vec); aggregate the labelled rows
-per (key, day); then for each target day d hand the builders the day's exposures (no label
-column) and the aggregates cut with ``before(d)``.
+Out of core, in user buckets (``features.buckets``; ``auto`` = the fewest whose estimated peak
+fits ``data.memory_gb``).  A bucket is a range of user ids holding about 1/P of the rows; every
+user-keyed statistic (user, user x author, user vectors) lives inside one bucket.  Order of work:
+
+1. stage: split the prepared rows into ``.stage/day=DD/bucket=BB.parquet`` (streamed);
+2. shared tables, one day at a time over every bucket in prepared order: per-(key, day)
+   aggregates of the keys without userid (feed, author, singer, tag) and the global rates;
+   same-day counts of those keys; the static feed tables and the feed_embedding PCA;
+3. pass A over the buckets: the word2vec corpora (buckets are ascending user ranges, so the
+   corpus is in user order whatever P is) and distinct counts keyed by shared keys (author ->
+   distinct users: summed over the buckets, which hold disjoint users); then word2vec;
+4. pass B over the buckets: for each target day d, the bucket's rows of day d get their
+   features from history tables cut with ``before(d)``; written as ``day=DD/part-BB.parquet``
+   with ``row``, the row's position in the day's prepared order.
+
+Every per-key sum adds the same rows in the same order whatever P is, so the values do not
+depend on the number of buckets (tests/test_features_buckets.py checks P = 1 against P = 3).
 
 Incremental: each day carries a fingerprint = digest of (features config, seed, digests of the
-prepared inputs, this package's source, d).  A day whose file exists and whose manifest
-fingerprint matches is skipped; when every day matches, nothing is loaded at all.  Pretrained
-tables carry their own fingerprints, so e.g. changing a window reuses the word2vec vectors.
+prepared inputs, this package's source, d).  A day whose parts exist and whose manifest
+fingerprint matches is skipped; when every day matches, nothing is loaded at all.  A build that
+stops part-way resumes at the first unfinished bucket.  Pretrained tables carry their own
+fingerprints, so e.g. changing a window reuses the word2vec vectors.
 """
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -22,21 +37,23 @@ import pandas as pd
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
+from ..budget import choose_buckets
 from ..io import InputError, atomic_path, file_digest, obj_digest, read_json, write_json, write_npy, write_parquet
 from ..paths import Paths
 from ..schema import ACTIONS, TEST_DAY
+from . import partition
 from . import static as static_mod
 from .embedding_pca import fit_pca
-from .history import DailyTable, aggregate_vectors, cosine, history_mean, id_rows, window_days
-from .store import KEY_COLUMNS, MANIFEST, day_file, user_day_file
-from .w2v import train_word2vec, user_sequences, vector_table
-from .window_stats import VALUE_COLUMNS, WindowSpec, build_histories, window_features
+from .history import DailyTable, aggregate_vectors, cosine, dense_codes, history_mean, id_rows, window_days
+from .store import KEY_COLUMNS, MANIFEST, ROW_KEY, day_dir, part_file, user_part_file
+from .w2v import train_word2vec, user_sequences, vector_table, write_sentences
+from .window_stats import (VALUE_COLUMNS, WindowSpec, build_histories, check_bucketable, distinct_per_key,
+                           shared_value_needs, user_keyed, window_features, window_label)
 
-FEATURES_VERSION = 1
+FEATURES_VERSION = 2
 INPUT_FILES = ("actions.parquet", "test.parquet", "feeds.parquet",
                "feed_embeddings.npy", "feed_embedding_ids.npy")
 PREPARE_HINT = "run the prepare stage (src/stages/prepare.py)"
-ID_COLUMNS = ("userid", "feedid", "device", *static_mod.FEED_CATEGORICAL)
 SIM_COLUMNS = ("user_feed_w2v_sim", "user_author_w2v_sim", "user_feed_pca_affinity", "user_engaged_count")
 
 
@@ -128,63 +145,129 @@ def describe(fcfg: dict) -> str:
     )
 
 
-# ----------------------------------------------------------------------------- data
+# ----------------------------------------------------------------------------- rows
 
-class Prepared:
-    """The prepared caches plus the label-free per-exposure arrays every builder shares."""
+class RowSet:
+    """Exposure rows of a set of whole users (one bucket, or everyone) in (day, prepared order)
+    order, with the label-free per-row ids every builder shares.  Days <= 14 come first, so the
+    labelled rows are the prefix ``[:n_labelled]``."""
 
-    def __init__(self, prepared: Path):
-        t = time.perf_counter()
-        self.actions = pd.read_parquet(prepared / "actions.parquet")
-        self.test = pd.read_parquet(prepared / "test.parquet")
-        self.feeds = pq.read_table(prepared / "feeds.parquet")
-        self.emb_ids = np.load(prepared / "feed_embedding_ids.npy").astype(np.int64)
-        self.emb = np.load(prepared / "feed_embeddings.npy", mmap_mode="r")
-        missing = [c for c in ("userid", "feedid", "date_", "device", *ACTIONS, "play", "stay")
-                   if c not in self.actions.columns]
-        if missing:
-            raise InputError(f"{prepared / 'actions.parquet'}: column '{missing[0]}' missing; {PREPARE_HINT}")
-        self.static = static_mod.feed_static(self.feeds)
-        n_a = len(self.actions)
-        self.n_actions = n_a
-        expo = {
-            "userid": np.r_[self.actions["userid"].to_numpy(), self.test["userid"].to_numpy()].astype(np.int32),
-            "feedid": np.r_[self.actions["feedid"].to_numpy(), self.test["feedid"].to_numpy()].astype(np.int32),
-            "date_": np.r_[self.actions["date_"].to_numpy(), np.full(len(self.test), TEST_DAY)].astype(np.int8),
-            "device": np.r_[self.actions["device"].to_numpy(), self.test["device"].to_numpy()].astype(np.int8),
-        }
-        frow = id_rows(self.static["feedid"].to_numpy().astype(np.int64), expo["feedid"].astype(np.int64))
+    def __init__(self, cols: dict[str, np.ndarray], static: pd.DataFrame, labels: bool = True):
+        day = cols["date_"].astype(np.int8)
+        expo = {"userid": cols["userid"].astype(np.int32), "feedid": cols["feedid"].astype(np.int32),
+                "date_": day, "device": cols["device"].astype(np.int8)}
+        frow = id_rows(static["feedid"].to_numpy().astype(np.int64), expo["feedid"].astype(np.int64))
         if (frow < 0).any():
             i = int(np.flatnonzero(frow < 0)[0])
-            where = (f"actions.parquet row {i}" if i < n_a else f"test.parquet row {i - n_a}")
+            d, r = int(day[i]), int(cols["row"][i])
+            where = f"test.parquet row {r}" if d == TEST_DAY else f"actions.parquet, day {d} row {r}"
             raise InputError(f"{where}: feedid {expo['feedid'][i]} not in feeds.parquet")
         self.feed_row = frow
         for c in static_mod.FEED_CATEGORICAL:
-            expo[c] = self.static[c].to_numpy()[frow]
+            expo[c] = static[c].to_numpy()[frow]
         self.expo = expo
-        vps = self.static["videoplayseconds"].to_numpy()[frow[:n_a]].astype(np.float64)
-        play = self.actions["play"].to_numpy().astype(np.float64)
-        self.labelled = {a: self.actions[a].to_numpy() for a in ACTIONS}
-        self.labelled["play"] = self.actions["play"].to_numpy().astype(np.int64)
-        self.labelled["stay"] = self.actions["stay"].to_numpy().astype(np.int64)
-        self.labelled["finish"] = play / (np.maximum(vps, 1.0) * 1000.0)
-        order = np.argsort(expo["date_"], kind="stable")
-        self.day_order = order
-        self.day_bounds = np.searchsorted(expo["date_"][order], np.arange(0, TEST_DAY + 2))
-        self.load_seconds = time.perf_counter() - t
+        self.row = cols["row"]
+        self.bounds = np.searchsorted(day, np.arange(0, TEST_DAY + 2))
+        self.n_labelled = int(self.bounds[TEST_DAY])
+        self.labelled: dict[str, np.ndarray] = {}
+        if labels:
+            n = self.n_labelled
+            for a in ACTIONS:
+                self.labelled[a] = cols[a][:n]
+            play = cols["play"][:n]
+            self.labelled["play"] = play.astype(np.int64)
+            self.labelled["stay"] = cols["stay"][:n].astype(np.int64)
+            vps = static["videoplayseconds"].to_numpy()[frow[:n]].astype(np.float64)
+            self.labelled["finish"] = play.astype(np.float64) / (np.maximum(vps, 1.0) * 1000.0)
 
-    def day_rows(self, d: int) -> np.ndarray:
-        """Exposure-row indices of day d in stored order (actions for d <= 14, test for 15)."""
-        return self.day_order[self.day_bounds[d]:self.day_bounds[d + 1]]
+    def day_rows(self, d: int) -> slice:
+        return slice(int(self.bounds[d]), int(self.bounds[d + 1]))
 
-    def cardinality(self) -> dict[str, int]:
-        out = {}
-        for c in ID_COLUMNS:
-            vals = [self.expo[c].max(initial=0)]
-            if c in self.static.columns:
-                vals.append(self.static[c].max())
-            out[c] = int(max(vals)) + 1
+
+class Shared:
+    """Everything the user buckets share: the per-(key, day) tables of the keys without userid
+    (feed, author, singer, tag, ...) and ``__global__``, aggregated one day at a time over every
+    bucket in prepared order; same-day counts of those keys; distinct counts keyed by them."""
+
+    def __init__(self, spec: WindowSpec, staged: partition.Staged, static: pd.DataFrame, progress: bool):
+        need = shared_value_needs(spec)
+        self.names = list(need)
+        by_cols: dict[str, list[str]] = {}
+        for name in need:
+            by_cols.setdefault(spec.key_columns(name)[0], []).append(name)
+        n_keys = {c: self.n_keys_of(c, staged, static) for c in by_cols}
+        parts: dict[str, list[DailyTable]] = {c: [] for c in by_cols}
+        glob: list[DailyTable] = []
+        self.today: dict[tuple[str, int], np.ndarray] = {}
+        same = [k for k in spec.same_day if k in need]
+        cols = ["userid", "feedid", "date_", "device", *partition.LABEL_COLUMNS]
+        for d in tqdm(staged.days(), desc="features: shared tables", unit="day", disable=not progress,
+                      file=sys.stderr):
+            rs = RowSet(partition.read_day(staged, d, cols), static, labels=d < TEST_DAY)
+            n = rs.n_labelled
+            day = rs.expo["date_"][:n]
+            for c, names in by_cols.items():
+                ids = rs.expo[c].astype(np.int64)
+                if d < TEST_DAY:
+                    want = set().union(*(need[nm] for nm in names))
+                    parts[c].append(DailyTable.aggregate(ids[:n], day, n_keys[c],
+                                                         {v: rs.labelled[v] for v in VALUE_COLUMNS if v in want}))
+                for k in names:
+                    if k in same:
+                        self.today[(k, d)] = np.bincount(ids, minlength=n_keys[c])
+            if d < TEST_DAY:
+                glob.append(DailyTable.aggregate(np.zeros(n, np.int64), day, 1,
+                                                 {v: rs.labelled[v] for v in VALUE_COLUMNS}))
+        self.tables: dict[str, DailyTable] = {}
+        for c, names in by_cols.items():
+            table = DailyTable.concat(parts[c], n_keys[c])
+            for nm in names:
+                self.tables[nm] = table
+        self.tables["__global__"] = DailyTable.concat(glob, 1, VALUE_COLUMNS)
+        self.distinct: dict[tuple[str, str, int], np.ndarray] = {}
+
+    @staticmethod
+    def n_keys_of(col: str, staged: partition.Staged, static: pd.DataFrame) -> int:
+        if col == "device":
+            return staged.max_device + 1
+        if col in static.columns:
+            return int(static[col].max()) + 1
+        raise ValueError(f"features.window_stats.keys: column {col!r} is not an exposure or feed column")
+
+    def precomputed(self, spec: WindowSpec, d: int) -> dict[str, np.ndarray]:
+        out = {f"{k}_today_count": v for (k, day), v in self.today.items() if day == d}
+        for (name, wl, day), v in self.distinct.items():
+            if day == d:
+                out[f"{name}_{wl}"] = v
         return out
+
+
+def shared_distinct(spec: WindowSpec) -> list[tuple[str, str, str, tuple]]:
+    """Distinct counts keyed by a shared key over pairs with a user: summed over the buckets."""
+    return [x for x in spec.distinct if not user_keyed(spec, x[1])]
+
+
+def accumulate_distinct(shared: Shared, spec: WindowSpec, rs: RowSet, days: list[int], first_day: int) -> None:
+    """Add one bucket's distinct (key, user) pairs to the shared per-key counts of ``days``."""
+    todo = shared_distinct(spec)
+    if not todo:
+        return
+    n = rs.n_labelled
+    day = rs.expo["date_"][:n]
+    for name, k, of, wins in todo:
+        pair = f"{k}__{of}"
+        ids, n_pairs = dense_codes(*(rs.expo[c] for c in spec.key_columns(pair)))
+        table = DailyTable.aggregate(ids[:n], day, n_pairs, {})
+        parent = np.zeros(n_pairs, np.int64)
+        parent[ids] = rs.expo[spec.key_columns(k)[0]]
+        n_k = shared.tables[k].n_keys
+        for d in days:
+            cut = table.before(d)
+            for w in wins:
+                lo, hi = window_days(d, w, first_day)
+                key = (name, window_label(w), d)
+                add = distinct_per_key(cut, parent, n_k, lo, hi)
+                shared.distinct[key] = shared.distinct.get(key, 0) + add
 
 
 # ----------------------------------------------------------------------------- pretrained
@@ -194,78 +277,101 @@ def _pretrained_entry(name: str, key: str, dim: int, fp: str, extra: dict | None
             "dim": int(dim), "fingerprint": fp, **(extra or {})}
 
 
-def _load_or(out: Path, old: dict, name: str, fp: str, make):
-    """Reuse pretrained/<name> when its manifest fingerprint matches, else ``make()`` and write."""
+def _reusable(out: Path, old: dict, name: str, fp: str) -> dict | None:
     e = old.get("pretrained", {}).get(name)
     if e and e.get("fingerprint") == fp and (out / e["file"]).exists() and (out / e["ids_file"]).exists():
-        return np.load(out / e["ids_file"]), np.load(out / e["file"]), e, False
-    ids, mat, entry = make()
+        return e
+    return None
+
+
+def _save(out: Path, ids: np.ndarray, mat: np.ndarray, entry: dict) -> None:
     write_npy(ids.astype(np.int32), out / entry["ids_file"])
     write_npy(mat.astype(np.float32), out / entry["file"])
-    return ids, mat, entry, True
 
 
-def build_pretrained(data: Prepared, fcfg: dict, seed: int, inputs: dict, out: Path, old: dict,
-                     timings: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
-    tables, entries = {}, {}
-    code = code_digest()
+W2V_KINDS = (("feed", "feedid", 0), ("author", "authorid", 1))   # (kind, item column, seed offset)
+
+
+def w2v_fingerprints(fcfg: dict, seed: int, inputs: dict, code: str) -> dict[str, str]:
+    wcfg = fcfg["w2v"]
+    return {f"{kind}_w2v": obj_digest({
+        "v": FEATURES_VERSION, "cfg": wcfg[kind], "max_len": wcfg["max_sentence_len"],
+        "workers": w2v_workers(fcfg), "corpus_file": bool(wcfg.get("corpus_file", False)),
+        "seed": seed + off, "code": code,
+        "inputs": [inputs[k] for k in ("actions.parquet", "test.parquet", "feeds.parquet")]})
+        for kind, _, off in W2V_KINDS}
+
+
+def build_pca(prepared: Path, fcfg: dict, seed: int, inputs: dict, out: Path, old: dict, code: str,
+              timings: dict) -> tuple[tuple[np.ndarray, np.ndarray], dict]:
     t = time.perf_counter()
     fp = obj_digest({"v": FEATURES_VERSION, "pca": fcfg["pca"], "seed": seed, "code": code,
                      "emb": [inputs["feed_embeddings.npy"], inputs["feed_embedding_ids.npy"]]})
+    e = _reusable(out, old, "feed_pca", fp)
+    if e:
+        timings["pca_reused_s"] = round(time.perf_counter() - t, 2)
+        return (np.load(out / e["ids_file"]), np.load(out / e["file"])), e
+    ids = np.load(prepared / "feed_embedding_ids.npy").astype(np.int64)
+    emb = np.load(prepared / "feed_embeddings.npy", mmap_mode="r")
+    mat, evr = fit_pca(np.asarray(emb), int(fcfg["pca"]["dim"]), seed)
+    e = _pretrained_entry("feed_pca", "feedid", mat.shape[1], fp, {"explained_variance": round(evr, 6)})
+    _save(out, ids, mat, e)
+    timings["pca_s"] = round(time.perf_counter() - t, 2)
+    return (ids, mat), e
 
-    def make_pca():
-        mat, evr = fit_pca(np.asarray(data.emb), int(fcfg["pca"]["dim"]), seed)
-        return data.emb_ids, mat, _pretrained_entry("feed_pca", "feedid", mat.shape[1], fp,
-                                                    {"explained_variance": round(evr, 6)})
-    ids, mat, entries["feed_pca"], made = _load_or(out, old, "feed_pca", fp, make_pca)
-    tables["feed_pca"] = (ids, mat)
-    timings["pca_s" if made else "pca_reused_s"] = round(time.perf_counter() - t, 2)
 
+def build_w2v(corpora: dict[str, Path], fcfg: dict, seed: int, fps: dict[str, str], static: pd.DataFrame,
+              out: Path, old: dict, timings: dict) -> tuple[dict[str, tuple[np.ndarray, np.ndarray]], dict]:
+    """Train (or reuse) the feed and author word2vec tables from the bucket-ordered corpora."""
     wcfg = fcfg["w2v"]
     workers = w2v_workers(fcfg)
-    feed_ids = data.static["feedid"].to_numpy().astype(np.int64)
-    author_ids = np.unique(data.static["authorid"].to_numpy()).astype(np.int64)
-    for kind, item, universe, s in (("feed", "feedid", feed_ids, seed), ("author", "authorid", author_ids, seed + 1)):
+    universe = {"feedid": static["feedid"].to_numpy().astype(np.int64),
+                "authorid": np.unique(static["authorid"].to_numpy()).astype(np.int64)}
+    tables, entries = {}, {}
+    for kind, item, off in W2V_KINDS:
         t = time.perf_counter()
         name = f"{kind}_w2v"
-        fp = obj_digest({"v": FEATURES_VERSION, "cfg": wcfg[kind], "max_len": wcfg["max_sentence_len"],
-                         "workers": workers, "seed": s, "code": code,
-                         "inputs": [inputs[k] for k in ("actions.parquet", "test.parquet", "feeds.parquet")]})
-
-        def make(kind=kind, item=item, universe=universe, s=s, fp=fp):
-            sents = user_sequences(data.expo["userid"], data.expo[item], data.expo["date_"],
-                                   int(wcfg["max_sentence_len"]))
-            wv = train_word2vec(sents, wcfg[kind], s, workers)
-            return universe, vector_table(wv, universe), _pretrained_entry(
-                name, item, wv.vector_size, fp, {"workers": workers, "vocab": len(wv.key_to_index)})
-        ids, mat, entries[name], made = _load_or(out, old, name, fp, make)
-        tables[name] = (ids, mat)
-        timings[f"{name}_s" if made else f"{name}_reused_s"] = round(time.perf_counter() - t, 2)
+        e = _reusable(out, old, name, fps[name])
+        if e:
+            tables[name] = (np.load(out / e["ids_file"]), np.load(out / e["file"]))
+            entries[name] = e
+            timings[f"{name}_reused_s"] = round(time.perf_counter() - t, 2)
+            continue
+        wv = train_word2vec(corpora[name], wcfg[kind], seed + off, workers,
+                            corpus_file=bool(wcfg.get("corpus_file", False)),
+                            max_len=int(wcfg["max_sentence_len"]))
+        ids = universe[item]
+        mat = vector_table(wv, ids)
+        e = _pretrained_entry(name, item, wv.vector_size, fps[name], {"workers": workers, "vocab": len(wv.key_to_index)})
+        _save(out, ids, mat, e)
+        tables[name], entries[name] = (ids, mat), e
+        timings[f"{name}_s"] = round(time.perf_counter() - t, 2)
     return tables, entries
 
 
 # ----------------------------------------------------------------------------- one day
 
-def build_day(d: int, data: Prepared, spec: WindowSpec, hist, vec_tables: dict[str, DailyTable],
-              pretrained: dict, fcfg: dict, first_day: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """Feature table (and users side table) of target day d.
+def build_day(d: int, rs: RowSet, static: pd.DataFrame, spec: WindowSpec, hist, vec_tables: dict[str, DailyTable],
+              pretrained: dict, fcfg: dict, first_day: int,
+              precomputed: dict[str, np.ndarray]) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Feature table (and users side table) of target day d for the rows of ``rs``.
 
     Builders see day d's exposure ids (no label column) and history tables cut before d."""
-    rows = data.day_rows(d)
-    ex = data.expo
+    rows = rs.day_rows(d)
+    ex = rs.expo
     df: dict[str, np.ndarray] = {
         "userid": ex["userid"][rows], "feedid": ex["feedid"][rows],
-        "date_": np.full(len(rows), d, dtype=np.int8), "device": ex["device"][rows],
+        "date_": np.full(rows.stop - rows.start, d, dtype=np.int8), "device": ex["device"][rows],
     }
     for c in static_mod.FEED_CATEGORICAL:
         df[c] = ex[c][rows].astype(np.int32)
-    frow = data.feed_row[rows]
+    frow = rs.feed_row[rows]
     for c in static_mod.static_dense_columns():
-        df[c] = data.static[c].to_numpy()[frow].astype(np.float32)
+        df[c] = static[c].to_numpy()[frow].astype(np.float32)
 
     cut = {k: t.before(d) for k, t in hist.tables.items()}
     target_ids = {k: v[rows] for k, v in hist.key_ids.items()}
-    df.update(window_features(spec, cut, target_ids, hist.pair_parent, d, first_day))
+    df.update(window_features(spec, cut, target_ids, hist.pair_parent, d, first_day, precomputed))
 
     lo, hi = window_days(d, "all", first_day)
     uid = ex["userid"][rows].astype(np.int64)
@@ -285,8 +391,29 @@ def build_day(d: int, data: Prepared, spec: WindowSpec, hist, vec_tables: dict[s
     cand = np.where((prow >= 0)[:, None], mat[np.maximum(prow, 0)], 0.0)
     df["user_feed_pca_affinity"] = cosine(mean_e, cand).astype(np.float32)
     df["user_engaged_count"] = cnt_e.astype(np.float32)
+    df[ROW_KEY] = rs.row[rows].astype(np.int32)
     side_df = pd.DataFrame(side) if fcfg["w2v"].get("user_vectors", True) else None
     return pd.DataFrame(df), side_df
+
+
+def user_vector_tables(rs: RowSet, pretrained: dict, n_users: int) -> dict[str, DailyTable]:
+    """Per-(user, day) sums of the exposed feeds' / authors' word2vec vectors and of the PCA
+    vectors of engaged feeds, over the labelled rows of ``rs``."""
+    n_a = rs.n_labelled
+    users = rs.expo["userid"][:n_a].astype(np.int64)
+    day = rs.expo["date_"][:n_a]
+    out = {}
+    for kind, item in (("feed", "feedid"), ("author", "authorid")):
+        ids_tab, mat = pretrained[f"{kind}_w2v"]
+        rows = id_rows(ids_tab.astype(np.int64), rs.expo[item][:n_a].astype(np.int64))
+        out[f"{kind}_w2v"] = aggregate_vectors(users, day, n_users, rows, mat)
+    engaged = np.zeros(n_a, dtype=bool)
+    for a in ACTIONS:
+        engaged |= rs.labelled[a] > 0
+    ids_tab, mat = pretrained["feed_pca"]
+    prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a][engaged].astype(np.int64))
+    out["engaged_pca"] = aggregate_vectors(users[engaged], day[engaged], n_users, prow, mat)
+    return out
 
 
 # ----------------------------------------------------------------------------- stage
@@ -296,9 +423,31 @@ def load_manifest(out: Path) -> dict:
     return read_json(p) if p.exists() else {}
 
 
-def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False) -> dict:
+def _day_complete(out: Path, entry: dict | None, fp: str) -> bool:
+    if not entry or entry.get("fingerprint") != fp or "parts" not in entry:
+        return False
+    return all((out / p["file"]).exists() and (not p.get("users") or (out / p["users"]).exists())
+               for p in entry["parts"])
+
+
+def _remove_day(out: Path, d: int, keep: set[str] = frozenset()) -> None:
+    """Delete day d's files but ``keep`` (paths relative to ``out``): parts of an older build, of
+    a build's unfinished buckets, temporary files a killed process left."""
+    for p in (out / day_dir(d), out / "users" / day_dir(d)):
+        if p.exists():
+            for f in p.iterdir():
+                if str(f.relative_to(out)) not in keep:
+                    f.unlink()
+    for p in (out / f"day_{d:02d}.parquet", out / "users" / f"day_{d:02d}.parquet"):  # layout v1
+        p.unlink(missing_ok=True)
+
+
+def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_buckets: int | None = None) -> dict:
     """Build every stale target day (every day with ``force``, pretrained tables included);
-    returns a summary with built / skipped days and timings."""
+    returns a summary with built / skipped days and timings.
+
+    ``n_buckets``: user buckets (default: ``features.buckets``, ``auto`` = the fewest whose
+    estimated peak fits ``data.memory_gb``).  The values written do not depend on it."""
     fcfg = cfg["features"]
     out = Path(paths.features)
     t0 = time.perf_counter()
@@ -307,103 +456,160 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False) -> 
     days = target_days(cfg)
     first_day = int(fcfg["first_history_day"])
     columns = column_specs(fcfg)
+    spec = WindowSpec.from_config(fcfg["window_stats"])
+    check_bucketable(spec)
     inputs = input_digests(paths.prepared)
     timings["digest_s"] = round(time.perf_counter() - t0, 2)
     code = code_digest()
-    # every setting but the list of days shapes each day's table
-    base_fp = {"v": FEATURES_VERSION, "features": {k: v for k, v in fcfg.items() if k != "days"}, "seed": seed, "inputs": inputs, "code": code}
+    # every setting but the list of days and the bucket count shapes each day's table
+    base_fp = {"v": FEATURES_VERSION, "seed": seed, "inputs": inputs, "code": code,
+               "features": {k: v for k, v in fcfg.items() if k not in ("days", "buckets")}}
     fps = {d: obj_digest({**base_fp, "day": d}) for d in days}
     old = {} if force else load_manifest(out)
     old_days = old.get("day_tables", {})
-    todo = [d for d in days if old_days.get(str(d), {}).get("fingerprint") != fps[d]
-            or not (out / day_file(d)).exists()]
+    todo = [d for d in days if not _day_complete(out, old_days.get(str(d)), fps[d])]
     if not todo:
         _log(f"all {len(days)} day tables are up to date; nothing to build")
         return {"built": [], "skipped": days, "timings": timings}
-    _log(f"building days {todo} ({len(days) - len(todo)} up to date)")
+    if n_buckets is None:
+        n_buckets = choose_buckets(cfg, paths.prepared)
+    _log(f"building days {todo} ({len(days) - len(todo)} up to date) in {n_buckets} user bucket(s)")
 
     t = time.perf_counter()
-    data = Prepared(paths.prepared)
-    timings["load_s"] = round(time.perf_counter() - t, 2)
+    feeds = pq.read_table(paths.prepared / "feeds.parquet")
+    static = static_mod.feed_static(feeds)
+    stage = out / ".stage"
+    with tqdm(desc="features: staging rows", unit="row", unit_scale=True, disable=not progress,
+              file=sys.stderr) as bar:
+        staged = partition.stage_rows(paths.prepared, stage, n_buckets, progress=bar.update)
+    timings["stage_s"] = round(time.perf_counter() - t, 2)
+
     static_fp = obj_digest({"v": FEATURES_VERSION, "code": code, "feeds": inputs["feeds.parquet"],
                             "lists": fcfg["feed_lists"]})
     t = time.perf_counter()
-    side_entries = {
-        "feeds": {"file": "feeds.parquet", "key": ["feedid"]},
-        "authors": {"file": "authors.parquet", "key": ["authorid"]},
-        "users": {"file": "users/day_XX.parquet", "key": ["userid", "date_"]},
-    }
     if old.get("static_fingerprint") != static_fp or not (out / "feeds.parquet").exists():
-        write_parquet(data.static, out / "feeds.parquet")
-        write_parquet(static_mod.author_static(data.static), out / "authors.parquet")
-        lists = static_mod.feed_lists_table(data.feeds, list(fcfg["feed_lists"]))
+        write_parquet(static, out / "feeds.parquet")
+        write_parquet(static_mod.author_static(static), out / "authors.parquet")
+        lists = static_mod.feed_lists_table(feeds, list(fcfg["feed_lists"]))
         with atomic_path(out / "feed_lists.parquet") as tmp:
             pq.write_table(lists, tmp, compression="zstd")
     feed_lists = {"file": "feed_lists.parquet",
-                  "fields": {f: {"cardinality": int(max(1, data.feeds.column(f).combine_chunks().values
+                  "fields": {f: {"cardinality": int(max(1, feeds.column(f).combine_chunks().values
                                                         .to_numpy().max(initial=-1) + 2))}
                              for f in fcfg["feed_lists"]}}
     timings["static_s"] = round(time.perf_counter() - t, 2)
 
-    pretrained, pretrained_entries = build_pretrained(data, fcfg, seed, inputs, out, old, timings)
+    pca, pca_entry = build_pca(paths.prepared, fcfg, seed, inputs, out, old, code, timings)
 
     t = time.perf_counter()
-    spec = WindowSpec.from_config(fcfg["window_stats"])
-    hist = build_histories(spec, data.expo, data.n_actions, data.labelled)
-    timings["aggregate_s"] = round(time.perf_counter() - t, 2)
+    shared = Shared(spec, staged, static, progress)
+    timings["shared_s"] = round(time.perf_counter() - t, 2)
 
+    # pass A over the buckets: word2vec corpora (bucket = user range, so the file is in user
+    # order) and the distinct counts keyed by shared keys (summed over buckets)
     t = time.perf_counter()
-    n_a = data.n_actions
-    users = data.expo["userid"][:n_a].astype(np.int64)
-    day = data.expo["date_"][:n_a]
-    n_users = int(data.expo["userid"].max()) + 1
-    vec_tables = {}
-    for kind, item in (("feed", "feedid"), ("author", "authorid")):
-        ids_tab, mat = pretrained[f"{kind}_w2v"]
-        rows = id_rows(ids_tab.astype(np.int64), data.expo[item][:n_a].astype(np.int64))
-        vec_tables[f"{kind}_w2v"] = aggregate_vectors(users, day, n_users, rows, mat)
-    engaged = np.zeros(n_a, dtype=bool)
-    for a in ACTIONS:
-        engaged |= data.labelled[a] > 0
-    ids_tab, mat = pretrained["feed_pca"]
-    prow = id_rows(ids_tab.astype(np.int64), data.expo["feedid"][:n_a][engaged].astype(np.int64))
-    vec_tables["engaged_pca"] = aggregate_vectors(users[engaged], day[engaged], n_users, prow, mat)
-    timings["user_vectors_s"] = round(time.perf_counter() - t, 2)
+    w2v_fps = w2v_fingerprints(fcfg, seed, inputs, code)
+    train = [n for n in w2v_fps if not _reusable(out, old, n, w2v_fps[n])]
+    corpora = {n: stage / f"corpus_{n}.txt" for n in w2v_fps}
+    if train or shared_distinct(spec):
+        files = {n: open(corpora[n], "w") for n in train}
+        try:
+            max_len = int(fcfg["w2v"]["max_sentence_len"])
+            for b in tqdm(range(staged.n_buckets), desc="features: corpus / distinct", unit="bucket",
+                          disable=not progress, file=sys.stderr):
+                rs = RowSet(partition.read_bucket(staged, b, ["userid", "feedid", "date_", "device"],
+                                                  staged.days()), static, labels=False)
+                for kind, item, _ in W2V_KINDS:
+                    if f"{kind}_w2v" in files:
+                        write_sentences(files[f"{kind}_w2v"], user_sequences(
+                            rs.expo["userid"], rs.expo[item], rs.expo["date_"], max_len))
+                accumulate_distinct(shared, spec, rs, todo, first_day)
+        finally:
+            for f in files.values():
+                f.close()
+    timings["pass_a_s"] = round(time.perf_counter() - t, 2)
+    t = time.perf_counter()
+    w2v, w2v_entries = build_w2v(corpora, fcfg, seed, w2v_fps, static, out, old, timings)
+    pretrained = {"feed_pca": pca, **w2v}
+    timings["w2v_total_s"] = round(time.perf_counter() - t, 2)
 
+    cardinality = {"userid": staged.n_users, "feedid": int(static["feedid"].max()) + 1,
+                   "device": staged.max_device + 1,
+                   **{c: int(static[c].max()) + 1 for c in static_mod.FEED_CATEGORICAL}}
+    build_key = obj_digest({"fps": {d: fps[d] for d in todo}, "edges": staged.edges.tolist()})
+    resume = old.get("building") if old.get("building", {}).get("key") == build_key else None
+    if resume is None:
+        resume = {"key": build_key, "buckets_done": [], "parts": {str(d): [] for d in todo}}
+    for d in todo:   # keep the parts of finished buckets only
+        resume["parts"][str(d)] = [p for p in resume["parts"][str(d)]
+                                   if p["bucket"] in resume["buckets_done"]]
+        _remove_day(out, d, {f for p in resume["parts"][str(d)] for f in (p["file"], p.get("users")) if f})
     manifest = {
         "version": FEATURES_VERSION,
         "description": describe(fcfg),
         "key_columns": list(KEY_COLUMNS),
+        "row_key": ROW_KEY,
         "columns": columns,
         "groups": list(dict.fromkeys(c["group"] for c in columns)),
-        "cardinality": {c: n for c, n in data.cardinality().items()},
+        "cardinality": cardinality,
         "day_tables": {k: v for k, v in old_days.items()
-                       if int(k) in fps and v.get("fingerprint") == fps[int(k)]},
-        "side_tables": side_entries,
-        "pretrained": pretrained_entries,
+                       if int(k) in fps and int(k) not in todo and _day_complete(out, v, fps[int(k)])},
+        "side_tables": {
+            "feeds": {"file": "feeds.parquet", "key": ["feedid"]},
+            "authors": {"file": "authors.parquet", "key": ["authorid"]},
+            "users": {"file": "users/day=DD/part-BB.parquet", "key": ["userid", "date_"]},
+        },
+        "pretrained": {"feed_pca": pca_entry, **w2v_entries},
         "feed_lists": feed_lists,
         "inputs": inputs,
         "seed": seed,
+        "buckets": {"n": staged.n_buckets, "user_edges": staged.edges.tolist()},
         "static_fingerprint": static_fp,
+        "building": resume,
     }
     write_json(manifest, out / MANIFEST)
 
+    # pass B over the buckets: every todo day's rows of the bucket
     t = time.perf_counter()
-    day_cols = [c["name"] for c in columns if c["table"] == "day"]
-    dtypes = {c["name"]: c["dtype"] for c in columns}
-    for d in tqdm(todo, desc="features: days", unit="day", disable=not progress, file=sys.stderr):
-        table, side = build_day(d, data, spec, hist, vec_tables, pretrained, fcfg, first_day)
-        table = table[day_cols].astype({c: dtypes[c] for c in day_cols}, copy=False)
-        if table.isna().any().any():
-            bad = table.columns[table.isna().any()].tolist()
-            raise AssertionError(f"day {d}: NaN in {bad[:5]}")
-        write_parquet(table, out / day_file(d))
-        if side is not None:
-            write_parquet(side, out / user_day_file(d))
-        manifest["day_tables"][str(d)] = {"file": day_file(d), "rows": int(len(table)), "fingerprint": fps[d]}
-        manifest["day_tables"] = dict(sorted(manifest["day_tables"].items(), key=lambda kv: int(kv[0])))
+    day_cols = [c["name"] for c in columns if c["table"] == "day"] + [ROW_KEY]
+    dtypes = {**{c["name"]: c["dtype"] for c in columns}, ROW_KEY: "int32"}
+    user_vectors = fcfg["w2v"].get("user_vectors", True)
+    all_cols = ["userid", "feedid", "date_", "device", *partition.LABEL_COLUMNS]
+    for b in tqdm(range(staged.n_buckets), desc="features: buckets", unit="bucket", disable=not progress,
+                  file=sys.stderr):
+        if b in resume["buckets_done"]:
+            continue
+        rs = RowSet(partition.read_bucket(staged, b, all_cols, staged.days()), static)
+        hist = build_histories(spec, rs.expo, rs.n_labelled, rs.labelled, shared.tables)
+        vec_tables = user_vector_tables(rs, pretrained, staged.n_users)
+        for d in todo:
+            rows = rs.day_rows(d)
+            if rows.stop == rows.start and b > 0:
+                continue
+            table, side = build_day(d, rs, static, spec, hist, vec_tables, pretrained, fcfg, first_day,
+                                    shared.precomputed(spec, d))
+            table = table[day_cols].astype({c: dtypes[c] for c in day_cols}, copy=False)
+            if table.isna().any().any():
+                bad = table.columns[table.isna().any()].tolist()
+                raise AssertionError(f"day {d}: NaN in {bad[:5]}")
+            entry = {"file": part_file(d, b), "bucket": b, "rows": int(len(table))}
+            write_parquet(table, out / entry["file"])
+            if user_vectors and side is not None:
+                entry["users"] = user_part_file(d, b)
+                write_parquet(side, out / entry["users"])
+            resume["parts"][str(d)] = [p for p in resume["parts"][str(d)] if p["file"] != entry["file"]] + [entry]
+        resume["buckets_done"].append(b)
         write_json(manifest, out / MANIFEST)
+    for d in todo:
+        parts = sorted(resume["parts"][str(d)], key=lambda p: p["bucket"])
+        manifest["day_tables"][str(d)] = {"parts": parts, "rows": int(sum(p["rows"] for p in parts)),
+                                          "fingerprint": fps[d]}
+    manifest["day_tables"] = dict(sorted(manifest["day_tables"].items(), key=lambda kv: int(kv[0])))
+    del manifest["building"]
+    write_json(manifest, out / MANIFEST)
+    shutil.rmtree(stage, ignore_errors=True)
     timings["days_s"] = round(time.perf_counter() - t, 2)
     timings["total_s"] = round(time.perf_counter() - t0, 2)
     return {"built": todo, "skipped": [d for d in days if d not in todo], "timings": timings,
-            "n_columns": len(columns), "rows": {d: manifest["day_tables"][str(d)]["rows"] for d in todo}}
+            "n_columns": len(columns), "buckets": staged.n_buckets,
+            "rows": {d: manifest["day_tables"][str(d)]["rows"] for d in todo}}

@@ -45,6 +45,20 @@ class DailyTable:
         ucode = code_sorted[starts]
         return cls(n_keys, (ucode // n_keys).astype(np.int16), ucode % n_keys, out)
 
+    @classmethod
+    def concat(cls, parts: list["DailyTable"], n_keys: int, value_names: tuple[str, ...] = ()) -> "DailyTable":
+        """Stack tables of consecutive, ascending days (e.g. one aggregated per day) into one;
+        equal to aggregating all their rows at once, since rows are sorted by (day, key) either
+        way and each (day, key) sum adds the same rows in the same order."""
+        parts = [p for p in parts if len(p.day)]
+        if not parts:
+            return cls(n_keys, np.zeros(0, np.int16), np.zeros(0, np.int64),
+                       {"count": np.zeros(0, np.int64),
+                        **{v: np.zeros(0, np.int64) for v in value_names}})
+        values = {k: np.concatenate([p.values[k] for p in parts]) for k in parts[0].values}
+        return cls(n_keys, np.concatenate([p.day for p in parts]),
+                   np.concatenate([p.key_id for p in parts]), values)
+
     def _bounds(self, lo: int, hi: int) -> tuple[int, int]:
         if hi > self.last_day:
             raise ValueError(f"window [{lo}, {hi}] reads past the history's last day {self.last_day}")

@@ -4,12 +4,16 @@ Layout under ``paths.features`` (all written by ``src/stages/features.py``)::
 
     manifest.json             what is built: days, columns (name, dtype, roles, group, table),
                               per-day fingerprints, side tables, pretrained tables, cardinalities
-    day_02.parquet .. day_15.parquet
-                              one row per exposure of target day d, in that day's order
-                              (d <= 14: rows of data/prepared/actions.parquet with date_ == d in
-                              stored order; d == 15: data/prepared/test.parquet order)
-    users/day_XX.parquet      per-(userid, date_) user vectors (history strictly before date_);
-                              columns with ``table == "users"`` are joined into ``load_day``
+    day=DD/part-BB.parquet    target day DD (02..15), user bucket BB: one row per exposure of
+                              the bucket's users on day DD, plus ``row``, the row's position in
+                              the day's order (d <= 14: rows of data/prepared/actions.parquet
+                              with date_ == d in stored order; d == 15: data/prepared/test.parquet
+                              order).  Buckets are ascending user-id ranges (manifest
+                              ``buckets.user_edges``); the manifest lists each day's parts.
+    users/day=DD/part-BB.parquet
+                              per-(userid, date_) user vectors of the part's users (history
+                              strictly before date_), sorted by userid; columns with
+                              ``table == "users"`` are joined into ``load_day`` / ``iter_day``
     feeds.parquet             static per-feed features (side table keyed by feedid)
     authors.parquet           static per-author features (side table keyed by authorid)
     feed_lists.parquet        per-feed manual keyword / tag id lists for the nets' multi-hot fields
@@ -24,12 +28,16 @@ vectors, float32, joined from ``users/``; kept out of ``dense`` so tree models d
 48 embedding components by default -- nets ask for them with ``columns("vector")``).  A column
 may hold two roles: userid, feedid and device are both keys and categorical ids. Labels are never stored in the feature
 tables; ``load_labels`` reads them from the prepared actions in the same order.
+
+Reading: ``load_day`` returns a whole day in the day's order (the parts concatenated and put
+back in ``row`` order); ``iter_day`` yields it part by part with the ``row`` key, so a model
+can stream a day whose table does not fit in memory and still map every row to its label.
 """
 from __future__ import annotations
 
 from functools import cached_property
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -45,12 +53,19 @@ ROLES = ("key", "categorical", "dense", "vector")
 STAGE_HINT = "run the features stage first (src/stages/features.py)"
 
 
-def day_file(d: int) -> str:
-    return f"day_{d:02d}.parquet"
+ROW_KEY = "row"
 
 
-def user_day_file(d: int) -> str:
-    return f"users/day_{d:02d}.parquet"
+def day_dir(d: int) -> str:
+    return f"day={d:02d}"
+
+
+def part_file(d: int, b: int) -> str:
+    return f"{day_dir(d)}/part-{b:02d}.parquet"
+
+
+def user_part_file(d: int, b: int) -> str:
+    return f"users/{day_dir(d)}/part-{b:02d}.parquet"
 
 
 class FeatureStore:
@@ -101,31 +116,58 @@ class FeatureStore:
         if str(int(d)) not in self.manifest["day_tables"]:
             raise KeyError(f"day {d} not built; available days: {self.days}")
 
+    def _wanted(self, columns: Sequence[str] | None) -> list[str]:
+        if columns is None:
+            return [c["name"] for c in self.manifest["columns"]]
+        for c in columns:
+            self.column_info(c)
+        return list(dict.fromkeys([*KEY_COLUMNS, *columns]))
+
+    def parts(self, d: int) -> list[dict]:
+        """Day ``d``'s parts: ``{"file", "users", "rows"}`` per user bucket, in bucket order."""
+        self._check_day(d)
+        return list(self.manifest["day_tables"][str(int(d))]["parts"])
+
+    def _read_part(self, d: int, part: dict, wanted: list[str]) -> pd.DataFrame:
+        own = [c for c in wanted if self._col[c]["table"] == "day"]
+        own = list(dict.fromkeys([*KEY_COLUMNS, *own, ROW_KEY]))
+        df = pq.read_table(self.dir / part["file"], columns=own).to_pandas()
+        user_cols = [c for c in wanted if self._col[c]["table"] == "users"]
+        if user_cols:
+            df = self._join_users(df, d, part.get("users"), user_cols)
+        return df[list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))]
+
+    def iter_day(self, d: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
+        """Day ``d`` one part (user bucket) at a time: key columns, ``columns`` (default: every
+        column) and ``row``, the position of each row in ``load_day(d)`` / ``load_labels(d)``."""
+        wanted = self._wanted(columns)
+        for part in self.parts(d):
+            yield self._read_part(d, part, wanted)
+
     def load_day(self, d: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Key columns plus ``columns`` (default: every column) for target day ``d``,
         rows in that day's order."""
-        self._check_day(d)
-        if columns is None:
-            wanted = [c["name"] for c in self.manifest["columns"]]
-        else:
-            for c in columns:
-                self.column_info(c)
-            wanted = list(dict.fromkeys([*KEY_COLUMNS, *columns]))
-        own = [c for c in wanted if self._col[c]["table"] == "day"]
-        own = list(dict.fromkeys([*KEY_COLUMNS, *own]))
-        df = pq.read_table(self.dir / day_file(d), columns=own).to_pandas()
-        user_cols = [c for c in wanted if self._col[c]["table"] == "users"]
-        if user_cols:
-            df = self._join_users(df, d, user_cols)
-        return df[list(dict.fromkeys([*KEY_COLUMNS, *wanted]))]
+        wanted = self._wanted(columns)
+        frames = [self._read_part(d, p, wanted) for p in self.parts(d)]
+        df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
+        row = df[ROW_KEY].to_numpy()
+        if not np.array_equal(row, np.arange(len(row))):
+            order = np.argsort(row, kind="stable")
+            if not np.array_equal(row[order], np.arange(len(row))):
+                raise InputError(f"{self.dir / day_dir(d)}: the parts' row keys are not 0..{len(row) - 1}; {STAGE_HINT}")
+            df = df.iloc[order]
+        return df.drop(columns=[ROW_KEY]).reset_index(drop=True)
 
-    def _join_users(self, df: pd.DataFrame, d: int, cols: list[str]) -> pd.DataFrame:
-        side = pq.read_table(self.dir / user_day_file(d), columns=["userid", *cols]).to_pandas()
+    def _join_users(self, df: pd.DataFrame, d: int, users_file: str | None, cols: list[str]) -> pd.DataFrame:
+        path = self.dir / (users_file or f"users/{day_dir(d)}")
+        if users_file is None or not path.exists():
+            raise InputError(f"{path}: missing; the user vectors were not built (features.w2v.user_vectors); {STAGE_HINT}")
+        side = pq.read_table(path, columns=["userid", *cols]).to_pandas()
         uid = side["userid"].to_numpy()  # written sorted by userid
         pos = np.searchsorted(uid, df["userid"].to_numpy())
         pos = np.minimum(pos, len(uid) - 1)
-        if len(uid) == 0 or not np.array_equal(uid[pos], df["userid"].to_numpy()):
-            raise InputError(f"{self.dir / user_day_file(d)}: does not cover day {d}'s users; {STAGE_HINT}")
+        if len(df) and (len(uid) == 0 or not np.array_equal(uid[pos], df["userid"].to_numpy())):
+            raise InputError(f"{path}: does not cover day {d}'s users; {STAGE_HINT}")
         extra = {c: side[c].to_numpy()[pos] for c in cols}
         return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
 
@@ -187,7 +229,8 @@ class FeatureStore:
         if name not in side:
             raise KeyError(f"no side table {name!r}; available: {sorted(side)}")
         if name == "users":
-            frames = [pd.read_parquet(self.dir / user_day_file(d)) for d in self.days]
+            frames = [pd.read_parquet(self.dir / p["users"]) for d in self.days for p in self.parts(d)
+                      if p.get("users")]
             return pd.concat(frames, ignore_index=True)
         return pd.read_parquet(self.dir / side[name]["file"])
 

@@ -7,6 +7,15 @@ are used, never labels, so training on the test day's exposures does not leak.  
 sequence longer than ``max_sentence_len`` (gensim silently truncates sentences past 10,000
 tokens) is cut into consecutive chunks.
 
+Out of core: the sentences are written once to a text corpus (one sentence a line, tokens
+separated by spaces), user bucket after user bucket -- buckets are ascending user-id ranges, so
+the file lists users in id order whatever the number of buckets -- and gensim streams the file
+(``LineSentence``) on every epoch instead of holding 70M+ tokens as Python lists.  With one worker
+this trains exactly the model the in-memory list of the same sentences would give.
+``w2v.corpus_file: true`` hands the file to gensim's ``corpus_file`` mode instead: its threads
+read their own byte ranges of the file, which scales with ``workers`` but gives other (and, with
+more than one worker, run-to-run varying) vectors.
+
 Determinism: gensim seeds its initial vectors and sampling from ``seed``, but with
 ``workers > 1`` the threads interleave their updates in an order the OS decides, so two runs
 give slightly different vectors.  Only ``workers == 1`` is bit-reproducible; the config's
@@ -42,18 +51,32 @@ def user_sequences(user: np.ndarray, item: np.ndarray, day: np.ndarray,
     return [chunk.tolist() for chunk in np.split(tokens, cuts[1:])] if len(u) else []
 
 
-def train_word2vec(sentences: list[list[str]], cfg: dict, seed: int, workers: int):
-    """Train one gensim Word2Vec; returns its KeyedVectors."""
+def write_sentences(f, sentences: list[list[str]]) -> int:
+    """Append sentences to an open text corpus; returns the number of tokens written."""
+    n = 0
+    for sent in sentences:
+        f.write(" ".join(sent))
+        f.write("\n")
+        n += len(sent)
+    return n
+
+
+def train_word2vec(corpus, cfg: dict, seed: int, workers: int, corpus_file: bool = False,
+                   max_len: int = GENSIM_MAX_SENTENCE):
+    """Train one gensim Word2Vec on a corpus path (streamed with ``LineSentence``, or handed to
+    gensim's ``corpus_file`` mode) or an in-memory list of sentences; returns its KeyedVectors."""
     from gensim.models import Word2Vec
+    from gensim.models.word2vec import LineSentence
 
     logging.getLogger("gensim").setLevel(logging.WARNING)
-    model = Word2Vec(
-        sentences=sentences, vector_size=int(cfg["dim"]), window=int(cfg["window"]),
-        min_count=int(cfg["min_count"]), sg=int(cfg["sg"]), negative=int(cfg["negative"]),
-        sample=float(cfg["sample"]), epochs=int(cfg["epochs"]), seed=int(seed),
-        workers=int(workers),
-    )
-    return model.wv
+    kw = dict(vector_size=int(cfg["dim"]), window=int(cfg["window"]), min_count=int(cfg["min_count"]),
+              sg=int(cfg["sg"]), negative=int(cfg["negative"]), sample=float(cfg["sample"]),
+              epochs=int(cfg["epochs"]), seed=int(seed), workers=int(workers))
+    if isinstance(corpus, list):
+        return Word2Vec(sentences=corpus, **kw).wv
+    if corpus_file:
+        return Word2Vec(corpus_file=str(corpus), **kw).wv
+    return Word2Vec(sentences=LineSentence(str(corpus), max_sentence_length=int(max_len)), **kw).wv
 
 
 def vector_table(wv, ids: np.ndarray) -> np.ndarray:

@@ -149,13 +149,44 @@ class Histories:
     pair_parent: dict[str, np.ndarray]   # distinct: pair id -> key id
 
 
-def build_histories(spec: WindowSpec, expo: dict[str, np.ndarray], n_actions: int,
-                    labelled: dict[str, np.ndarray]) -> Histories:
-    """Aggregate the labelled rows (the first ``n_actions`` exposure rows) per (key, day).
+def user_keyed(spec: WindowSpec, name: str) -> bool:
+    """Whether a key (or distinct pair) holds userid: its statistics then live inside one user
+    bucket; every other key is aggregated over all rows and shared by the buckets."""
+    return "userid" in spec.key_columns(name)
 
-    ``expo`` holds per-exposure id columns (userid, feedid, authorid, ... and date_);
-    ``labelled`` holds the 7 actions, play, stay and finish for the first n_actions rows.
-    """
+
+def check_bucketable(spec: WindowSpec) -> None:
+    """The bucketed build shares the tables of keys without userid; it needs them to be one
+    column (ids used as they are) and every distinct pair to involve userid."""
+    for name in spec.used_keys():
+        cols = spec.key_columns(name)
+        if "__" in name:
+            if "userid" not in cols:
+                raise ValueError(f"features.window_stats.distinct: pair {name.replace('__', ' x ')} "
+                                 "needs userid on one side (its counts are summed over user buckets)")
+        elif "userid" not in cols and len(cols) != 1:
+            raise ValueError(f"features.window_stats.keys.{name}: a key without userid must be one "
+                             f"column (got {list(cols)})")
+
+
+def shared_value_needs(spec: WindowSpec) -> dict[str, set[str]]:
+    """Value columns each shared (non user-keyed) key's daily table needs."""
+    need = {k: set() for k in spec.used_keys() if not user_keyed(spec, k)}
+    for b in spec.blocks:
+        if b.key in need:
+            need[b.key] |= b.needs()
+    return need
+
+
+def build_histories(spec: WindowSpec, expo: dict[str, np.ndarray], n_actions: int,
+                    labelled: dict[str, np.ndarray], shared: dict[str, DailyTable]) -> Histories:
+    """Aggregate the labelled rows (the first ``n_actions`` exposure rows) per (key, day) for
+    the user-keyed keys; take the other keys' tables (and ``__global__``) from ``shared``, where
+    they were aggregated over every row, and use their raw column as key id.
+
+    ``expo`` holds per-exposure id columns (userid, feedid, authorid, ... and date_) of a set of
+    whole users (one bucket, or everyone); ``labelled`` the 7 actions, play, stay and finish of
+    its first n_actions rows (days <= 14)."""
     day = expo["date_"][:n_actions]
     need: dict[str, set[str]] = {k: set() for k in spec.used_keys()}
     for b in spec.blocks:
@@ -163,6 +194,12 @@ def build_histories(spec: WindowSpec, expo: dict[str, np.ndarray], n_actions: in
     key_ids, n_keys, tables = {}, {}, {}
     by_cols: dict[tuple[str, ...], list[str]] = {}   # names sharing the same key columns share a table
     for name in need:
+        if not user_keyed(spec, name):
+            (col,) = spec.key_columns(name)
+            key_ids[name] = expo[col].astype(np.int64)
+            tables[name] = shared[name]
+            n_keys[name] = shared[name].n_keys
+            continue
         by_cols.setdefault(spec.key_columns(name), []).append(name)
     for cols, names in by_cols.items():
         ids, n = dense_codes(*(expo[c] for c in cols))
@@ -171,8 +208,7 @@ def build_histories(spec: WindowSpec, expo: dict[str, np.ndarray], n_actions: in
                                      {c: labelled[c] for c in VALUE_COLUMNS if c in want})
         for nm in names:
             key_ids[nm], n_keys[nm], tables[nm] = ids, n, table
-    tables["__global__"] = DailyTable.aggregate(np.zeros(n_actions, np.int64), day, 1,
-                                                {c: labelled[c] for c in VALUE_COLUMNS})
+    tables["__global__"] = shared["__global__"]
     parent = {}
     for _, k, of, _ in spec.distinct:
         pair = f"{k}__{of}"
@@ -193,12 +229,24 @@ def global_priors(hist: DailyTable, d: int, first_day: int) -> dict[str, float]:
     return out
 
 
+def distinct_per_key(pair: DailyTable, parent: np.ndarray, n_keys: int, lo: int, hi: int) -> np.ndarray:
+    """Per key id: distinct pairs (key, of) present on days [lo, hi] (int64 [n_keys])."""
+    if hi < lo:
+        return np.zeros(n_keys, np.int64)
+    seen = np.flatnonzero(pair.present(lo, hi))
+    return np.bincount(parent[seen], minlength=n_keys)
+
+
 def window_features(spec: WindowSpec, tables: dict[str, DailyTable], target_ids: dict[str, np.ndarray],
-                    pair_parent: dict[str, np.ndarray], d: int, first_day: int = 1) -> dict[str, np.ndarray]:
+                    pair_parent: dict[str, np.ndarray], d: int, first_day: int = 1,
+                    precomputed: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Window features for the rows of target day d.
 
     ``tables`` must already be cut with ``DailyTable.before(d)``; ``target_ids`` are the dense
-    key ids of day d's rows (exposures only)."""
+    key ids of day d's rows (exposures only).  ``precomputed`` maps a same-day or distinct
+    column to its per-key values when the rows at hand are one user bucket and the key is not
+    user-keyed (e.g. ``feed_today_count``, ``author_n_users_w7``: counts over every bucket)."""
+    precomputed = precomputed or {}
     for t in tables.values():
         if t.last_day >= d:
             raise ValueError(f"history for day {d} includes day {t.last_day}: cut it with before({d})")
@@ -241,18 +289,20 @@ def window_features(spec: WindowSpec, tables: dict[str, DailyTable], target_ids:
             seen = np.zeros(t.n_keys, bool) if hi < lo else t.present(lo, hi)
             out[f"{k}_cold"] = (~seen[target_ids[k]]).astype(np.int8)
     for k in spec.same_day:
-        ids = target_ids[k]
+        ids, col = target_ids[k], f"{k}_today_count"
+        if col in precomputed:
+            out[col] = precomputed[col][ids].astype(f32)
+            continue
         uniq, inv, cnt = np.unique(ids, return_inverse=True, return_counts=True)
-        out[f"{k}_today_count"] = cnt[inv].astype(f32)
+        out[col] = cnt[inv].astype(f32)
     for name, k, of, wins in spec.distinct:
         pair = f"{k}__{of}"
-        t, parent = tables[pair], pair_parent[pair]
         for w in wins:
-            lo, hi = window_days(d, w, first_day)
-            if hi < lo:
-                vals = np.zeros(len(target_ids[k]))
+            col = f"{name}_{window_label(w)}"
+            if col in precomputed:
+                vals = precomputed[col]
             else:
-                seen = np.flatnonzero(t.present(lo, hi))
-                vals = np.bincount(parent[seen], minlength=tables[k].n_keys)[target_ids[k]]
-            out[f"{name}_{window_label(w)}"] = np.asarray(vals, dtype=f32)
+                lo, hi = window_days(d, w, first_day)
+                vals = distinct_per_key(tables[pair], pair_parent[pair], tables[k].n_keys, lo, hi)
+            out[col] = np.asarray(vals[target_ids[k]], dtype=f32)
     return out

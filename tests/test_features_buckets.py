@@ -1,0 +1,147 @@
+"""The out-of-core feature build: the values do not depend on the number of user buckets, equal
+the in-memory build that preceded it, and the store reads a day whole or part by part."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from test_features_world import make_world, small_config
+
+from wbdc.budget import BudgetError, choose_buckets
+from wbdc.features import build
+from wbdc.features.partition import bucket_edges
+from wbdc.features.store import ROW_KEY, FeatureStore
+from wbdc.io import read_json
+from wbdc.paths import Paths
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: sha256 of every day table (columns in order: name, dtype, bytes) and pretrained table of
+#: make_world(seed=1) under small_config(), as written by the in-memory build of commit ba8cb9b
+#: (one table per day, before user buckets existed).  A deliberate change to a feature's
+#: definition changes it: recompute it then with `frames_digest` and say so in the commit.
+IN_MEMORY_DIGEST = "cffa3a699a7e544443eb67a3a5ff08ebe1f29077a98fa31cd9fbd212a21d2109"
+
+
+def frames_digest(fs: FeatureStore) -> str:
+    h = hashlib.sha256()
+    for d in fs.days:
+        df = fs.load_day(d)
+        for c in df.columns:
+            h.update(c.encode())
+            h.update(str(df[c].dtype).encode())
+            h.update(np.ascontiguousarray(df[c].to_numpy()).tobytes())
+    for name in sorted(fs.manifest["pretrained"]):
+        for a in fs.pretrained(name):
+            h.update(name.encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def builds(tmp_path_factory):
+    """make_world(seed=1) built in 1, 3 and 5 user buckets."""
+    out = {}
+    for p in (1, 3, 5):
+        paths = make_world(tmp_path_factory.mktemp(f"p{p}"), seed=1)
+        summary = build.run(paths, small_config(), progress=False, n_buckets=p)
+        assert summary["buckets"] == p
+        out[p] = FeatureStore(paths)
+    return out
+
+
+def test_one_bucket_equals_the_in_memory_build_it_replaced(builds):
+    assert frames_digest(builds[1]) == IN_MEMORY_DIGEST
+
+
+@pytest.mark.parametrize("p", [3, 5])
+def test_every_value_is_the_same_whatever_the_number_of_buckets(builds, p):
+    one, many = builds[1], builds[p]
+    assert len(many.parts(14)) > 1
+    for d in one.days:
+        pd.testing.assert_frame_equal(one.load_day(d), many.load_day(d), check_exact=True)
+    pd.testing.assert_frame_equal(one.side_table("users"), many.side_table("users"), check_exact=True)
+    for name in one.manifest["pretrained"]:
+        for a, b in zip(one.pretrained(name), many.pretrained(name)):
+            assert np.array_equal(a, b), name
+    assert frames_digest(many) == IN_MEMORY_DIGEST
+
+
+def test_parts_hold_disjoint_user_ranges_and_row_keys_map_back(builds):
+    fs = builds[3]
+    edges = fs.manifest["buckets"]["user_edges"]
+    for d in (2, 9, 14, 15):
+        whole = fs.load_day(d, columns=["user_all_count", "user_feed_w2v_0"])
+        seen = np.zeros(len(whole), int)
+        for b, part in enumerate(fs.iter_day(d, columns=["user_all_count", "user_feed_w2v_0"])):
+            users = part["userid"].to_numpy()
+            assert ((users >= edges[b]) & (users < edges[b + 1])).all()
+            row = part[ROW_KEY].to_numpy()
+            seen[row] += 1
+            back = whole.iloc[row].reset_index(drop=True)
+            pd.testing.assert_frame_equal(part.drop(columns=[ROW_KEY]), back, check_exact=True)
+        assert (seen == 1).all()          # every row of the day in exactly one part
+        if d <= 14:
+            labels = fs.load_labels(d)
+            part = next(fs.iter_day(d, columns=[]))
+            assert len(labels.iloc[part[ROW_KEY].to_numpy()]) == len(part)
+
+
+def test_bucket_edges_balance_rows_and_cover_every_user():
+    rows = np.r_[np.full(100, 10), np.full(100, 30)]       # users 100..199 carry 3x the rows
+    edges = bucket_edges(rows, 4)
+    assert edges[0] == 0 and edges[-1] == len(rows) and (np.diff(edges) >= 0).all()
+    per = [rows[a:b].sum() for a, b in zip(edges[:-1], edges[1:])]
+    assert max(per) - min(per) <= 30 and sum(per) == rows.sum()
+    heavy = bucket_edges(np.r_[1, 1000, 1], 3)          # one user outweighs a bucket: empties allowed
+    assert heavy[0] == 0 and heavy[-1] == 3 and (np.diff(heavy) >= 0).all()
+
+
+def test_auto_buckets_follow_the_memory_budget(tmp_path):
+    paths = make_world(tmp_path, seed=2)
+    meta = read_json(paths.prepared / "meta.json")
+    meta_rows = meta["n_actions"] + meta["n_test"]
+    cfg = small_config()
+    cfg["data"]["memory_gb"] = 64
+    assert choose_buckets(cfg, paths.prepared) == 1
+    from wbdc import budget
+    cfg["data"]["memory_gb"] = (budget.FEATURES_FIXED_MB + meta_rows * budget.FEATURES_ROW_BYTES / 2**20 / 2.5) / 1024
+    assert choose_buckets(cfg, paths.prepared) == 3
+    cfg["features"]["buckets"] = 7
+    assert choose_buckets(cfg, paths.prepared) == 7
+    cfg["features"]["buckets"] = "auto"
+    cfg["data"]["memory_gb"] = 0.1
+    with pytest.raises(BudgetError, match=r"features: needs about .* GB even in 256 user buckets"):
+        choose_buckets(cfg, paths.prepared)
+
+
+def test_keys_the_buckets_cannot_share_are_refused_in_one_line(tmp_path):
+    paths = make_world(tmp_path, seed=3)
+    cfg = small_config()
+    cfg["features"]["window_stats"]["keys"]["feed_author"] = ["feedid", "authorid"]
+    cfg["features"]["window_stats"]["same_day"] = ["feed_author"]
+    with pytest.raises(ValueError, match=r"keys.feed_author: a key without userid must be one column"):
+        build.run(paths, cfg, progress=False)
+
+
+def test_the_tiny_preset_in_three_buckets_equals_one(tiny_root, tmp_path):
+    """The tiny synthetic world (session fixture, built with the default `auto` = one bucket)
+    rebuilt by the stage CLI in three buckets: every day equal."""
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "features.py"), "--root", str(root),
+                        "--preset", "tiny", "--seed", "7", "--no-progress", "--set", "features.buckets=3"],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "in 3 user bucket(s)" in r.stderr
+    one, three = FeatureStore(Paths.at(tiny_root)), FeatureStore(Paths.at(root))
+    assert len(one.parts(14)) == 1 and len(three.parts(14)) == 3
+    for d in one.days:
+        pd.testing.assert_frame_equal(one.load_day(d), three.load_day(d), check_exact=True)

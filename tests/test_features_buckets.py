@@ -87,6 +87,12 @@ def test_parts_hold_disjoint_user_ranges_and_row_keys_map_back(builds):
             back = whole.iloc[row].reset_index(drop=True)
             pd.testing.assert_frame_equal(part.drop(columns=[ROW_KEY]), back, check_exact=True)
         assert (seen == 1).all()          # every row of the day in exactly one part
+        chunks = list(fs.iter_day(d, columns=["user_all_count", "user_feed_w2v_0"], batch_rows=7))
+        assert max(len(c) for c in chunks) <= 7 and sum(len(c) for c in chunks) == len(whole)
+        joined = pd.concat(chunks, ignore_index=True)
+        order = np.argsort(joined[ROW_KEY].to_numpy())
+        pd.testing.assert_frame_equal(joined.iloc[order].drop(columns=[ROW_KEY]).reset_index(drop=True),
+                                      whole, check_exact=True)
         if d <= 14:
             labels = fs.load_labels(d)
             part = next(fs.iter_day(d, columns=[]))

@@ -128,27 +128,36 @@ class FeatureStore:
         self._check_day(d)
         return list(self.manifest["day_tables"][str(int(d))]["parts"])
 
-    def _read_part(self, d: int, part: dict, wanted: list[str]) -> pd.DataFrame:
+    def _read_part(self, d: int, part: dict, wanted: list[str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
         own = [c for c in wanted if self._col[c]["table"] == "day"]
         own = list(dict.fromkeys([*KEY_COLUMNS, *own, ROW_KEY]))
-        df = pq.read_table(self.dir / part["file"], columns=own).to_pandas()
         user_cols = [c for c in wanted if self._col[c]["table"] == "users"]
-        if user_cols:
-            df = self._join_users(df, d, part.get("users"), user_cols)
-        return df[list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))]
+        order = list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))
+        side = self._users(d, part.get("users"), user_cols) if user_cols else None
+        if batch_rows is None:
+            frames = [pq.read_table(self.dir / part["file"], columns=own).to_pandas()]
+        else:
+            frames = (b.to_pandas() for b in pq.ParquetFile(self.dir / part["file"]).iter_batches(
+                batch_size=int(batch_rows), columns=own))
+        for df in frames:
+            if side is not None:
+                df = self._join_users(df, d, side, user_cols)
+            yield df[order]
 
-    def iter_day(self, d: int, columns: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """Day ``d`` one part (user bucket) at a time: key columns, ``columns`` (default: every
-        column) and ``row``, the position of each row in ``load_day(d)`` / ``load_labels(d)``."""
+    def iter_day(self, d: int, columns: Sequence[str] | None = None,
+                 batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+        """Day ``d`` one part (user bucket) at a time, or in chunks of at most ``batch_rows``
+        rows: key columns, ``columns`` (default: every column) and ``row``, the position of each
+        row in ``load_day(d)`` / ``load_labels(d)``.  Only the asked columns are read."""
         wanted = self._wanted(columns)
         for part in self.parts(d):
-            yield self._read_part(d, part, wanted)
+            yield from self._read_part(d, part, wanted, batch_rows)
 
     def load_day(self, d: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Key columns plus ``columns`` (default: every column) for target day ``d``,
         rows in that day's order."""
         wanted = self._wanted(columns)
-        frames = [self._read_part(d, p, wanted) for p in self.parts(d)]
+        frames = [f for p in self.parts(d) for f in self._read_part(d, p, wanted)]
         df = frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
         row = df[ROW_KEY].to_numpy()
         if not np.array_equal(row, np.arange(len(row))):
@@ -158,16 +167,20 @@ class FeatureStore:
             df = df.iloc[order]
         return df.drop(columns=[ROW_KEY]).reset_index(drop=True)
 
-    def _join_users(self, df: pd.DataFrame, d: int, users_file: str | None, cols: list[str]) -> pd.DataFrame:
+    def _users(self, d: int, users_file: str | None, cols: list[str]) -> pd.DataFrame:
         path = self.dir / (users_file or f"users/{day_dir(d)}")
         if users_file is None or not path.exists():
             raise InputError(f"{path}: missing; the user vectors were not built (features.w2v.user_vectors); {STAGE_HINT}")
         side = pq.read_table(path, columns=["userid", *cols]).to_pandas()
+        side.attrs["path"] = str(path)
+        return side
+
+    def _join_users(self, df: pd.DataFrame, d: int, side: pd.DataFrame, cols: list[str]) -> pd.DataFrame:
         uid = side["userid"].to_numpy()  # written sorted by userid
         pos = np.searchsorted(uid, df["userid"].to_numpy())
         pos = np.minimum(pos, len(uid) - 1)
         if len(df) and (len(uid) == 0 or not np.array_equal(uid[pos], df["userid"].to_numpy())):
-            raise InputError(f"{path}: does not cover day {d}'s users; {STAGE_HINT}")
+            raise InputError(f"{side.attrs.get('path')}: does not cover day {d}'s users; {STAGE_HINT}")
         extra = {c: side[c].to_numpy()[pos] for c in cols}
         return pd.concat([df, pd.DataFrame(extra, index=df.index)], axis=1)
 

@@ -337,3 +337,18 @@ def test_features_stage_killed_midway_resumes_to_the_bytes_of_a_clean_build(tiny
     b = {k: v for k, v in feature_files(tiny_root).items() if "run_info" not in k}
     assert sorted(a) == sorted(b)
     assert [k for k in a if a[k] != b[k]] == []
+
+
+def test_word2vec_corpus_file_mode_trains_from_the_same_corpus(built, tmp_path):
+    """features.w2v.corpus_file: gensim reads the bucket-ordered corpus file itself; with one
+    worker two builds agree, and the vectors are not the streamed mode's (another code path)."""
+    paths, _ = built
+    cfg = small_config()
+    cfg["features"]["w2v"]["corpus_file"] = True
+    mats = []
+    for name in ("a", "b"):
+        other = make_world(tmp_path / name, seed=1)
+        build.run(other, cfg, progress=False, n_buckets=2)
+        mats.append(FeatureStore(other).pretrained("feed_w2v")[1])
+    assert np.array_equal(mats[0], mats[1]) and np.abs(mats[0]).sum() > 0
+    assert not np.array_equal(mats[0], FeatureStore(paths).pretrained("feed_w2v")[1])

@@ -324,13 +324,14 @@ def test_fake_fit_early_stopping_picks_per_half(fake_fit):
         for half in ("A", "B"):
             curve = h[f"uauc_{half}"].to_numpy()
             assert off.half_best_iteration[half][a] == int(np.argmax(curve)) + 1
-            raw = off.boosters[a].predict(data.valid_rows.X, num_iteration=off.half_best_iteration[half][a])
+            it = off.half_best_iteration[half][a]
+            raw = data.valid_rows.X.predict(off.boosters[a], [it])[it]
             np.testing.assert_allclose(off.half_preds[half][a].to_numpy(),
                                        finish_predictions(raw, settings, a), rtol=1e-6)
             differ += off.half_best_iteration[half][a] != off.best_iteration[a]
         # the recorded half values are the uAUCs of each half's users at that round
         it = off.half_best_iteration["A"][a]
-        raw = off.boosters[a].predict(data.valid_rows.X, num_iteration=it)
+        raw = data.valid_rows.X.predict(off.boosters[a], [it])[it]
         assert uauc_by_half(y, raw, halves)["A"] == pytest.approx(h["uauc_A"].to_numpy()[it - 1])
     assert differ > 0          # the halves do not simply copy the all-users choice
 
@@ -516,3 +517,72 @@ def test_stage_errors_are_one_line(tiny_root, tmp_path):
     assert "models/lgb/scores.json: missing" in r.stderr and "--rounds" in r.stderr
     r = _stage(own, "--actions", "likes")
     assert r.returncode != 0 and "unknown actions ['likes']" in r.stderr
+
+
+# ------------------------------------------------------------------------------ streaming from the store
+
+def test_store_rows_read_like_the_matrix_they_stand_for(fake_fit):
+    """StoreRows (the LightGBM Sequence over the store): single rows, slices across blocks and
+    block-wise predictions equal the float32 matrix of the same rows, cached or not."""
+    from wbdc.lgb import StoreRows
+    fs, settings, data, off, _ = fake_fit
+    names = data.spec.names
+    X = np.concatenate([fs.load_day(b.day, names)[names].to_numpy(np.float32)[b.rows] for b in data.rows.X.blocks])
+    for cache in (0.0, 1e12):
+        seq = StoreRows(fs, names, data.rows.X.blocks, cache_bytes=cache)
+        assert len(seq) == len(X) and seq.keep_all == (cache > 0)
+        np.testing.assert_array_equal(seq[0], X[0])
+        assert seq[0].dtype == np.float64                  # LightGBM's bin sample needs doubles
+        edge = int(seq.offsets[1])
+        np.testing.assert_array_equal(seq[edge - 3:edge + 5], X[edge - 3:edge + 5])
+        np.testing.assert_array_equal(seq[len(X) - 2], X[-2])
+        pred = seq.predict(off.boosters["like"], [5])[5]
+        np.testing.assert_array_equal(pred, off.boosters["like"].predict(X, num_iteration=5))
+
+
+def test_streamed_dataset_trains_the_model_of_the_in_memory_matrix(fake_fit):
+    """The Dataset binned from the store block by block equals one binned from the whole float
+    matrix: the same model, tree for tree."""
+    import lightgbm as lgb
+    from wbdc.lgb import _action_subset, _dataset_params, train_booster
+    fs, settings, data, _, _ = fake_fit
+    names = data.spec.names
+    X = np.concatenate([fs.load_day(b.day, names)[names].to_numpy(np.float32)[b.rows] for b in data.rows.X.blocks])
+    mem = lgb.Dataset(X, label=np.zeros(len(X), np.float32), feature_name=list(names),
+                      categorical_feature=list(data.spec.categorical), params=_dataset_params(settings.params),
+                      free_raw_data=True).construct()
+    models = []
+    for base in (mem, data.base):
+        ds = _action_subset(base, data.rows.labels, data.rows.u, "like", settings.neg_rate["like"])
+        models.append(train_booster(settings.params, ds, 15, progress=False).model_to_string())
+    assert models[0] == models[1]
+
+
+def test_lightgbm_on_three_buckets_equals_one(tiny_root, tmp_path):
+    """The tiny preset's store in one part per day (session fixture) and rebuilt in three user
+    buckets, read without any cache: the same day-14 and test predictions."""
+    import shutil
+
+    from wbdc.config import resolve_argv
+    from wbdc.features import build
+    from wbdc.features.store import FeatureStore
+    from wbdc.paths import Paths
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    cfg = resolve_argv(["--preset", "tiny", "--seed", "7", "--set", "lgb.num_boost_round=15",
+                        "--set", "lgb.early_stopping_rounds=5"])
+    build.run(Paths.at(root), cfg, progress=False, n_buckets=3)
+    settings = LgbSettings.from_config(cfg)
+    out = []
+    for r in (tiny_root, root):
+        fs = FeatureStore(Paths.at(r))
+        data = load_fit_data(fs, settings, progress=False, cache_bytes=0)
+        off = fit_offline(data, settings, ["read_comment", "like"], progress=False)
+        on = fit_online(data, fs, settings, ["read_comment", "like"], best_iteration=off.best_iteration,
+                        progress=False)
+        out.append((len(fs.parts(14)), off.preds, on.preds, off.scores))
+    assert (out[0][0], out[1][0]) == (1, 3)
+    pd.testing.assert_frame_equal(out[0][1], out[1][1], check_exact=True)
+    pd.testing.assert_frame_equal(out[0][2], out[1][2], check_exact=True)
+    assert out[0][3] == out[1][3]

@@ -30,7 +30,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbdc.budget import check_prepared  # noqa: E402
+from wbdc.budget import check_prepared, memory_budget_gb  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
@@ -111,7 +111,9 @@ def main() -> int:
     with StageRun("train_lgb", out) as run:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        data = load_fit_data(fs, settings, progress=progress)
+        # decoded feature blocks are kept when they fit a quarter of the budget (small data:
+        # nothing read twice); beyond, they are read from the store when LightGBM needs them
+        data = load_fit_data(fs, settings, progress=progress, cache_bytes=memory_budget_gb(cfg) * 2**30 / 4)
         seconds["load"] = time.perf_counter() - t0
         scores.update(actions=actions, features=len(data.spec.names),
                       categorical=data.spec.categorical, train_days=data.days,

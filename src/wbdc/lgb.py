@@ -19,10 +19,15 @@ action ``a`` keeps the negatives with ``u < rate_a`` (nested samples): each acti
 still a uniform sample of its negatives, and the union over actions -- the rows that have to be
 read at all -- is only ``max(rate)`` of the negatives plus the positives.
 
-Training memory: the union of the kept rows of all actions is read day by day into one float32
-matrix, binned once into a LightGBM ``Dataset``; each action trains on a ``subset`` of it (the
-binning is shared, nothing is re-binned per action).  Day 14 is read in full, as the
-validation set (binned with the training bins) and for the online refit's sampled rows.
+Training memory: no float matrix of all rows is built.  The union of the kept rows of all
+actions is handed to LightGBM as a ``Sequence`` over the feature store (:class:`StoreRows`: one
+block per day, read from the day's parts and put in the day's row order when LightGBM asks for
+it) and binned once into a ``Dataset``; each action trains on a ``subset`` of it (the binning is
+shared, nothing is re-binned per action).  Day 14 is binned with the training bins from its
+parts (the validation set) and predicted part by part; the test rows too.  Memory: the binned
+rows (one byte per feature and row) plus one decoded block; the blocks are kept in memory instead
+when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the stage), so small data is
+read once.  The models equal those of the float matrix of the same rows, tree for tree (tests).
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Iterable, Iterator, Mapping, Sequence
 
 import lightgbm as lgb
 import numpy as np
@@ -174,11 +179,110 @@ def scale_rounds(best_iteration: int, n_offline: float, n_online: float) -> int:
 
 # ------------------------------------------------------------------------------ loading
 
+def day_parts(fs, d: int, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
+    """Day ``d`` part by part with the ``row`` key (``FeatureStore.iter_day``); a store
+    without parts (the test fakes) gives the whole day as one part."""
+    if hasattr(fs, "iter_day"):
+        yield from fs.iter_day(d, columns=list(columns))
+    else:
+        df = fs.load_day(d, columns=list(columns))
+        yield df.assign(row=np.arange(len(df), dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Block:
+    """Rows of one day read together: ``part`` None = the day's rows ``keep`` (ascending row
+    positions) in the day's order; else every row of that part, in the part's order."""
+    day: int
+    rows: np.ndarray                 # day row positions, in the block's order
+    part: int | None = None
+
+
+class StoreRows(lgb.Sequence):
+    """Feature rows of the store as a LightGBM ``Sequence``: blocks (one day's sampled rows, or
+    one part of a day) are read as float32 matrices when LightGBM asks for them, so no matrix of
+    all rows is ever held.  LightGBM reads a Sequence twice, in order (a row sample for the bin
+    bounds, then every row in batches), so one block is decoded at a time; the blocks are kept
+    instead when all of them fit in ``cache_bytes`` (then nothing is read twice)."""
+
+    batch_size = 65_536
+
+    def __init__(self, fs, features: Sequence[str], blocks: list[Block], cache_bytes: float = 0.0):
+        self.fs, self.features, self.blocks = fs, list(features), blocks
+        self.offsets = np.cumsum([0, *(len(b.rows) for b in blocks)])
+        self.keep_all = self.offsets[-1] * len(self.features) * 4 <= cache_bytes
+        self._cache: dict[int, np.ndarray] = {}
+        self.on_read = None              # progress callback: rows of each block decoded
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def read(self, i: int) -> np.ndarray:
+        """Block ``i`` as a float32 matrix, rows in the block's order."""
+        if i in self._cache:
+            return self._cache[i]
+        b = self.blocks[i]
+        if b.part is not None:
+            X = self.fs.read_part(b.day, b.part, self.features)[self.features].to_numpy(np.float32)
+        else:
+            want = np.zeros(int(b.rows.max(initial=-1)) + 1, bool)
+            want[b.rows] = True
+            Xs, rows = [], []
+            for df in day_parts(self.fs, b.day, self.features):
+                r = df["row"].to_numpy()
+                sel = np.flatnonzero(want[np.minimum(r, len(want) - 1)] & (r < len(want)))
+                Xs.append(df[self.features].to_numpy(np.float32)[sel])
+                rows.append(r[sel])
+                del df
+            r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+            X = np.concatenate(Xs) if Xs else np.zeros((0, len(self.features)), np.float32)
+            X = X[np.argsort(r, kind="stable")]
+            if len(X) != len(b.rows):
+                raise InputError(f"day {b.day}: {len(X)} of the {len(b.rows)} sampled rows found in the store")
+        if not self.keep_all:
+            self._cache.clear()
+        self._cache[i] = X
+        if self.on_read is not None:
+            self.on_read(len(X))
+        return X
+
+    def __getitem__(self, idx):
+        if isinstance(idx, slice):
+            start, stop, step = idx.indices(len(self))
+            if step != 1:
+                raise IndexError("StoreRows supports contiguous slices only")
+            out, i = [], int(np.searchsorted(self.offsets, start, side="right")) - 1
+            while start < stop:
+                lo = start - self.offsets[i]
+                hi = min(stop, self.offsets[i + 1]) - self.offsets[i]
+                out.append(self.read(i)[lo:hi])
+                start = self.offsets[i] + hi
+                i += 1
+            return np.concatenate(out) if len(out) != 1 else out[0]
+        i = int(np.searchsorted(self.offsets, int(idx), side="right")) - 1
+        # single rows feed LightGBM's bin sample, which must be float64 (batches may be float32)
+        return self.read(i)[int(idx) - self.offsets[i]].astype(np.float64)
+
+    def predict(self, booster: lgb.Booster, iterations: Sequence[int]) -> dict[int, np.ndarray]:
+        """Raw predictions of every row at each of ``iterations``, reading each block once."""
+        out = {int(it): np.empty(len(self), np.float64) for it in iterations}
+        for i in range(len(self.blocks)):
+            X = self.read(i)
+            for it in out:
+                out[it][self.offsets[i]:self.offsets[i + 1]] = booster.predict(X, num_iteration=it)
+        return out
+
+    def day_order(self) -> np.ndarray:
+        """Position in the day of each row (single-day sequences)."""
+        return np.concatenate([b.rows for b in self.blocks]) if self.blocks else np.zeros(0, np.int64)
+
+
 @dataclass
 class TrainRows:
-    """Rows of some days: features (float32), labels (int8, ACTIONS order), day, uniforms."""
+    """Rows of some days: features (a :class:`StoreRows` sequence or a float32 matrix), labels
+    (int8, ACTIONS order), day, uniforms."""
 
-    X: np.ndarray
+    X: object
     labels: np.ndarray
     day: np.ndarray
     u: np.ndarray
@@ -202,31 +306,48 @@ def union_mask(labels: np.ndarray, u: np.ndarray, rates: Mapping[str, float],
 
 
 def load_rows(fs, days: Sequence[int], features: Sequence[str], settings: LgbSettings,
-              sample: bool = True, progress: bool = True,
-              desc: str = "load") -> tuple[TrainRows, pd.DataFrame]:
-    """Feature rows of ``days`` (only those some action keeps, when ``sample``) and their keys.
+              sample: bool = True, cache_bytes: float = 0.0) -> TrainRows:
+    """The rows of ``days`` some action keeps (every row without ``sample``), in (day, row)
+    order, as a :class:`StoreRows` sequence (one block per day) with their labels in memory.
 
     The sample is the union over all 7 actions even when fewer are trained, so the rows (and
     hence the bins and every model) of a one-action run equal those of the full run.
     """
-    parts, keys = [], []
-    for d in tqdm(list(days), desc=desc, unit="day", disable=not progress, file=sys.stderr):
-        df = fs.load_day(d, columns=list(features))
+    blocks, labels, day, us = [], [], [], []
+    for d in days:
         lab = _label_matrix(fs, d)
-        if len(lab) != len(df):
-            raise InputError(f"day {d}: {len(lab)} label rows but {len(df)} feature rows")
-        u = row_uniforms(d, len(df), settings.seed)
-        idx = np.flatnonzero(union_mask(lab, u, settings.neg_rate, ACTIONS)) if sample \
-            else np.arange(len(df))
-        X = df[list(features)].to_numpy(np.float32)[idx]
-        parts.append(TrainRows(X, lab[idx], np.full(len(idx), d, np.int8), u[idx]))
-        keys.append(df[["userid", "feedid"]].iloc[idx].reset_index(drop=True))
-        del df
-    rows = TrainRows(np.concatenate([p.X for p in parts]) if parts else np.zeros((0, len(features)), np.float32),
-                     np.concatenate([p.labels for p in parts]) if parts else np.zeros((0, len(ACTIONS)), np.int8),
-                     np.concatenate([p.day for p in parts]) if parts else np.zeros(0, np.int8),
-                     np.concatenate([p.u for p in parts]) if parts else np.zeros(0, np.float32))
-    return rows, pd.concat(keys, ignore_index=True) if keys else pd.DataFrame()
+        u = row_uniforms(d, len(lab), settings.seed)
+        idx = np.flatnonzero(union_mask(lab, u, settings.neg_rate, ACTIONS)) if sample else np.arange(len(lab))
+        blocks.append(Block(d, idx))
+        labels.append(lab[idx])
+        day.append(np.full(len(idx), d, np.int8))
+        us.append(u[idx])
+    cat = (lambda xs, shape, dt: np.concatenate(xs) if xs else np.zeros(shape, dt))
+    return TrainRows(StoreRows(fs, features, blocks, cache_bytes), cat(labels, (0, len(ACTIONS)), np.int8),
+                     cat(day, 0, np.int8), cat(us, 0, np.float32))
+
+
+def load_day_rows(fs, d: int, features: Sequence[str], settings: LgbSettings,
+                  cache_bytes: float = 0.0) -> tuple[TrainRows, pd.DataFrame]:
+    """Every row of day ``d`` in part order (one block per part) with labels (days <= 14) and
+    keys; ``X.day_order()`` maps each row to its position in the day."""
+    has_parts = hasattr(fs, "read_part")
+    keys, blocks = [], []
+    for p, df in enumerate(day_parts(fs, d, [])):
+        blocks.append(Block(d, df["row"].to_numpy().astype(np.int64), part=p if has_parts else None))
+        keys.append(df[["userid", "feedid"]])
+    X = StoreRows(fs, features, blocks, cache_bytes)
+    order = X.day_order()
+    if d <= LAST_TRAIN_DAY:
+        lab = _label_matrix(fs, d)
+        if len(lab) != len(order):
+            raise InputError(f"day {d}: {len(lab)} label rows but {len(order)} feature rows")
+        lab = lab[order]
+    else:
+        lab = np.zeros((len(order), len(ACTIONS)), np.int8)
+    u = row_uniforms(d, len(order), settings.seed)[order]
+    return (TrainRows(X, lab, np.full(len(order), d, np.int8), u),
+            pd.concat(keys, ignore_index=True) if keys else pd.DataFrame(columns=["userid", "feedid"]))
 
 
 # ------------------------------------------------------------------------------ training
@@ -317,16 +438,26 @@ def train_booster(params: dict, train: lgb.Dataset, rounds: int, *, valid: lgb.D
 @dataclass
 class FitData:
     """Everything both fits read: the sampled training rows of days [first..13] binned once,
-    and day 14 in full (validation set, and the online refit's extra day)."""
+    and day 14 in full (validation set, and the online refit's extra day).  Day 14's arrays are
+    in the store's part order; ``valid_order`` maps them to the day's order."""
 
     spec: FeatureSpec
     days: list[int]
     rows: TrainRows            # days first..13, rows some requested action keeps
     base: lgb.Dataset          # ``rows`` binned; its bins are reused by every other Dataset
-    valid_rows: TrainRows      # day 14, every row, in order
-    valid_keys: pd.DataFrame   # userid, feedid of day 14
+    valid_rows: TrainRows      # day 14, every row, in part order
+    valid_keys: pd.DataFrame   # userid, feedid of day 14, in part order
     groups: UserGroups         # day-14 user grouping for uAUC
     halves: Halves             # the shared day-14 user halves (selection cross-fitted on them)
+    cache_bytes: float = 0.0
+
+    @property
+    def valid_order(self) -> np.ndarray:
+        return self.valid_rows.X.day_order()
+
+    def in_day_order(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Rows of a day-14 frame in part order -> the day's order."""
+        return df.iloc[np.argsort(self.valid_order, kind="stable")].reset_index(drop=True)
 
 
 def training_days(fs, settings: LgbSettings, last: int) -> list[int]:
@@ -345,26 +476,41 @@ def _dataset_params(params: dict) -> dict:
     return {k: params[k] for k in keys if k in params}
 
 
-def _dataset(X, n: int, spec: FeatureSpec, params: dict, reference=None) -> lgb.Dataset:
-    return lgb.Dataset(X, label=np.zeros(n, np.float32), feature_name=list(spec.names),
-                       categorical_feature=list(spec.categorical) or "auto",
-                       params=_dataset_params(params), reference=reference,
-                       free_raw_data=True).construct()
+def _dataset(X, n: int, spec: FeatureSpec, params: dict, reference=None, progress: bool = False,
+             desc: str = "bin") -> lgb.Dataset:
+    """Bin rows (a StoreRows sequence, a list of them, or a matrix) into a LightGBM Dataset."""
+    seqs = X if isinstance(X, list) else [X]
+    total = sum(len(x) for x in seqs)
+    with tqdm(desc=desc, unit="row", unit_scale=True, disable=not progress or total == 0,
+              file=sys.stderr) as bar:   # LightGBM reads a sequence twice (bin sample, rows)
+        for x in seqs:
+            if isinstance(x, StoreRows):
+                x.on_read = bar.update
+        ds = lgb.Dataset(X, label=np.zeros(n, np.float32), feature_name=list(spec.names),
+                         categorical_feature=list(spec.categorical) or "auto",
+                         params=_dataset_params(params), reference=reference,
+                         free_raw_data=True).construct()
+        for x in seqs:
+            if isinstance(x, StoreRows):
+                x.on_read = None
+    return ds
 
 
-def load_fit_data(fs, settings: LgbSettings, progress: bool = True) -> FitData:
+def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes: float = 0.0) -> FitData:
+    """Training rows (days first..13, sampled) binned into one Dataset read from the store block
+    by block, and day 14.  ``cache_bytes``: keep the decoded float blocks when they fit (the
+    in-memory speed at small sizes; 0 = read every block when needed)."""
     spec = feature_spec(fs, settings)
     days = training_days(fs, settings, VALID_DAY - 1)
     if VALID_DAY not in fs.days:
         raise FileNotFoundError(f"feature table of day {VALID_DAY} missing (built: {fs.days}); "
                                 "run the features stage (src/stages/features.py)")
-    rows, _ = load_rows(fs, days, spec.names, settings, progress=progress, desc="load train days")
-    valid_rows, valid_keys = load_rows(fs, [VALID_DAY], spec.names, settings, sample=False,
-                                       progress=False)
-    base = _dataset(rows.X, len(rows), spec, settings.params)
+    rows = load_rows(fs, days, spec.names, settings, cache_bytes=cache_bytes)
+    valid_rows, valid_keys = load_day_rows(fs, VALID_DAY, spec.names, settings, cache_bytes=cache_bytes)
+    base = _dataset(rows.X, len(rows), spec, settings.params, progress=progress, desc="bin train days")
     groups = group_by_user(valid_keys["userid"].to_numpy())
     return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
-                   split_halves(settings.halves_seed, groups=groups))
+                   split_halves(settings.halves_seed, groups=groups), cache_bytes)
 
 
 def action_rows(labels: np.ndarray, u: np.ndarray, action: str, rate: float) -> np.ndarray:
@@ -424,7 +570,7 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     at it, so the reported score is cross-fitted (chosen on one half, scored on the other).
     """
     valid = _dataset(data.valid_rows.X, len(data.valid_rows), data.spec, settings.params,
-                     reference=data.base)
+                     reference=data.base, progress=progress, desc="bin day 14")
     boosters, best, n_rows = {}, {}, {}
     preds = data.valid_keys[["userid", "feedid"]].copy()
     half_preds = {h: preds.copy() for h in HALVES}
@@ -441,13 +587,12 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
                                 early_stopping_rounds=settings.early_stopping_rounds,
                                 desc=f"{a} offline", progress=progress, metrics=metrics)
         best[a] = int(booster.best_iteration)
-        raw = booster.predict(data.valid_rows.X, num_iteration=best[a])
-        preds[a] = finish_predictions(raw, settings, a)
         for h in HALVES:
-            it = half_best_iteration(metrics.get(f"uauc_{h}", []), best[a])
-            half_best[h][a] = it
-            half_preds[h][a] = (preds[a].to_numpy() if it == best[a] else finish_predictions(
-                booster.predict(data.valid_rows.X, num_iteration=it), settings, a))
+            half_best[h][a] = half_best_iteration(metrics.get(f"uauc_{h}", []), best[a])
+        raw = data.valid_rows.X.predict(booster, [best[a], *(half_best[h][a] for h in HALVES)])
+        preds[a] = finish_predictions(raw[best[a]], settings, a)
+        for h in HALVES:
+            half_preds[h][a] = finish_predictions(raw[half_best[h][a]], settings, a)
         imp.append(pd.DataFrame({"feature": data.spec.names, "action": a,
                                  "gain": booster.feature_importance("gain", iteration=best[a])
                                  .astype(np.float64)}))
@@ -461,8 +606,9 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     labels = labels_frame(data.valid_rows.labels, actions)
     insample = weighted_uauc(labels, preds, groups=data.groups)
     scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], data.halves)
-    return OfflineResult(boosters, best, scores, insample, preds, pd.concat(imp, ignore_index=True),
-                         pd.concat(hist, ignore_index=True), n_rows, half_best, half_preds)
+    return OfflineResult(boosters, best, scores, insample, data.in_day_order(preds),
+                         pd.concat(imp, ignore_index=True), pd.concat(hist, ignore_index=True), n_rows,
+                         half_best, {h: data.in_day_order(p) for h, p in half_preds.items()})
 
 
 @dataclass
@@ -484,14 +630,6 @@ def online_rounds(best_iteration: Mapping[str, int], n_offline: Mapping[str, int
     raise ValueError(f"round scaling must be one of {ROUND_SCALINGS}, got {scaling!r}")
 
 
-def load_test(fs, features: Sequence[str]) -> tuple[np.ndarray, pd.DataFrame]:
-    if TEST_DAY not in fs.days:
-        raise FileNotFoundError(f"feature table of day {TEST_DAY} (the test rows) missing; "
-                                "run the features stage (src/stages/features.py)")
-    df = fs.load_day(TEST_DAY, columns=list(features))
-    return df[list(features)].to_numpy(np.float32), df[["userid", "feedid"]].reset_index(drop=True)
-
-
 def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
                best_iteration: Mapping[str, int] | None = None, fixed_rounds: int | None = None,
                progress: bool = True) -> OnlineResult:
@@ -500,12 +638,15 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     Rounds: ``fixed_rounds`` for every action if given, else ``best_iteration`` scaled by
     ``settings.round_scaling`` (see :func:`online_rounds`).
     """
-    v = data.valid_rows
-    extra = np.flatnonzero(union_mask(v.labels, v.u, settings.neg_rate, ACTIONS))
-    labels = np.concatenate([data.rows.labels, v.labels[extra]])
-    u = np.concatenate([data.rows.u, v.u[extra]])
-    online = _dataset([data.rows.X, v.X[extra]], len(u), data.spec, settings.params,
-                      reference=data.base)
+    # day 14's sampled rows in the day's order, as the in-memory refit took them
+    lab14 = _label_matrix(fs, VALID_DAY)
+    u14 = row_uniforms(VALID_DAY, len(lab14), settings.seed)
+    extra = np.flatnonzero(union_mask(lab14, u14, settings.neg_rate, ACTIONS))
+    labels = np.concatenate([data.rows.labels, lab14[extra]])
+    u = np.concatenate([data.rows.u, u14[extra]])
+    extra_rows = StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
+    online = _dataset([data.rows.X, extra_rows], len(u), data.spec, settings.params,
+                      reference=data.base, progress=progress, desc="bin days 1-14")
     n_off = {a: len(action_rows(data.rows.labels, data.rows.u, a, settings.neg_rate[a]))
              for a in actions}
     n_on = {a: len(action_rows(labels, u, a, settings.neg_rate[a])) for a in actions}
@@ -517,17 +658,21 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
                              f"{list(actions)} (run --mode offline first) or --rounds")
         rounds = online_rounds({a: best_iteration[a] for a in actions}, n_off, n_on,
                                len(data.days), len(data.days) + 1, settings.round_scaling)
-    X_test, test_keys = load_test(fs, data.spec.names)
+    if TEST_DAY not in fs.days:
+        raise FileNotFoundError(f"feature table of day {TEST_DAY} (the test rows) missing; "
+                                "run the features stage (src/stages/features.py)")
+    test, test_keys = load_day_rows(fs, TEST_DAY, data.spec.names, settings, data.cache_bytes)
     boosters = {}
-    preds = test_keys.copy()
+    preds = test_keys[["userid", "feedid"]].copy()
     for a in actions:
         train_ds = _action_subset(online, labels, u, a, settings.neg_rate[a])
         booster = train_booster(settings.params, train_ds, rounds[a],
                                 desc=f"{a} online", progress=progress)
         del train_ds
-        preds[a] = finish_predictions(booster.predict(X_test, num_iteration=rounds[a]), settings, a)
+        preds[a] = finish_predictions(test.X.predict(booster, [rounds[a]])[rounds[a]], settings, a)
         booster.free_dataset()
         boosters[a] = booster
+    preds = preds.iloc[np.argsort(test.X.day_order(), kind="stable")].reset_index(drop=True)
     return OnlineResult(boosters, rounds, preds, n_on)
 
 

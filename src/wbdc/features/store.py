@@ -144,6 +144,10 @@ class FeatureStore:
                 df = self._join_users(df, d, side, user_cols)
             yield df[order]
 
+    def read_part(self, d: int, index: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """Part ``index`` of day ``d`` (``parts(d)[index]``): key columns, ``columns`` and ``row``."""
+        return next(self._read_part(d, self.parts(d)[index], self._wanted(columns)))
+
     def iter_day(self, d: int, columns: Sequence[str] | None = None,
                  batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
         """Day ``d`` one part (user bucket) at a time, or in chunks of at most ``batch_rows``

@@ -38,6 +38,19 @@ def tiny_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def tiny_root_3_buckets(tiny_root, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """``tiny_root``'s prepared caches with the features rebuilt by the stage CLI in three user
+    buckets (the session's ``tiny_root`` fits one): (root, completed features run).  Read-only."""
+    import shutil
+    root = tmp_path_factory.mktemp("tiny_3_buckets")
+    (root / "data").mkdir()
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    r = run_stage("features.py", root, "--preset", "tiny", "--seed", str(TINY_SEED), "--no-progress",
+                  "--set", "features.buckets=3")
+    return root, r
+
+
 # ------------------------------------------------------------------------------ run_all.sh end to end
 
 RUN_ALL_SEED = "11"

@@ -3,9 +3,6 @@ the in-memory build that preceded it, and the store reads a day whole or part by
 from __future__ import annotations
 
 import hashlib
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +17,6 @@ from wbdc.features.store import ROW_KEY, FeatureStore
 from wbdc.io import read_json
 from wbdc.paths import Paths
 
-REPO = Path(__file__).resolve().parents[1]
 
 #: sha256 of every day table (columns in order: name, dtype, bytes) and pretrained table of
 #: make_world(seed=1) under small_config(), as written by the in-memory build of commit ba8cb9b
@@ -136,16 +132,10 @@ def test_keys_the_buckets_cannot_share_are_refused_in_one_line(tmp_path):
         build.run(paths, cfg, progress=False)
 
 
-def test_the_tiny_preset_in_three_buckets_equals_one(tiny_root, tmp_path):
+def test_the_tiny_preset_in_three_buckets_equals_one(tiny_root, tiny_root_3_buckets):
     """The tiny synthetic world (session fixture, built with the default `auto` = one bucket)
     rebuilt by the stage CLI in three buckets: every day equal."""
-    root = tmp_path / "root"
-    (root / "data").mkdir(parents=True)
-    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
-    r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "features.py"), "--root", str(root),
-                        "--preset", "tiny", "--seed", "7", "--no-progress", "--set", "features.buckets=3"],
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-3000:]
+    root, r = tiny_root_3_buckets
     assert "in 3 user bucket(s)" in r.stderr
     one, three = FeatureStore(Paths.at(tiny_root)), FeatureStore(Paths.at(root))
     assert len(one.parts(14)) == 1 and len(three.parts(14)) == 3

@@ -558,24 +558,17 @@ def test_streamed_dataset_trains_the_model_of_the_in_memory_matrix(fake_fit):
     assert models[0] == models[1]
 
 
-def test_lightgbm_on_three_buckets_equals_one(tiny_root, tmp_path):
-    """The tiny preset's store in one part per day (session fixture) and rebuilt in three user
-    buckets, read without any cache: the same day-14 and test predictions."""
-    import shutil
-
+def test_lightgbm_on_three_buckets_equals_one(tiny_root, tiny_root_3_buckets):
+    """The tiny preset's store in one part per day and in three user buckets (session
+    fixtures), read without any cache: the same day-14 and test predictions."""
     from wbdc.config import resolve_argv
-    from wbdc.features import build
     from wbdc.features.store import FeatureStore
     from wbdc.paths import Paths
-    root = tmp_path / "root"
-    (root / "data").mkdir(parents=True)
-    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
     cfg = resolve_argv(["--preset", "tiny", "--seed", "7", "--set", "lgb.num_boost_round=15",
                         "--set", "lgb.early_stopping_rounds=5"])
-    build.run(Paths.at(root), cfg, progress=False, n_buckets=3)
     settings = LgbSettings.from_config(cfg)
     out = []
-    for r in (tiny_root, root):
+    for r in (tiny_root, tiny_root_3_buckets[0]):
         fs = FeatureStore(Paths.at(r))
         data = load_fit_data(fs, settings, progress=False, cache_bytes=0)
         off = fit_offline(data, settings, ["read_comment", "like"], progress=False)

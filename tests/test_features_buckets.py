@@ -3,7 +3,6 @@ the in-memory build that preceded it, and the store reads a day whole or part by
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import numpy as np
 import pandas as pd

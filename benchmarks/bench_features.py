@@ -67,17 +67,17 @@ def column_digests(features: Path) -> dict[str, str]:
     out = {}
     for d, entry in manifest["day_tables"].items():
         parts = entry["parts"]
-        rows = [pq.read_table(features / p["file"], columns=["row"]).column("row").to_numpy() for p in parts]
+        rows = [pq.read_table(features / p["file"], columns=["row"], partitioning=None).column("row").to_numpy() for p in parts]
         order = np.argsort(np.concatenate(rows), kind="stable")
         names = [c for c in pq.read_schema(features / parts[0]["file"]).names if c != "row"]
         for c in names:
-            vals = np.concatenate([pq.read_table(features / p["file"], columns=[c]).column(c).to_numpy()
+            vals = np.concatenate([pq.read_table(features / p["file"], columns=[c], partitioning=None).column(c).to_numpy()
                                    for p in parts])[order]
             out[f"{d}/{c}"] = hashlib.sha256(np.ascontiguousarray(vals).tobytes()).hexdigest()
         ucols = None
         for p in parts:
             if p.get("users"):
-                t = pq.read_table(features / p["users"])
+                t = pq.read_table(features / p["users"], partitioning=None)
                 ucols = ucols or {c: [] for c in t.column_names}
                 for c in t.column_names:
                     ucols[c].append(t.column(c).to_numpy())
@@ -115,17 +115,24 @@ def main() -> int:
 
     print(f"\nfeatures stage, preset {args.preset}: {meta['n_actions']:,} action rows + {meta['n_test']:,} "
           f"test rows, {results[0][4]['n_columns']} columns, {len(results[0][4]['built'])} days")
-    head = f"{'memory_gb':>10}{'buckets':>9}{'wall s':>10}{'CPU s':>10}{'peak MB':>10}{'wall x':>8}{'peak x':>8}"
+    rows = int(meta["n_actions"]) + int(meta["n_test"])
+    head = (f"{'memory_gb':>10}{'buckets':>9}{'wall s':>10}{'CPU s':>10}{'peak MB':>10}{'disk MB':>9}"
+            f"{'rows/s':>10}{'wall x':>8}{'peak x':>8}")
     print(head)
     print("-" * len(head))
     w0, p0 = results[0][2], results[0][4]["peak_rss_mb"]
-    for budget, _, wall, cpu, info in results:
-        print(f"{budget:>10}{info['buckets']:>9}{wall:>10.1f}{cpu:>10.1f}{info['peak_rss_mb']:>10,.0f}"
-              f"{wall / w0:>8.2f}{info['peak_rss_mb'] / p0:>8.2f}")
-    steps = [k for k in results[0][4]["timings"] if k.endswith("_s") and k != "total_s"]
-    print("\nstep seconds " + " ".join(f"{k[:-2]:>10}" for k in steps))
-    for budget, _, _, _, info in results:
-        print(f"{budget:>12} " + " ".join(f"{info['timings'].get(k, 0):>10.1f}" for k in steps))
+    for budget, run_root, wall, cpu, info in results:
+        disk = sum(f.stat().st_size for f in (run_root / "features").rglob("*") if f.is_file()) / 2**20
+        print(f"{budget:>10}{info['buckets']:>9}{wall:>10.1f}{cpu:>10.1f}{info['peak_rss_mb']:>10,.0f}{disk:>9,.0f}"
+              f"{rows / wall:>10,.0f}{wall / w0:>8.2f}{info['peak_rss_mb'] / p0:>8.2f}")
+    for kind, pick in (("step", lambda k: not k.startswith("family_")), ("family", lambda k: k.startswith("family_"))):
+        keys = [k for k in results[0][4]["timings"] if k.endswith("_s") and k != "total_s" and pick(k)]
+        if not keys:
+            continue
+        print(f"\n{kind + ' seconds':<12} " + " ".join(f"{k[:-2].replace('family_', ''):>10}" for k in keys))
+        for budget, _, _, _, info in results:
+            print(f"{budget:>12} " + " ".join(f"{info['timings'].get(k, 0):>10.1f}" for k in keys))
+    print("(family seconds: each family's hooks over all passes; word2vec's include its training)")
 
     if len(results) > 1 and not args.no_compare:
         ref = column_digests(results[0][1] / "features")
@@ -143,8 +150,10 @@ def main() -> int:
         for b, _, wall, _, info in results:
             if b == budget:
                 ok = info["peak_rss_mb"] <= max_peak and (max_wall is None or wall <= max_wall)
+                ratios = f"peak / target {info['peak_rss_mb'] / max_peak:.2f}" + (
+                    f", wall / target {wall / max_wall:.2f}" if max_wall else "")
                 lim = f"<= {max_peak:,.0f} MB" + (f", <= {max_wall} s" if max_wall else "")
-                print(f"target at {args.preset}, memory_gb={b} ({lim}): {'met' if ok else 'NOT met'}")
+                print(f"target at {args.preset}, memory_gb={b} ({lim}): {'met' if ok else 'NOT met'} ({ratios})")
     return 0
 
 

@@ -47,7 +47,7 @@ from ..paths import Paths
 from ..schema import TEST_DAY
 from . import partition
 from . import static as static_mod
-from .families import FAMILIES, FEATURES_VERSION, Context, RowSet, column_specs, run_shared
+from .families import FAMILIES, FEATURES_VERSION, Context, RowSet, call, column_specs, run_shared
 from .store import KEY_COLUMNS, MANIFEST, ROW_KEY, day_dir, part_file, user_part_file
 
 INPUT_FILES = ("actions.parquet", "test.parquet", "feeds.parquet",
@@ -183,12 +183,12 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
             rs = RowSet(partition.read_bucket(staged, b, ["userid", "feedid", "date_", "device"], staged.days()),
                         static, labels=False)
             for f in scanners:
-                f.scan_bucket(rs)
+                call(ctx, f, "scan_bucket", rs)
     ctx.timings["scan_s"] = round(time.perf_counter() - t, 2)
     t = time.perf_counter()
     pretrained = {}
     for f in families:                               # label-free fits, fingerprinted
-        pretrained.update(f.fit())
+        pretrained.update(call(ctx, f, "fit"))
     ctx.timings["fit_s"] = round(time.perf_counter() - t, 2)
 
     build_key = obj_digest({"fps": {d: fps[d] for d in todo}, "edges": staged.edges.tolist()})
@@ -238,14 +238,14 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
         if b in resume["buckets_done"]:
             continue
         rs = RowSet(partition.read_bucket(staged, b, all_cols, staged.days()), static)
-        states = [f.open_bucket(rs) for f in families]
+        states = [call(ctx, f, "open_bucket", rs) for f in families]
         for d in todo:
             rows = rs.day_rows(d)
             if rows.stop == rows.start and b > 0:
                 continue
             day, side = {ROW_KEY: rs.row[rows]}, {}
             for f, state in zip(families, states):
-                dc, uc = f.transform(d, rs, state)
+                dc, uc = call(ctx, f, "transform", d, rs, state)
                 day.update(dc)
                 side.update(uc)
             table = pd.DataFrame(day)[day_cols].astype({c: dtypes[c] for c in day_cols}, copy=False)

@@ -183,7 +183,7 @@ def stage_rows(prepared: Path, stage: Path, n_buckets: int, progress=None) -> St
 
 
 def _read(path: Path, columns: list[str] | None) -> dict[str, np.ndarray]:
-    t = pq.read_table(path, columns=columns)
+    t = pq.read_table(path, columns=columns, partitioning=None)
     return {c: t.column(c).to_numpy() for c in t.column_names}
 
 

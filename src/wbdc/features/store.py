@@ -135,7 +135,7 @@ class FeatureStore:
         order = list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))
         side = self._users(d, part.get("users"), user_cols) if user_cols else None
         if batch_rows is None:
-            frames = [pq.read_table(self.dir / part["file"], columns=own).to_pandas()]
+            frames = [pq.read_table(self.dir / part["file"], columns=own, partitioning=None).to_pandas()]
         else:
             frames = (b.to_pandas() for b in pq.ParquetFile(self.dir / part["file"]).iter_batches(
                 batch_size=int(batch_rows), columns=own))
@@ -175,7 +175,7 @@ class FeatureStore:
         path = self.dir / (users_file or f"users/{day_dir(d)}")
         if users_file is None or not path.exists():
             raise InputError(f"{path}: missing; the user vectors were not built (features.w2v.user_vectors); {STAGE_HINT}")
-        side = pq.read_table(path, columns=["userid", *cols]).to_pandas()
+        side = pq.read_table(path, columns=["userid", *cols], partitioning=None).to_pandas()
         side.attrs["path"] = str(path)
         return side
 
@@ -246,7 +246,7 @@ class FeatureStore:
         if name not in side:
             raise KeyError(f"no side table {name!r}; available: {sorted(side)}")
         if name == "users":
-            frames = [pd.read_parquet(self.dir / p["users"]) for d in self.days for p in self.parts(d)
+            frames = [pd.read_parquet(self.dir / p["users"], partitioning=None) for d in self.days for p in self.parts(d)
                       if p.get("users")]
             return pd.concat(frames, ignore_index=True)
         return pd.read_parquet(self.dir / side[name]["file"])

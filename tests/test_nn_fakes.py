@@ -15,6 +15,8 @@ import pytest
 from wbdc.schema import ACTIONS
 
 KEYS = ["userid", "feedid", "date_", "device"]
+ROW = "row"
+GROUP_ROWS = 128      # row group size of the fake parts: several blocks per day, like the real store
 
 
 class FakeStore:
@@ -89,6 +91,38 @@ class FakeStore:
     def n_rows(self, d: int) -> int:
         return len(self._days[d])
 
+    # -- the partitioned interface: two user "buckets" (userid parity) per day, row groups of
+    # GROUP_ROWS rows, each row carrying its position in the day (like the real store)
+    def _part_rows(self, d: int, index: int) -> np.ndarray:
+        return np.flatnonzero(self._days[d]["userid"].to_numpy() % 2 == index)
+
+    def parts(self, d: int) -> list[dict]:
+        return [{"file": f"day={d:02d}/part-{i:02d}", "rows": len(self._part_rows(d, i))} for i in (0, 1)]
+
+    def row_groups(self, d: int, index: int) -> list[int]:
+        n = len(self._part_rows(d, index))
+        return [min(GROUP_ROWS, n - s) for s in range(0, n, GROUP_ROWS)]
+
+    def _rows(self, d: int, rows: np.ndarray, columns) -> pd.DataFrame:
+        df = self.load_day(d, columns).iloc[rows].reset_index(drop=True)
+        df[ROW] = rows.astype(np.int64)
+        return df
+
+    def read_row_group(self, d: int, index: int, group: int, columns=None) -> pd.DataFrame:
+        rows = self._part_rows(d, index)[group * GROUP_ROWS:(group + 1) * GROUP_ROWS]
+        return self._rows(d, rows, columns)
+
+    def iter_day(self, d: int, columns=None, batch_rows=None):
+        for i in (0, 1):
+            yield self._rows(d, self._part_rows(d, i), columns)
+
+    def packed_labels(self, days) -> dict:
+        out = {}
+        for d in days:
+            y = self.load_labels(d).to_numpy(np.uint8)
+            out[int(d)] = (y << np.arange(y.shape[1], dtype=np.uint8)).sum(1).astype(np.uint8)
+        return out
+
     def load_days(self, days, columns=None) -> pd.DataFrame:
         return pd.concat([self.load_day(d, columns) for d in days], ignore_index=True)
 
@@ -140,7 +174,8 @@ def test_fake_store_labels_align_with_days():
 def test_fake_store_has_the_real_store_interface():
     from wbdc.features.store import FeatureStore as real
     for name in ("columns", "cardinality", "load_day", "load_days", "load_labels", "pretrained",
-                 "pretrained_key", "feed_lists"):
+                 "pretrained_key", "feed_lists", "n_rows", "parts", "row_groups", "read_row_group",
+                 "iter_day", "packed_labels"):
         assert callable(getattr(real, name, None)), f"FeatureStore lacks {name}"
         ours = inspect.signature(getattr(FakeStore, name)).parameters
         theirs = inspect.signature(getattr(real, name)).parameters

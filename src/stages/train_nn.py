@@ -28,7 +28,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbdc.budget import check_prepared  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.nn.archs import ARCHS  # noqa: E402
@@ -63,7 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.online_epochs is not None:
         cfg["nn"]["online"]["epochs"] = args.online_epochs
     paths = Paths.at(args.root)
-    check_prepared("train_nn", cfg, paths.prepared)   # before any work: fits data.memory_gb?
     out = paths.model(args.arch)
     scores_path = out / "scores.json"
 

@@ -3,9 +3,10 @@ start.
 
 ``data.memory_gb: auto`` is half the machine's RAM.  prepare streams (its peak does not grow with
 the input); features cuts its rows into user buckets sized from the budget (``choose_buckets``);
-LightGBM and the nets still hold a day range of exposure rows in memory, so their peak grows
-linearly with the number of exposure rows.  Before any work, each of them
-estimates its peak from the prepared row count and a per-row cost measured at the `full` preset
+the nets hold their encoded rows in memory when they fit and stream them from the feature store
+in shuffle buffers when not (``wbdc.nn.pipeline.plan_rows``).  LightGBM still holds its sampled
+rows in memory, so its peak grows linearly with the number of exposure rows.  Before any work,
+it estimates its peak from the prepared row count and a per-row cost measured at the `full` preset
 (README, "Pipeline time and memory") and stops with a one-line error giving the figure it needs
 when that is over the budget, instead of running out of memory an hour in.
 """
@@ -19,7 +20,6 @@ from .io import InputError
 #: 423,143 test rows; README "Pipeline time and memory").  The estimate scales the peak linearly.
 MEASURED_AT_FULL: dict[str, tuple[float, int]] = {
     "train_lgb": (4_994.0, 7_767_471),
-    "train_nn": (5_578.0, 7_767_471),
 }
 
 

@@ -222,6 +222,13 @@ class TrainSection:
 
 
 @dataclass
+class StreamSection:
+    mode: Literal["auto", "memory", "stream"]
+    buffer_rows: int
+    prefetch: bool
+
+
+@dataclass
 class OnlineSection:
     epochs: Union[float, None]
 
@@ -242,6 +249,7 @@ class NNConfigBase:
     embedding: EmbeddingConfig
     loss: LossConfig
     train: TrainSection
+    stream: StreamSection
     online: OnlineSection
     gates: GatesConfig
 

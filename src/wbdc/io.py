@@ -74,9 +74,9 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
             shutil.rmtree(tmp)
 
 
-def write_parquet(df: pd.DataFrame, path: str | os.PathLike) -> None:
+def write_parquet(df: pd.DataFrame, path: str | os.PathLike, row_group_rows: int | None = None) -> None:
     with atomic_path(path) as tmp:
-        df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd")
+        df.to_parquet(tmp, index=False, engine="pyarrow", compression="zstd", row_group_size=row_group_rows)
 
 
 def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> None:

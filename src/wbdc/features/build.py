@@ -48,7 +48,7 @@ from ..schema import TEST_DAY
 from . import partition
 from . import static as static_mod
 from .families import FAMILIES, FEATURES_VERSION, Context, RowSet, call, column_specs, run_shared
-from .store import KEY_COLUMNS, MANIFEST, ROW_KEY, day_dir, part_file, user_part_file
+from .store import KEY_COLUMNS, MANIFEST, ROW_GROUP_ROWS, ROW_KEY, day_dir, part_file, user_part_file
 
 INPUT_FILES = ("actions.parquet", "test.parquet", "feeds.parquet",
                "feed_embeddings.npy", "feed_embedding_ids.npy")
@@ -253,7 +253,7 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
                 bad = table.columns[table.isna().any()].tolist()
                 raise AssertionError(f"day {d}: NaN in {bad[:5]}")
             entry = {"file": part_file(d, b), "bucket": b, "rows": int(len(table))}
-            write_parquet(table, out / entry["file"])
+            write_parquet(table, out / entry["file"], row_group_rows=ROW_GROUP_ROWS)
             if len(user_cols) > 2:
                 entry["users"] = user_part_file(d, b)
                 write_parquet(pd.DataFrame(side)[user_cols].astype({c: dtypes[c] for c in user_cols}, copy=False),

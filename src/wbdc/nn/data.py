@@ -170,6 +170,37 @@ class EncodedArrays:
         assert self.labels is not None
         return pd.DataFrame(self.labels.numpy(), columns=list(ACTIONS))
 
+    def label_means(self) -> list[float]:
+        assert self.labels is not None
+        return self.labels.float().mean(0).tolist()
+
+    # -- the row-source interface the trainer reads (shared with StreamedRows)
+    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        """One shuffled pass: ``ceil(len / batch_size)`` batches."""
+        for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
+            yield self.batch(idx)
+
+    def ordered_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+        """Row-order batches with the row positions they hold."""
+        for idx in batch_indices(len(self), batch_size, shuffle=False):
+            yield idx.numpy(), self.batch(idx)
+
+    @classmethod
+    def concat(cls, parts: Sequence["EncodedArrays"]) -> "EncodedArrays":
+        if len(parts) == 1:
+            return parts[0]
+        labels = None if parts[0].labels is None else torch.cat([p.labels for p in parts])
+        return cls(torch.cat([p.cat for p in parts]), torch.cat([p.keys for p in parts]),
+                   torch.cat([p.dense for p in parts]), labels,
+                   np.concatenate([p.userid for p in parts]), np.concatenate([p.feedid for p in parts]))
+
+    def take(self, idx: Tensor) -> "EncodedArrays":
+        i = idx.numpy()
+        return EncodedArrays(self.cat.index_select(0, idx), self.keys.index_select(0, idx),
+                             self.dense.index_select(0, idx),
+                             None if self.labels is None else self.labels.index_select(0, idx),
+                             self.userid[i], self.feedid[i])
+
 
 def batch_indices(n: int, batch_size: int, shuffle: bool,
                   generator: torch.Generator | None = None) -> Iterator[Tensor]:
@@ -287,9 +318,16 @@ class Encoder:
     @classmethod
     def fit_days(cls, store, days: Sequence[int], selection: FeatureSelection,
                  max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
+        """Fit in one streaming pass over the days' parts (one user bucket of one day at a time)."""
         cols = selection.columns()
-        return cls.fit((store.load_day(d, columns=cols) for d in days), store, selection,
-                       max_list_len, dense_dtype)
+        return cls.fit((df for d in days for df in store.iter_day(d, columns=cols)), store,
+                       selection, max_list_len, dense_dtype)
+
+    def row_bytes(self, labels: bool = True) -> int:
+        """Bytes one encoded row holds (ids, keys, dense values, labels, userid and feedid)."""
+        n = 4 * (len(self.selection.categorical) + len(self.key_ids)) + 8
+        n += np.dtype(self.dense_dtype).itemsize * len(self.selection.dense)
+        return n + (len(ACTIONS) if labels else 0)
 
     # -- shapes
     @property
@@ -419,3 +457,163 @@ class Encoder:
                for k in ("vocab", "dense_stats", "key_ids", "token_vocab")}
         return cls(sel, np_["vocab"], np_["dense_stats"], np_["key_ids"], np_["token_vocab"],
                    state["max_list_len"], state.get("dense_dtype", "float32"))
+
+
+# ------------------------------------------------------------------------------ streamed rows
+
+def unpack_labels(bits: np.ndarray) -> np.ndarray:
+    """uint8 [N, T] from the one-byte-per-row labels of ``FeatureStore.packed_labels``."""
+    return ((bits[:, None] >> np.arange(len(ACTIONS), dtype=np.uint8)) & 1).astype(np.uint8)
+
+
+class StreamedRows:
+    """The rows of some days read from the feature store block by block, never all at once.
+
+    A block is one parquet row group of one day's part (one user bucket of one day, at most
+    ``ROW_GROUP_ROWS`` rows).  A training pass shuffles the block order, reads consecutive
+    blocks into a shuffle buffer of about ``buffer_rows`` rows, encodes them, shuffles the
+    buffer and cuts it into batches; while one buffer trains, a background thread reads and
+    encodes the next (``prefetch``).  The rows a buffer leaves over (less than a batch) move into
+    the next buffer, so a pass yields ``ceil(len / batch_size)`` full batches like the in-memory
+    arrays.  Prediction reads the blocks in order and reports each row's position (days in the
+    given order, each day in its row order), so predictions come back in ``load_day`` order.
+    Labels travel as one byte per row (``FeatureStore.packed_labels``).
+
+    ``materialize()`` encodes everything once into ``EncodedArrays`` in that same order: the
+    in-memory fast path, identical to ``Encoder.encode_days``.
+    """
+
+    def __init__(self, store, encoder: Encoder, days: Sequence[int], labels: bool,
+                 buffer_rows: int = 1 << 20, prefetch: bool = True, ids: bool = False):
+        from ..features.store import ROW_KEY
+        self.store, self.encoder, self.days = store, encoder, [int(d) for d in days]
+        self.row_key = ROW_KEY
+        self.buffer_rows = max(1, int(buffer_rows))
+        self.prefetch = bool(prefetch)
+        self.blocks: list[tuple[int, int, int, int]] = []       # (day, part, row group, rows)
+        self.day_offset: dict[int, int] = {}
+        off = 0
+        for d in self.days:
+            self.day_offset[d] = off
+            for i in range(len(store.parts(d))):
+                for g, n in enumerate(store.row_groups(d, i)):
+                    if n:
+                        self.blocks.append((d, i, g, int(n)))
+            off += int(store.n_rows(d))
+        self.n = off
+        if sum(b[3] for b in self.blocks) != self.n:
+            raise ValueError("the store's row groups do not add up to its day sizes")
+        self.packed = store.packed_labels(self.days) if labels else None
+        self._ids = self._read_ids() if ids else None
+
+    def __len__(self) -> int:
+        return self.n
+
+    # -- reading
+    def _read_ids(self) -> tuple[np.ndarray, np.ndarray]:
+        userid, feedid = np.zeros(self.n, np.int32), np.zeros(self.n, np.int32)
+        for d in self.days:
+            for df in self.store.iter_day(d, columns=[]):
+                pos = self.day_offset[d] + df[self.row_key].to_numpy(np.int64)
+                userid[pos], feedid[pos] = df["userid"].to_numpy(), df["feedid"].to_numpy()
+        return userid, feedid
+
+    @property
+    def userid(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = self._read_ids()
+        return self._ids[0]
+
+    @property
+    def feedid(self) -> np.ndarray:
+        if self._ids is None:
+            self._ids = self._read_ids()
+        return self._ids[1]
+
+    @property
+    def labels_bits(self) -> np.ndarray:
+        assert self.packed is not None, "rows read without labels"
+        return np.concatenate([self.packed[d] for d in self.days])
+
+    def labels_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(unpack_labels(self.labels_bits), columns=list(ACTIONS))
+
+    def label_means(self) -> list[float]:
+        bits = self.labels_bits
+        return [float(((bits >> i) & 1).mean()) if len(bits) else 0.0 for i in range(len(ACTIONS))]
+
+    def _block(self, block: tuple[int, int, int, int]) -> tuple[EncodedArrays, np.ndarray]:
+        d, i, g, _ = block
+        df = self.store.read_row_group(d, i, g, columns=self.encoder.selection.columns())
+        row = df[self.row_key].to_numpy(np.int64)
+        arr = self.encoder.encode(df)
+        if self.packed is not None:
+            arr.labels = torch.from_numpy(unpack_labels(self.packed[d][row]))
+        return arr, self.day_offset[d] + row
+
+    def _load(self, blocks: Sequence[tuple[int, int, int, int]]) -> EncodedArrays:
+        return EncodedArrays.concat([self._block(b)[0] for b in blocks])
+
+    def _prefetched(self, jobs: Sequence, fn) -> Iterator:
+        """``fn(job)`` for each job in order, the next one computed in a background thread."""
+        if not self.prefetch or len(jobs) < 2:
+            for j in jobs:
+                yield fn(j)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+        with ThreadPoolExecutor(1, thread_name_prefix="wbdc-prefetch") as pool:
+            fut = pool.submit(fn, jobs[0])
+            for k in range(len(jobs)):
+                out = fut.result()
+                if k + 1 < len(jobs):
+                    fut = pool.submit(fn, jobs[k + 1])
+                yield out
+
+    # -- the row-source interface
+    def buffers(self, generator: torch.Generator) -> list[list[tuple[int, int, int, int]]]:
+        """One pass's shuffle buffers: the blocks in a seeded random order, cut into runs of
+        about ``buffer_rows`` rows (at least one block each)."""
+        order = torch.randperm(len(self.blocks), generator=generator).tolist()
+        out, cur, rows = [], [], 0
+        for k in order:
+            b = self.blocks[k]
+            if cur and rows + b[3] > self.buffer_rows:
+                out.append(cur)
+                cur, rows = [], 0
+            cur.append(b)
+            rows += b[3]
+        if cur:
+            out.append(cur)
+        return out
+
+    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        groups = self.buffers(generator)
+        left: EncodedArrays | None = None
+        for k, loaded in enumerate(self._prefetched(groups, self._load)):
+            buf = loaded if left is None else EncodedArrays.concat([left, loaded])
+            order = torch.randperm(len(buf), generator=generator)
+            last = k == len(groups) - 1
+            full = len(buf) if last else len(buf) // batch_size * batch_size
+            for s in range(0, full, batch_size):
+                yield buf.batch(order[s:s + batch_size])
+            left = buf.take(order[full:]) if full < len(buf) else None
+            del buf, loaded
+
+    def ordered_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
+        for arr, pos in self._prefetched(self.blocks, self._block):
+            for s in range(0, len(arr), batch_size):
+                idx = torch.arange(s, min(len(arr), s + batch_size))
+                yield pos[s:s + batch_size], arr.batch(idx)
+
+    def materialize(self) -> EncodedArrays:
+        """Every row encoded once, in the order ``ordered_batches`` reports (the in-memory path)."""
+        cat, keys, dense = self.encoder._alloc(self.n)
+        y = None if self.packed is None else np.zeros((self.n, len(ACTIONS)), np.uint8)
+        userid, feedid = np.zeros(self.n, np.int32), np.zeros(self.n, np.int32)
+        for arr, pos in self._prefetched(self.blocks, self._block):
+            cat[pos], keys[pos], dense[pos] = arr.cat.numpy(), arr.keys.numpy(), arr.dense.numpy()
+            userid[pos], feedid[pos] = arr.userid, arr.feedid
+            if y is not None:
+                y[pos] = arr.labels.numpy()
+        return EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys), torch.from_numpy(dense),
+                             None if y is None else torch.from_numpy(y), userid, feedid)

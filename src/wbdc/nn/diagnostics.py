@@ -15,13 +15,13 @@ from torch import nn
 
 from ..io import atomic_path, write_csv
 from ..schema import ACTIONS
-from .data import EncodedArrays, batch_indices
+from .data import EncodedArrays, StreamedRows
 from .models import gate_levels
 from .trainer import model_device, to_device
 
 
 @torch.no_grad()
-def gate_means(model: nn.Module, data: EncodedArrays, batch_size: int = 16384,
+def gate_means(model: nn.Module, data: EncodedArrays | StreamedRows, batch_size: int = 16384,
                actions: Sequence[str] = ACTIONS) -> pd.DataFrame:
     """Mean task-gate weight per (level, action, expert slot) over the rows of ``data``.
 
@@ -38,8 +38,8 @@ def gate_means(model: nn.Module, data: EncodedArrays, batch_size: int = 16384,
     for lv in levels:
         lv.keep_gates = True
     try:
-        for idx in batch_indices(len(data), batch_size, shuffle=False):
-            model(to_device(data.batch(idx), model_device(model)))
+        for _, batch in data.ordered_batches(batch_size):
+            model(to_device(batch, model_device(model)))
             for s, lv in zip(sums, levels):
                 s += lv.last_gates.double().sum(0).cpu()
     finally:

@@ -22,7 +22,7 @@ import torch
 from ..io import InputError, atomic_path
 from ..metrics import HALVES, crossfit_scores, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
-from .data import EncodedArrays, Encoder, FeatureSelection, select_features
+from .data import EncodedArrays, Encoder, FeatureSelection, StreamedRows, select_features
 from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
@@ -75,7 +75,7 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
     return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
 
 
-def make_score_fn(valid: EncodedArrays, halves_seed: int | None = None):
+def make_score_fn(valid: EncodedArrays | StreamedRows, halves_seed: int | None = None):
     """Weighted uAUC of predictions on ``valid`` (rounded to 6 decimals like the official
     scorer); the user grouping is built once and reused at every evaluation.  With
     ``halves_seed`` the scores of the two shared user halves come too (``"A/<key>"``,
@@ -99,33 +99,95 @@ def make_score_fn(valid: EncodedArrays, halves_seed: int | None = None):
     return score
 
 
-def prediction_frame(arrays: EncodedArrays, preds: np.ndarray) -> pd.DataFrame:
+def prediction_frame(arrays: EncodedArrays | StreamedRows, preds: np.ndarray) -> pd.DataFrame:
     out = pd.DataFrame({"userid": arrays.userid, "feedid": arrays.feedid})
     for i, a in enumerate(ACTIONS):
         out[a] = preds[:, i].astype(np.float32)
     return out
 
 
-def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection):
-    """Fit the encoder on ``days`` (one pass, a day at a time) and encode them (second pass)."""
+@dataclass
+class RowsPlan:
+    """How a run holds its rows (``nn.stream``, sized from ``data.memory_gb``)."""
+    train_streamed: bool
+    eval_streamed: bool
+    buffer_rows: int
+    row_bytes: int
+    budget_gb: float
+
+    def describe(self) -> str:
+        if not (self.train_streamed or self.eval_streamed):
+            return f"rows in memory ({self.row_bytes} bytes per row, budget {self.budget_gb:.1f} GB)"
+        parts = []
+        if self.train_streamed:
+            parts.append(f"training rows streamed in shuffle buffers of {self.buffer_rows:,} rows")
+        parts.append(f"evaluation rows {'streamed' if self.eval_streamed else 'in memory'}")
+        return f"{', '.join(parts)} ({self.row_bytes} bytes per row, budget {self.budget_gb:.1f} GB)"
+
+
+#: Shares of data.memory_gb: all encoded rows (training + evaluation) stay in memory when they
+#: take at most IN_MEMORY_SHARE of it; when streaming, the evaluation day stays in memory up to
+#: EVAL_SHARE and a shuffle buffer (held about three times over: the one training, the next one
+#: being read, the concatenation) takes at most BUFFER_SHARE.
+IN_MEMORY_SHARE, EVAL_SHARE, BUFFER_SHARE = 0.5, 0.25, 0.08
+
+
+def plan_rows(store, cfg: dict, selection: FeatureSelection, train: Sequence[int],
+              evaluate: Sequence[int]) -> RowsPlan:
+    """In memory (the fast path: encoded once, identical to ``Encoder.encode_days``) when the
+    encoded rows fit, else streamed from the store (``nn.stream.mode`` forces either)."""
+    from ..budget import BudgetError, memory_budget_gb
+    from ..features.store import ROW_GROUP_ROWS
+
+    scfg = cfg["nn"]["stream"]
+    budget = memory_budget_gb(cfg)
+    fcfg = cfg["nn"]["features"]
+    row_bytes = (4 * (len(selection.categorical) + len(selection.keys)) + 8 + len(ACTIONS)
+                 + np.dtype(str(fcfg["dense_dtype"])).itemsize * len(selection.dense))
+    n_train = sum(store.n_rows(d) for d in train)
+    n_eval = sum(store.n_rows(d) for d in evaluate)
+    need = (n_train + n_eval) * row_bytes / 2**30
+    mode = scfg["mode"]
+    if mode == "memory" or (mode == "auto" and need <= IN_MEMORY_SHARE * budget):
+        if need > budget:
+            raise BudgetError(f"nn.stream.mode=memory: the {n_train + n_eval:,} encoded rows need about "
+                              f"{need:.1f} GB, over the memory budget of {budget:.1f} GB (data.memory_gb); "
+                              f"use nn.stream.mode=auto or stream")
+        return RowsPlan(False, False, int(scfg["buffer_rows"]), row_bytes, budget)
+    cap = int(BUFFER_SHARE * budget * 2**30 / row_bytes)
+    buffer_rows = min(int(scfg["buffer_rows"]), max(ROW_GROUP_ROWS, cap))   # the budget never cuts below a block
+    eval_streamed = n_eval * row_bytes / 2**30 > EVAL_SHARE * budget
+    return RowsPlan(True, eval_streamed, buffer_rows, row_bytes, budget)
+
+
+def load_rows(store, enc: Encoder, days: Sequence[int], labels: bool, streamed: bool,
+              plan: RowsPlan, cfg: dict) -> EncodedArrays | StreamedRows:
+    rows = StreamedRows(store, enc, days, labels, plan.buffer_rows,
+                        bool(cfg["nn"]["stream"]["prefetch"]), ids=streamed and not labels)
+    return rows if streamed else rows.materialize()
+
+
+def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection, plan: RowsPlan):
+    """Fit the encoder on ``days`` (one streaming pass) and open their rows (in memory: a
+    second pass encodes them; streamed: read block by block while training)."""
     t0 = time.perf_counter()
     fcfg = cfg["nn"]["features"]
     enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]))
-    arrays = enc.encode_days(store, days, labels=True)
+    arrays = load_rows(store, enc, days, True, plan.train_streamed, plan, cfg)
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
          f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
-         f"{len(selection.pretrained)} pretrained ({time.perf_counter() - t0:.1f} s)")
+         f"{len(selection.pretrained)} pretrained; {plan.describe()} ({time.perf_counter() - t0:.1f} s)")
     return enc, arrays
 
 
 def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
-                 train: EncodedArrays | None = None) -> Trainer:
+                 train: EncodedArrays | StreamedRows | None = None) -> Trainer:
     nn_cfg = cfg["nn"]
     seed = net_seed(cfg)
     seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
-    if train is not None and train.labels is not None:
-        model.core.towers.set_output_bias(train.labels.float().mean(0).tolist())
+    if train is not None:
+        model.core.towers.set_output_bias(train.label_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     return Trainer(model, balancer, tcfg)
@@ -140,8 +202,9 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
         raise InputError(f"the feature store has no day {VALID_DAY} to validate on")
     t0 = time.perf_counter()
     days = train_days(store, VALID_DAY - 1, nn_cfg["train"].get("first_day"))
-    enc, train = _prepare(store, cfg, days, selection)
-    valid = enc.encode_days(store, [VALID_DAY], labels=True)
+    plan = plan_rows(store, cfg, selection, days, [VALID_DAY])
+    enc, train = _prepare(store, cfg, days, selection, plan)
+    valid = load_rows(store, enc, [VALID_DAY], True, plan.eval_streamed, plan, cfg)
     t_data = time.perf_counter() - t0
     trainer = new_trainer(arch, enc, store, cfg, train)
     _log(f"{arch}: {count_parameters(trainer.model):,} parameters, input width "
@@ -176,8 +239,9 @@ def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:
         raise InputError(f"the feature store has no test day {TEST_DAY}")
     t0 = time.perf_counter()
     days = train_days(store, LAST_TRAIN_DAY, nn_cfg["train"].get("first_day"))
-    enc, train = _prepare(store, cfg, days, selection)
-    test = enc.encode_days(store, [TEST_DAY], labels=False)
+    plan = plan_rows(store, cfg, selection, days, [TEST_DAY])
+    enc, train = _prepare(store, cfg, days, selection, plan)
+    test = load_rows(store, enc, [TEST_DAY], False, plan.eval_streamed, plan, cfg)
     t_data = time.perf_counter() - t0
     trainer = new_trainer(arch, enc, store, cfg, train)
     fit = trainer.fit(train, float(epochs))

@@ -19,7 +19,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import EncodedArrays, batch_indices
+from .data import EncodedArrays, StreamedRows
+
+#: What the trainer reads: rows in memory or streamed from the feature store (same interface:
+#: ``len``, ``epoch_batches``, ``ordered_batches``).
+RowSource = EncodedArrays | StreamedRows
 from .losses import task_bce
 
 ScoreFn = Callable[[np.ndarray], dict]
@@ -205,7 +209,7 @@ class Trainer:
         self.optimizer.step()
         return float(loss.detach()), task_losses.detach()
 
-    def fit(self, train: EncodedArrays, epochs: float, valid: EncodedArrays | None = None,
+    def fit(self, train: RowSource, epochs: float, valid: RowSource | None = None,
             score_fn: ScoreFn | None = None) -> FitResult:
         """Train for ``epochs`` (may be fractional: stops after that share of the last epoch).
 
@@ -216,7 +220,7 @@ class Trainer:
         half's best evaluation and its predictions are kept in ``FitResult.half_best`` (a
         cross-fitted selection; it never changes when training stops).
         """
-        if train.labels is None:
+        if getattr(train, "labels", None) is None and getattr(train, "packed", None) is None:
             raise ValueError("training rows need labels")
         n, bs = len(train), int(self.cfg.batch_size)
         steps_per_epoch = max(1, math.ceil(n / bs))
@@ -237,13 +241,14 @@ class Trainer:
                        desc=f"epoch {epoch}", file=sys.stderr, disable=not self.cfg.progress,
                        leave=False, mininterval=1.0)
             loss_sum, loss_n = 0.0, 0
-            for idx in batch_indices(n, bs, shuffle=True, generator=self.generator):
-                loss, _ = self.train_step(train.batch(idx))
+            for batch in train.epoch_batches(bs, self.generator):
+                rows = int(batch["cat"].shape[0])
+                loss, _ = self.train_step(batch)
                 loss_sum += loss
                 loss_n += 1
                 step += 1
-                samples += len(idx)
-                bar.update(len(idx))
+                samples += rows
+                bar.update(rows)
                 if loss_n % 50 == 0:
                     bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
                 last = step >= total_steps
@@ -309,25 +314,28 @@ class Trainer:
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
-    def predict(self, data: EncodedArrays) -> np.ndarray:
+    def predict(self, data: RowSource) -> np.ndarray:
         return predict(self.model, data, self.cfg.predict_batch_size, self.cfg.precision)
 
 
 @torch.no_grad()
-def predict(model: nn.Module, data: EncodedArrays, batch_size: int = 16384,
+def predict(model: nn.Module, data: RowSource, batch_size: int = 16384,
             precision: str = "fp32") -> np.ndarray:
-    """Probabilities ``float32 [N, T]`` in row order."""
+    """Probabilities ``float32 [N, T]`` in row order (in-memory arrays or streamed blocks)."""
     model.eval()
     device = model_device(model)
     dtype = amp_dtype(precision)
-    out = []
-    for idx in batch_indices(len(data), batch_size, shuffle=False):
+    out: np.ndarray | None = None
+    for pos, batch in data.ordered_batches(batch_size):
         with autocast(device, dtype):
-            logits = model(to_device(data.batch(idx), device))
-        out.append(torch.sigmoid(logits.float()).cpu())
-    if not out:
+            logits = model(to_device(batch, device))
+        p = torch.sigmoid(logits.float()).cpu().numpy()
+        if out is None:
+            out = np.empty((len(data), p.shape[1]), np.float32)
+        out[pos] = p
+    if out is None:
         return np.zeros((0, 0), np.float32)
-    return torch.cat(out).numpy().astype(np.float32, copy=False)
+    return out
 
 
 def _format_record(r: dict) -> str:

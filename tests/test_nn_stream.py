@@ -1,0 +1,155 @@
+"""Streamed training rows (wbdc.nn.data.StreamedRows): blocks of the store read into shuffle
+buffers give every row once per pass, in full batches, with labels and row positions intact;
+the in-memory path is the same rows encoded once; the memory plan picks between them."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from test_nn_fakes import FakeStore, small_nn_config
+from wbdc.budget import BudgetError
+from wbdc.nn.data import Encoder, StreamedRows, select_features, unpack_labels
+from wbdc.nn.pipeline import new_trainer, plan_rows
+from wbdc.nn.trainer import predict
+from wbdc.schema import ACTIONS
+
+TRAIN_DAYS = list(range(2, 14))
+
+
+@pytest.fixture(scope="module")
+def fake():
+    store = FakeStore(rows_per_day=400)
+    cfg = small_nn_config("mmoe")
+    sel = select_features(store, cfg["nn"]["features"])
+    enc = Encoder.fit_days(store, TRAIN_DAYS, sel, dense_dtype="float32")
+    return store, cfg, enc
+
+
+def _rows_bytes(cat, keys, dense, labels) -> list[bytes]:
+    """One byte string per row (ids, keys, dense values, labels) so passes compare as multisets."""
+    m = np.concatenate([cat.numpy().view(np.uint8).reshape(len(cat), -1),
+                        keys.numpy().view(np.uint8).reshape(len(keys), -1),
+                        dense.float().numpy().view(np.uint8).reshape(len(dense), -1),
+                        labels.numpy().astype(np.uint8).reshape(len(labels), -1)], axis=1)
+    return sorted(bytes(r) for r in m)
+
+
+def test_materialized_rows_equal_the_day_by_day_encoding(fake):
+    store, _, enc = fake
+    mat = StreamedRows(store, enc, TRAIN_DAYS, labels=True).materialize()
+    ref = enc.encode_days(store, TRAIN_DAYS, labels=True)
+    for name in ("cat", "keys", "dense", "labels"):
+        assert torch.equal(getattr(mat, name), getattr(ref, name)), name
+    assert np.array_equal(mat.userid, ref.userid) and np.array_equal(mat.feedid, ref.feedid)
+
+
+def test_packed_labels_unpack_to_the_label_table(fake):
+    store, _, _ = fake
+    bits = store.packed_labels([3])[3]
+    assert np.array_equal(unpack_labels(bits), store.load_labels(3).to_numpy(np.uint8))
+
+
+@pytest.mark.parametrize("buffer_rows,prefetch", [(300, True), (300, False), (10**6, True)])
+def test_a_pass_yields_every_row_once_in_full_batches(fake, buffer_rows, prefetch):
+    store, _, enc = fake
+    rows = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=buffer_rows, prefetch=prefetch)
+    assert len(rows.blocks) > 2 * len(TRAIN_DAYS)          # several row groups per day
+    batches = list(rows.epoch_batches(256, torch.Generator().manual_seed(5)))
+    sizes = [len(b["cat"]) for b in batches]
+    assert len(batches) == -(-len(rows) // 256) and all(s == 256 for s in sizes[:-1])
+    got = _rows_bytes(*(torch.cat([b[k] for b in batches]) for k in ("cat", "keys", "dense", "labels")))
+    ref = enc.encode_days(store, TRAIN_DAYS, labels=True)
+    assert got == _rows_bytes(ref.cat, ref.keys, ref.dense, ref.labels)
+
+
+def test_the_pass_order_depends_on_the_seed_only(fake):
+    store, _, enc = fake
+
+    def first_batches(seed, prefetch):
+        rows = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=500, prefetch=prefetch)
+        it = rows.epoch_batches(256, torch.Generator().manual_seed(seed))
+        return [next(it)["cat"] for _ in range(3)]
+
+    a, b, c = first_batches(1, True), first_batches(1, False), first_batches(2, True)
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not all(torch.equal(x, y) for x, y in zip(a, c))
+    # a buffer mixes several blocks: the first batch holds rows of more than one day
+    rows = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=500)
+    assert len(rows.buffers(torch.Generator().manual_seed(1))[0]) > 1
+
+
+def test_streamed_prediction_comes_back_in_row_order(fake):
+    store, cfg, enc = fake
+    trainer = new_trainer("mmoe", enc, store, cfg)
+    streamed = StreamedRows(store, enc, [13, 14], labels=True, buffer_rows=300)
+    mat = streamed.materialize()
+    p_stream, p_mem = predict(trainer.model, streamed, 100), predict(trainer.model, mat, 100)
+    assert p_stream.shape == (len(mat), len(ACTIONS))
+    np.testing.assert_allclose(p_stream, p_mem, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(streamed.userid, mat.userid)
+    assert np.array_equal(streamed.labels_frame().to_numpy(), mat.labels_frame().to_numpy())
+    assert streamed.label_means() == pytest.approx(mat.label_means())
+
+
+def test_training_on_streamed_rows_learns(fake):
+    store, cfg, enc = fake
+    train = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=600)
+    valid = StreamedRows(store, enc, [14], labels=True, buffer_rows=600)
+    from wbdc.nn.pipeline import make_score_fn
+    trainer = new_trainer("mmoe", enc, store, cfg, train)
+    fit = trainer.fit(train, 2, valid, make_score_fn(valid))
+    assert fit.steps == 2 * -(-len(train) // 256) and fit.samples == 2 * len(train)
+    assert fit.best_score > 0.55          # the fake labels follow a learnable affinity
+
+
+def test_plan_keeps_rows_in_memory_when_they_fit_and_streams_otherwise(fake):
+    store, cfg, enc = fake
+    sel = enc.selection
+    cfg = {**cfg, "data": {**cfg["data"], "memory_gb": 4}}
+    plan = plan_rows(store, cfg, sel, TRAIN_DAYS, [14])
+    assert not plan.train_streamed and not plan.eval_streamed
+    tight = {**cfg, "data": {**cfg["data"], "memory_gb": 1e-6}}
+    plan = plan_rows(store, tight, sel, TRAIN_DAYS, [14])
+    assert plan.train_streamed and plan.eval_streamed and plan.buffer_rows >= 65_536
+    forced = {**cfg, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "stream"}}}
+    assert plan_rows(store, forced, sel, TRAIN_DAYS, [14]).train_streamed
+    mem = {**tight, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "memory"}}}
+    with pytest.raises(BudgetError, match="nn.stream.mode=memory: .* over the memory budget"):
+        plan_rows(store, mem, sel, TRAIN_DAYS, [14])
+
+
+# ------------------------------------------------------------------------------ the real store
+
+def test_real_store_rows_stream_the_same_from_small_row_groups(tiny_root_3_buckets, tmp_path):
+    """The tiny store in three buckets, its parts rewritten in 500-row row groups: the blocks
+    stream the same rows as the in-memory encoding, and the labels match load_labels."""
+    from wbdc.features.store import FeatureStore
+    from wbdc.paths import Paths
+
+    root, _ = tiny_root_3_buckets
+    copy = tmp_path / "root"
+    shutil.copytree(root / "data" / "prepared", copy / "data" / "prepared")
+    shutil.copytree(root / "features", copy / "features")
+    for f in (copy / "features").glob("day=*/part-*.parquet"):
+        pq.write_table(pq.read_table(f, partitioning=None), f, row_group_size=500)
+    store = FeatureStore(Paths.at(copy))
+    assert store.row_groups(14, 0)[0] == 500 and len(store.row_groups(14, 0)) > 1
+    cfg = small_nn_config("mmoe")
+    sel = select_features(store, cfg["nn"]["features"])
+    days = [12, 13]
+    enc = Encoder.fit_days(store, days, sel, dense_dtype="float32")
+    ref = enc.encode_days(store, days, labels=True)
+    mat = StreamedRows(store, enc, days, labels=True).materialize()
+    for name in ("cat", "keys", "dense", "labels"):
+        assert torch.equal(getattr(mat, name), getattr(ref, name)), name
+    labels = pd.concat([store.load_labels(d) for d in days], ignore_index=True)
+    assert np.array_equal(ref.labels.numpy(), labels.to_numpy(np.uint8))
+    rows = StreamedRows(store, enc, days, labels=True, buffer_rows=1000)
+    batches = list(rows.epoch_batches(512, torch.Generator().manual_seed(0)))
+    got = _rows_bytes(*(torch.cat([b[k] for b in batches]) for k in ("cat", "keys", "dense", "labels")))
+    assert got == _rows_bytes(ref.cat, ref.keys, ref.dense, ref.labels)

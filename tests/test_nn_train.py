@@ -250,3 +250,38 @@ def test_bf16_precision_trains_and_predicts_close_to_fp32(store):
 def test_unknown_precision_is_refused(store):
     with pytest.raises(ValueError, match="nn.train.precision"):
         _setup(store, "sb", precision="fp8")
+
+
+def test_auto_precision_is_bf16_only_with_native_bf16_or_a_gpu(monkeypatch):
+    from wbdc.nn import trainer as tr
+    avx2 = "processor\t: 0\nflags\t\t: fpu sse avx avx2 fma\n"
+    bf16 = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16\n"
+    amx = "processor\t: 0\nflags\t\t: fpu avx2 amx_tile amx_bf16\n"
+    assert not tr.cpu_has_native_bf16(avx2)
+    assert tr.cpu_has_native_bf16(bf16) and tr.cpu_has_native_bf16(amx)
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: False)
+    assert tr.resolve_precision("auto", "cpu") == "fp32"
+    assert tr.resolve_precision("auto", "cuda") == "bf16"
+    monkeypatch.setattr(tr, "cpu_has_native_bf16", lambda cpuinfo=None: True)
+    assert tr.resolve_precision("auto", "cpu") == "bf16"
+    assert tr.resolve_precision("fp32", "cpu") == "fp32" and tr.resolve_precision("bf16", "cpu") == "bf16"
+
+
+def test_auto_evaluation_schedule_grows_with_the_epoch():
+    from wbdc.nn.trainer import eval_schedule
+    assert eval_schedule("auto", 1, 900_000, 220) == (0, 1)            # small: epoch ends
+    assert eval_schedule("auto", 1, 6_300_000, 1_538) == (513, 3)      # full: 3 per epoch
+    assert eval_schedule("auto", 2, 60_000_000, 14_649) == (3_663, 8)  # final: 4 per epoch
+    assert eval_schedule(5, 2, 10**8, 100) == (5, 2) and eval_schedule(0, 0, 10, 1) == (0, 1)
+    with pytest.raises(ValueError, match="eval_every_steps"):
+        eval_schedule(-1, 1, 10, 1)
+
+
+def test_auto_schedule_evaluates_inside_the_epoch(store, monkeypatch):
+    from wbdc.nn import trainer as tr
+    monkeypatch.setattr(tr, "AUTO_EVAL_ROWS", 1000)     # the fake store's epoch counts as "large"
+    _, _, train, valid, trainer = _setup(store, "sb", eval_every_steps="auto", patience=1)
+    from wbdc.nn.pipeline import make_score_fn
+    fit = trainer.fit(train, epochs=1.0, valid=valid, score_fn=make_score_fn(valid))
+    evals = [h for h in fit.history if "valid_weighted" in h]
+    assert len(evals) == min(4, len(train) // 1000) and fit.evals_per_epoch > 1

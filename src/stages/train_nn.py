@@ -103,6 +103,8 @@ def main(argv: list[str] | None = None) -> int:
                 "epochs_run": round(res.fit.epochs_run, 4),
                 "samples_per_s": round(res.fit.samples_per_s, 1),
                 "train_cpu_seconds": round(res.fit.cpu_seconds, 1),
+                "precision": res.fit.precision,
+                "evals_per_epoch": res.fit.evals_per_epoch,
                 "arch": args.arch,
                 "n_params": res.n_params,
                 "n_train_rows": res.n_train,

@@ -213,11 +213,11 @@ class TrainSection:
     weight_decay: float
     epochs: float
     patience: int
-    eval_every_steps: int
+    eval_every_steps: Union[int, Literal["auto"]]
     first_day: Union[int, None]
     predict_batch_size: int
     device: Literal["cpu", "cuda", "auto"]
-    precision: Literal["fp32", "bf16"]
+    precision: Literal["auto", "fp32", "bf16"]
     progress: bool
 
 

@@ -67,13 +67,40 @@ def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str,
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16}
+#: CPU flags (/proc/cpuinfo) of native bf16 matrix instructions: AVX512-BF16 and AMX.
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_native_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether this CPU multiplies bf16 matrices natively (else bf16 is emulated, slower than fp32)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:          # pragma: no cover - non-Linux: do not guess
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.split(":", 1)[1].split())
+            break
+    return any(f in flags for f in BF16_CPU_FLAGS)
+
+
+def resolve_precision(precision: str, device: torch.device | str = "cpu") -> str:
+    """``auto`` -> ``bf16`` on a GPU or on a CPU with native bf16 matrix instructions, else
+    ``fp32``; ``fp32`` and ``bf16`` stay as asked."""
+    if precision == "auto":
+        dev = torch.device(device)
+        return "bf16" if dev.type == "cuda" or (dev.type == "cpu" and cpu_has_native_bf16()) else "fp32"
+    if precision not in PRECISIONS:
+        raise ValueError(f"nn.train.precision={precision!r}; expected auto, {', '.join(PRECISIONS)}")
+    return precision
 
 
 def amp_dtype(precision: str) -> torch.dtype | None:
-    """The autocast dtype of ``nn.train.precision`` (None = plain fp32)."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"nn.train.precision={precision!r}; expected one of {', '.join(PRECISIONS)}")
-    return PRECISIONS[precision]
+    """The autocast dtype of ``nn.train.precision`` (None = plain fp32; ``auto`` resolved on the CPU)."""
+    return PRECISIONS[resolve_precision(precision)]
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -96,11 +123,11 @@ class TrainConfig:
     lr: float
     optimizer: str                    # adam | adagrad
     weight_decay: float               # dense parameters only
-    patience: int                     # evaluations without improvement before stopping
-    eval_every_steps: int             # 0 = evaluate at epoch ends only
+    patience: int                     # epochs' worth of evaluations without improvement before stopping
+    eval_every_steps: int | str       # 0 = at epoch ends only; auto = 1 to 4 per epoch by size
     predict_batch_size: int
     device: str                       # cpu | cuda | auto; the arrays stay on the CPU, batches move
-    precision: str                    # fp32 | bf16 (autocast of the forward pass; losses in fp32)
+    precision: str                    # auto | fp32 | bf16 (autocast of the forward pass; losses in fp32)
     seed: int
     progress: bool
 
@@ -118,6 +145,23 @@ class TrainConfig:
         if missing:
             raise ValueError(f"nn.train: missing key {missing[0]!r}")
         return cls(**{k: d[k] for k in fields})
+
+
+#: ``eval_every_steps: auto``: one evaluation per AUTO_EVAL_ROWS training rows of an epoch,
+#: between 1 and AUTO_EVALS_MAX per epoch (at `full` every net peaks within its first epoch).
+AUTO_EVAL_ROWS, AUTO_EVALS_MAX = 2_000_000, 4
+
+
+def eval_schedule(every: int | str, patience: int, n_rows: int, steps_per_epoch: int) -> tuple[int, int]:
+    """(evaluate every this many steps, 0 = at epoch ends only; evaluations without improvement
+    before stopping).  ``auto`` evaluates 1..4 times per epoch by the epoch's size and scales
+    ``patience`` by the same factor, so ``patience`` keeps meaning epochs."""
+    if every == "auto":
+        k = int(min(AUTO_EVALS_MAX, max(1, n_rows // AUTO_EVAL_ROWS)))
+        return (0 if k == 1 else math.ceil(steps_per_epoch / k)), max(1, int(patience)) * k
+    if int(every) < 0:
+        raise ValueError(f"nn.train.eval_every_steps={every}; expected auto or a number >= 0")
+    return int(every), max(1, int(patience))
 
 
 class _Optimizers:
@@ -175,6 +219,8 @@ class FitResult:
     train_seconds: float = 0.0
     cpu_seconds: float = 0.0         # process CPU time of the training loop (all threads)
     samples_per_s: float = 0.0
+    precision: str = "fp32"          # the resolved nn.train.precision
+    evals_per_epoch: float = 1.0
     best_scores: dict = field(default_factory=dict)
     best_preds: np.ndarray | None = None
     #: per user half ("A", "B"), when ``score_fn`` scores the halves too: the evaluation that
@@ -190,7 +236,8 @@ class Trainer:
     def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig):
         self.cfg = cfg
         self.device = resolve_device(cfg.device)
-        self.amp_dtype = amp_dtype(cfg.precision)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.amp_dtype = amp_dtype(self.precision)
         self.model = model.to(self.device)
         self.balancer = balancer.to(self.device)
         self.optimizer = build_optimizer(model, balancer, cfg)
@@ -225,8 +272,10 @@ class Trainer:
         n, bs = len(train), int(self.cfg.batch_size)
         steps_per_epoch = max(1, math.ceil(n / bs))
         total_steps = max(1, int(round(epochs * steps_per_epoch)))
+        every, patience = eval_schedule(self.cfg.eval_every_steps, self.cfg.patience, n, steps_per_epoch)
         evaluate = valid is not None and score_fn is not None
-        res = FitResult()
+        res = FitResult(precision=self.precision,
+                        evals_per_epoch=round(steps_per_epoch / every, 2) if every else 1.0)
         best_state = None
         bad_evals = 0
         step = samples = epoch = 0
@@ -253,7 +302,7 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_sum / loss_n:.4f}", refresh=False)
                 last = step >= total_steps
                 at_eval = evaluate and (step % steps_per_epoch == 0 or last or bool(
-                    self.cfg.eval_every_steps and step % self.cfg.eval_every_steps == 0))
+                    every and step % every == 0))
                 if at_eval or last:
                     record = {"epoch": epoch, "step": step, "epochs": round(step / steps_per_epoch, 4),
                               "train_loss": loss_sum / loss_n,
@@ -279,7 +328,7 @@ class Trainer:
                             bad_evals = 0
                         else:
                             bad_evals += 1
-                            stop = bad_evals >= max(1, int(self.cfg.patience))
+                            stop = bad_evals >= patience
                         self.model.train()
                         self.balancer.train()
                         eval_time += time.perf_counter() - te
@@ -315,7 +364,7 @@ class Trainer:
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def predict(self, data: RowSource) -> np.ndarray:
-        return predict(self.model, data, self.cfg.predict_batch_size, self.cfg.precision)
+        return predict(self.model, data, self.cfg.predict_batch_size, self.precision)
 
 
 @torch.no_grad()

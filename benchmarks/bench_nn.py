@@ -99,6 +99,33 @@ def _table(rows: list[dict], cols: list[str]) -> str:
     return "\n".join(out)
 
 
+# ============================================================================ roofline
+
+def matmul_peak_gflops(dtype_name: str, m: int = 4096, k: int = 400, n: int = 1024, reps: int = 30) -> float:
+    """GFLOP/s of a (m x k) @ (k x n) matrix product in ``dtype_name`` (fp32 or bf16) with this
+    process's torch threads: the ceiling the experts' and towers' products can reach."""
+    import torch
+    dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[dtype_name]
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(m, k, generator=g).to(dtype), torch.randn(k, n, generator=g).to(dtype)
+    for _ in range(3):
+        a @ b
+    t = time.perf_counter()
+    for _ in range(reps):
+        a @ b
+    return 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
+
+
+def train_flops_per_row(model) -> float:
+    """Matrix-product FLOPs of one training row: 2 per weight of every dense layer (linear
+    maps, batched expert weights, gates; not the embedding lookups) in the forward pass, times 3
+    with the backward pass (gradients of the inputs and of the weights)."""
+    import torch
+    tables = {id(m.weight) for m in model.modules() if isinstance(m, (torch.nn.Embedding, torch.nn.EmbeddingBag))}
+    weights = sum(p.numel() for p in model.parameters() if p.requires_grad and p.dim() >= 2 and id(p) not in tables)
+    return 6.0 * weights
+
+
 # ============================================================================ part: compare
 
 def part_compare(args) -> dict:
@@ -127,11 +154,17 @@ def part_compare(args) -> dict:
 
     # ours, at fp32 (the default) and with the bf16 forward pass (nn.train.precision)
     variants = []
+    if args.precisions is None:
+        from wbdc.nn.trainer import cpu_has_native_bf16
+        args.precisions = "fp32,bf16" if cpu_has_native_bf16() else "fp32"
     for precision in args.precisions.split(","):
         nn["train"]["precision"] = precision
         trainer = new_trainer("mmoe", enc, store, cfg, train)
         fit = trainer.fit(train, float(args.epochs))
+        peak = matmul_peak_gflops(trainer.precision)
+        achieved = train_flops_per_row(trainer.model) * fit.samples_per_s / 1e9
         variants.append({"model": "ours MMoE" + ("" if precision == "fp32" else f" {precision}"),
+                         "gflops": achieved, "peak_gflops": peak, "precision": trainer.precision,
                          "rows_per_s": fit.samples_per_s, "train_s": fit.train_seconds,
                          "rows_per_cpu_s": fit.samples / fit.cpu_seconds,
                          "scores": score(trainer.predict(valid)),
@@ -187,6 +220,10 @@ def part_compare(args) -> dict:
           f"{spec['batch_size']}, {threads} threads\n")
     print(_table(rows, list(rows[0])))
     print()
+    for v in variants:
+        print(f"{v['model']}: {v['gflops']:.1f} GFLOP/s in the dense layers' matrix products, "
+              f"{v['gflops'] / v['peak_gflops']:.0%} of the {v['peak_gflops']:.0f} GFLOP/s that a "
+              f"4096x400 @ 400x1024 {v['precision']} product reaches in this run")
     for v in variants:
         speed = v["rows_per_s"] / theirs["rows_per_s"]
         speed_cpu = v["rows_per_cpu_s"] / theirs["rows_per_cpu_s"]
@@ -301,8 +338,10 @@ def main() -> None:
     p.add_argument("--root", default=None, help="artifact root holding features/ (stage features)")
     p.add_argument("--part", choices=("compare", "epoch", "all"), default="all")
     p.add_argument("--epochs", type=float, default=1.0, help="training epochs (compare: per model)")
-    p.add_argument("--precisions", default="fp32,bf16",
-                   help="our MMoE's nn.train.precision values to run (compare; default: %(default)s)")
+    p.add_argument("--precisions", default=None,
+                   help="our MMoE's nn.train.precision values to run (compare; default: fp32, plus bf16 "
+                        "where the CPU has native bf16 matrix instructions -- elsewhere bf16 is emulated, "
+                        "about 80x slower than fp32 on an AVX2-only CPU)")
     p.add_argument("--rows", type=int, default=6_700_000, help="rows of the random epoch set")
     p.add_argument("--archs", default="mmoe,ple", help="architectures timed by --part epoch")
     p.add_argument("--seed", type=int, default=2021)

@@ -544,17 +544,21 @@ def test_streamed_dataset_trains_the_model_of_the_in_memory_matrix(fake_fit):
     """The Dataset binned from the store block by block equals one binned from the whole float
     matrix: the same model, tree for tree."""
     import lightgbm as lgb
-    from wbdc.lgb import _action_subset, _dataset_params, train_booster
+    from wbdc.lgb import _dataset_params, action_dataset, action_rows, train_booster
     fs, settings, data, _, _ = fake_fit
     names = data.spec.names
     X = np.concatenate([fs.load_day(b.day, names)[names].to_numpy(np.float32)[b.rows] for b in data.rows.X.blocks])
     mem = lgb.Dataset(X, label=np.zeros(len(X), np.float32), feature_name=list(names),
                       categorical_feature=list(data.spec.categorical), params=_dataset_params(settings.params),
                       free_raw_data=True).construct()
-    models = []
-    for base in (mem, data.base):
-        ds = _action_subset(base, data.rows.labels, data.rows.u, "like", settings.neg_rate["like"])
-        models.append(train_booster(settings.params, ds, 15, progress=False).model_to_string())
+    rate, j = settings.neg_rate["like"], ACTIONS.index("like")
+    idx = action_rows(data.rows.labels, data.rows.u, "like", rate)
+    subset = mem.subset(idx).construct()          # the whole matrix binned, then cut to the action
+    subset.set_label(data.rows.labels[idx, j].astype(np.float32))
+    streamed = action_dataset([data.rows.X], data.rows.labels, data.rows.u, "like", rate, data.spec,
+                              settings.params, data.base)
+    assert data.base.num_data() == 1 and streamed.num_data() == len(idx)
+    models = [train_booster(settings.params, ds, 15, progress=False).model_to_string() for ds in (subset, streamed)]
     assert models[0] == models[1]
 
 

@@ -22,12 +22,16 @@ read at all -- is only ``max(rate)`` of the negatives plus the positives.
 Training memory: no float matrix of all rows is built.  The union of the kept rows of all
 actions is handed to LightGBM as a ``Sequence`` over the feature store (:class:`StoreRows`: one
 block per day, read from the day's parts and put in the day's row order when LightGBM asks for
-it) and binned once into a ``Dataset``; each action trains on a ``subset`` of it (the binning is
-shared, nothing is re-binned per action).  Day 14 is binned with the training bins from its
-parts (the validation set) and predicted part by part; the test rows too.  Memory: the binned
-rows (one byte per feature and row) plus one decoded block; the blocks are kept in memory instead
-when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the stage), so small data is
-read once.  The models equal those of the float matrix of the same rows, tree for tree (tests).
+it) and binned once into a ``Dataset``; its bin mappers are kept in a one-row reference Dataset
+(:func:`bin_reference`) and the full one is freed.  Each action then bins only the rows it keeps
+against that reference (:func:`action_dataset`): the same bins and the same binned rows as a
+``subset`` of the full Dataset, but only one action's rows are held at a time (the online refit
+likewise, with day 14's sampled rows appended).  Day 14 is binned against the reference from its
+parts (the validation set) and predicted part by part; the test rows too.  Memory: one action's
+binned rows (one byte per feature and row), day 14 binned, and one decoded block; the blocks are
+kept in memory instead when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the
+stage), so small data is read once; otherwise each action reads its rows from the store again.
+The models equal those of the float matrix of the same rows, tree for tree (tests).
 """
 from __future__ import annotations
 
@@ -217,10 +221,35 @@ class StoreRows(lgb.Sequence):
     def __len__(self) -> int:
         return int(self.offsets[-1])
 
+    def take(self, idx: np.ndarray) -> "StoreRows":
+        """The rows ``idx`` (ascending positions in this sequence) as a new sequence of the same
+        days' blocks, reading through this one's decoded blocks while it keeps them all."""
+        idx = np.asarray(idx, np.int64)
+        cuts = np.searchsorted(idx, self.offsets)
+        blocks, parent = [], []
+        for i, b in enumerate(self.blocks):
+            local = idx[cuts[i]:cuts[i + 1]] - self.offsets[i]
+            if b.part is not None:
+                raise ValueError("take() cuts day blocks (sampled training rows), not parts")
+            if len(local):
+                blocks.append(Block(b.day, b.rows[local]))
+                parent.append((i, local))
+        child = StoreRows(self.fs, self.features, blocks, 0.0)
+        child._parent = (self, parent)
+        return child
+
+    _parent = None
+
     def read(self, i: int) -> np.ndarray:
         """Block ``i`` as a float32 matrix, rows in the block's order."""
         if i in self._cache:
             return self._cache[i]
+        if self._parent is not None and self._parent[0].keep_all:
+            src, (pi, local) = self._parent[0], self._parent[1][i]
+            X = src.read(pi)[local]
+            if self.on_read is not None:
+                self.on_read(len(X))
+            return X
         b = self.blocks[i]
         if b.part is not None:
             X = self.fs.read_part(b.day, b.part, self.features)[self.features].to_numpy(np.float32)
@@ -444,7 +473,8 @@ class FitData:
     spec: FeatureSpec
     days: list[int]
     rows: TrainRows            # days first..13, rows some requested action keeps
-    base: lgb.Dataset          # ``rows`` binned; its bins are reused by every other Dataset
+    base: lgb.Dataset          # one row holding the bins of ``rows`` binned (bin_reference); every
+                               # other Dataset is binned against it
     valid_rows: TrainRows      # day 14, every row, in part order
     valid_keys: pd.DataFrame   # userid, feedid of day 14, in part order
     groups: UserGroups         # day-14 user grouping for uAUC
@@ -507,10 +537,45 @@ def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes:
                                 "run the features stage (src/stages/features.py)")
     rows = load_rows(fs, days, spec.names, settings, cache_bytes=cache_bytes)
     valid_rows, valid_keys = load_day_rows(fs, VALID_DAY, spec.names, settings, cache_bytes=cache_bytes)
-    base = _dataset(rows.X, len(rows), spec, settings.params, progress=progress, desc="bin train days")
+    base = bin_reference(_dataset(rows.X, len(rows), spec, settings.params, progress=progress,
+                                  desc="bin train days"), rows.X, spec, settings.params)
     groups = group_by_user(valid_keys["userid"].to_numpy())
     return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
                    split_halves(settings.halves_seed, groups=groups), cache_bytes)
+
+
+def bin_reference(full: lgb.Dataset, X, spec: FeatureSpec, params: dict) -> lgb.Dataset:
+    """A one-row Dataset holding ``full``'s bin mappers and feature layout, so ``full`` (every
+    training row binned: gigabytes at the final round's size) can be freed; every later Dataset
+    is built against this reference and bins exactly as ``full`` did."""
+    first = np.asarray(X[0:1], np.float32) if len(X) else np.zeros((1, len(spec.names)), np.float32)
+    ref = _dataset(first, 1, spec, params, reference=full)
+    ref.reference = None                   # drop the Python link that would keep ``full`` alive
+    del full
+    return ref
+
+
+def _take(X, idx: np.ndarray):
+    return X.take(idx) if isinstance(X, StoreRows) else np.asarray(X)[idx]
+
+
+def action_dataset(Xs: Sequence, labels: np.ndarray, u: np.ndarray, action: str, rate: float,
+                   spec: FeatureSpec, params: dict, reference: lgb.Dataset, progress: bool = False,
+                   desc: str = "bin") -> lgb.Dataset:
+    """The rows ``action`` keeps of the concatenated sequences ``Xs`` (labels and uniforms
+    aligned with them), binned against ``reference``: only this action's rows are held, and its
+    Dataset equals ``reference``'s full Dataset subset to those rows."""
+    idx = action_rows(labels, u, action, rate)
+    seqs, start = [], 0
+    for X in Xs:
+        part = idx[(idx >= start) & (idx < start + len(X))] - start
+        if len(part):
+            seqs.append(_take(X, part))
+        start += len(X)
+    ds = _dataset(seqs if len(seqs) > 1 else seqs[0], len(idx), spec, params, reference=reference,
+                  progress=progress, desc=desc)
+    ds.set_label(labels[idx, ACTIONS.index(action)].astype(np.float32))
+    return ds
 
 
 def action_rows(labels: np.ndarray, u: np.ndarray, action: str, rate: float) -> np.ndarray:
@@ -578,7 +643,8 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     imp, hist = [], []
     for a in actions:
         j = ACTIONS.index(a)
-        train_ds = _action_subset(data.base, data.rows.labels, data.rows.u, a, settings.neg_rate[a])
+        train_ds = action_dataset([data.rows.X], data.rows.labels, data.rows.u, a, settings.neg_rate[a],
+                                  data.spec, settings.params, data.base, progress, f"bin {a}")
         n_rows[a] = train_ds.num_data()
         valid.set_label(data.valid_rows.labels[:, j].astype(np.float32))
         metrics: dict[str, list[float]] = {}
@@ -645,8 +711,6 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     labels = np.concatenate([data.rows.labels, lab14[extra]])
     u = np.concatenate([data.rows.u, u14[extra]])
     extra_rows = StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
-    online = _dataset([data.rows.X, extra_rows], len(u), data.spec, settings.params,
-                      reference=data.base, progress=progress, desc="bin days 1-14")
     n_off = {a: len(action_rows(data.rows.labels, data.rows.u, a, settings.neg_rate[a]))
              for a in actions}
     n_on = {a: len(action_rows(labels, u, a, settings.neg_rate[a])) for a in actions}
@@ -665,7 +729,8 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     boosters = {}
     preds = test_keys[["userid", "feedid"]].copy()
     for a in actions:
-        train_ds = _action_subset(online, labels, u, a, settings.neg_rate[a])
+        train_ds = action_dataset([data.rows.X, extra_rows], labels, u, a, settings.neg_rate[a],
+                                  data.spec, settings.params, data.base, progress, f"bin {a} days 1-14")
         booster = train_booster(settings.params, train_ds, rounds[a],
                                 desc=f"{a} online", progress=progress)
         del train_ds

@@ -29,6 +29,9 @@ vectors, float32, joined from ``users/``; kept out of ``dense`` so tree models d
 may hold two roles: userid, feedid and device are both keys and categorical ids. Labels are never stored in the feature
 tables; ``load_labels`` reads them from the prepared actions in the same order.
 
+Parts are written in row groups of ``ROW_GROUP_ROWS`` rows; ``read_row_group`` reads one (the
+block the nets' shuffle buffers are made of).
+
 Reading: ``load_day`` returns a whole day in the day's order (the parts concatenated and put
 back in ``row`` order); ``iter_day`` yields it part by part with the ``row`` key, so a model
 can stream a day whose table does not fit in memory and still map every row to its label.

@@ -87,7 +87,7 @@ def main() -> int:
     cfg["lgb"]["actions"] = actions
     cfg["lgb"]["params"] = dict(settings.params)      # effective: seed and threads filled in
     paths = Paths.at(args.root)
-    check_prepared("train_lgb", cfg, paths.prepared)   # before any work: fits data.memory_gb?
+    need_gb = check_prepared("train_lgb", cfg, paths.prepared) or 0.0   # before any work: fits data.memory_gb?
     fs = FeatureStore(paths)
     out = paths.model("lgb")
     progress = not args.no_progress
@@ -111,9 +111,12 @@ def main() -> int:
     with StageRun("train_lgb", out) as run:
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
-        # decoded feature blocks are kept when they fit a quarter of the budget (small data:
-        # nothing read twice); beyond, they are read from the store when LightGBM needs them
-        data = load_fit_data(fs, settings, progress=progress, cache_bytes=memory_budget_gb(cfg) * 2**30 / 4)
+        # decoded feature blocks are kept when they fit a quarter of the budget and what the
+        # binned rows leave of it (small data: nothing read twice); beyond, they are read from
+        # the store when LightGBM needs them
+        budget = memory_budget_gb(cfg)
+        cache = max(0.0, min(budget / 4, budget - need_gb)) * 2**30
+        data = load_fit_data(fs, settings, progress=progress, cache_bytes=cache)
         seconds["load"] = time.perf_counter() - t0
         scores.update(actions=actions, features=len(data.spec.names),
                       categorical=data.spec.categorical, train_days=data.days,

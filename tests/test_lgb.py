@@ -583,3 +583,17 @@ def test_lightgbm_on_three_buckets_equals_one(tiny_root, tiny_root_3_buckets):
     pd.testing.assert_frame_equal(out[0][1], out[1][1], check_exact=True)
     pd.testing.assert_frame_equal(out[0][2], out[1][2], check_exact=True)
     assert out[0][3] == out[1][3]
+
+
+def test_action_rows_read_through_the_kept_blocks_equal_rows_read_again(fake_fit):
+    """With every decoded block kept (the stage's choice for small data), an action's rows are cut
+    from the kept blocks; without, they are read from the store again: the same matrix."""
+    from wbdc.lgb import StoreRows, action_rows
+    fs, settings, data, _, _ = fake_fit
+    idx = action_rows(data.rows.labels, data.rows.u, "follow", settings.neg_rate["follow"])
+    kept = StoreRows(fs, data.spec.names, data.rows.X.blocks, cache_bytes=1e12)
+    again = StoreRows(fs, data.spec.names, data.rows.X.blocks, cache_bytes=0)
+    a, b = kept.take(idx), again.take(idx)
+    assert kept.keep_all and not again.keep_all and len(a) == len(b) == len(idx)
+    np.testing.assert_array_equal(a[0:len(a)], b[0:len(b)])
+    np.testing.assert_array_equal(a[0:len(a)], kept[0:len(kept)][idx])

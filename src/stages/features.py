@@ -55,6 +55,9 @@ def main() -> int:
     t = summary["timings"]
     steps = ", ".join(f"{k[:-2]} {v:.1f}s" for k, v in t.items() if k.endswith("_s"))
     print(f"[features] built days {summary['built'] or 'none'}; {steps}", file=sys.stderr)
+    if summary.get("peaks_mb"):
+        peaks = ", ".join(f"{k} {v:,.0f}" for k, v in summary["peaks_mb"].items())
+        print(f"[features] peak RSS (MB) reached by the end of each step: {peaks}", file=sys.stderr)
     return 0
 
 

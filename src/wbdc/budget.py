@@ -74,12 +74,14 @@ def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
     return check_budget(stage, cfg, int(meta["n_actions"]) + int(meta["n_test"]))
 
 
-#: The bucketed features build (wbdc.features.build): pass B holds one user bucket's rows with
-#: their history tables and one day's part, so its peak is about FEATURES_FIXED_MB plus
-#: FEATURES_ROW_BYTES per exposure row of the bucket (measured with one bucket at the `full`
-#: preset, README "Pipeline time and memory").  The shared pass holds one day's rows.
-FEATURES_FIXED_MB = 600.0
-FEATURES_ROW_BYTES = 720.0
+#: The bucketed features build (wbdc.features.build): its peak is in pass B, which holds one
+#: user bucket's rows with their history tables and one day's part beside what every bucket
+#: shares (the per-feed / author / singer / tag day tables, the static feed table, the pretrained
+#: vectors, the interpreter): about FEATURES_FIXED_MB plus FEATURES_ROW_BYTES per exposure row of
+#: the bucket.  Fitted to two builds of the `full` preset (7.76M rows): one bucket, 4,976 MB; four
+#: buckets, 2,332 MB (README "Out-of-core features").
+FEATURES_FIXED_MB = 1450.0
+FEATURES_ROW_BYTES = 455.0
 MAX_BUCKETS = 256
 
 

@@ -131,6 +131,7 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
     ctx = Context(fcfg, seed, int(fcfg["first_history_day"]), code, inputs, paths.prepared, out, old,
                   static=None, todo=[], progress=progress)
     ctx.timings["digest_s"] = round(time.perf_counter() - t0, 2)
+    ctx.mark("start")
     families = [f(ctx) for f in FAMILIES]           # validates the config before any work
     columns = column_specs(families)
     # every setting but the list of days and the bucket count shapes each day's table
@@ -156,6 +157,7 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
               file=sys.stderr) as bar:
         ctx.staged = staged = partition.stage_rows(paths.prepared, stage, n_buckets, progress=bar.update)
     ctx.timings["stage_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("stage")
 
     static_fp = obj_digest({"v": FEATURES_VERSION, "code": code, "feeds": inputs["feeds.parquet"],
                             "lists": fcfg["feed_lists"]})
@@ -171,10 +173,12 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
                                                         .to_numpy().max(initial=-1) + 2))}
                              for f in fcfg["feed_lists"]}}
     ctx.timings["static_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("static")
 
     t = time.perf_counter()
     run_shared(families, ctx)                        # one day at a time, every bucket
     ctx.timings["shared_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("shared")
     t = time.perf_counter()
     scanners = [f for f in families if f.wants_scan()]
     if scanners:                                     # pass A: one bucket at a time, no labels
@@ -185,11 +189,13 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
             for f in scanners:
                 call(ctx, f, "scan_bucket", rs)
     ctx.timings["scan_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("scan")
     t = time.perf_counter()
     pretrained = {}
     for f in families:                               # label-free fits, fingerprinted
         pretrained.update(call(ctx, f, "fit"))
     ctx.timings["fit_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("fit")
 
     build_key = obj_digest({"fps": {d: fps[d] for d in todo}, "edges": staged.edges.tolist()})
     resume = old.get("building") if old.get("building", {}).get("key") == build_key else None
@@ -270,7 +276,9 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
     write_json(manifest, out / MANIFEST)
     shutil.rmtree(stage, ignore_errors=True)
     ctx.timings["days_s"] = round(time.perf_counter() - t, 2)
+    ctx.mark("days")
     ctx.timings["total_s"] = round(time.perf_counter() - t0, 2)
     return {"built": todo, "skipped": [d for d in days if d not in todo], "timings": ctx.timings,
+            "peaks_mb": ctx.peaks,
             "n_columns": len(columns), "buckets": staged.n_buckets,
             "rows": {d: manifest["day_tables"][str(d)]["rows"] for d in todo}}

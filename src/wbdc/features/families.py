@@ -101,6 +101,13 @@ class Context:
     staged: partition.Staged | None = None      # set once the rows are staged
     progress: bool = False
     timings: dict[str, float] = field(default_factory=dict)
+    #: the process's peak RSS (MB, a high-water mark) at the end of each step: the step where it
+    #: first reaches its final value is where the stage's peak is
+    peaks: dict[str, float] = field(default_factory=dict)
+
+    def mark(self, step: str) -> None:
+        import resource
+        self.peaks[step] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
 def _col(name: str, dtype: str, roles: list[str], group: str, table: str = "day", **extra) -> dict:
@@ -486,6 +493,8 @@ def call(ctx: Context, family: Family, hook: str, *args):
     finally:
         key = f"family_{family.name}_s"
         ctx.timings[key] = round(ctx.timings.get(key, 0.0) + time.perf_counter() - t, 3)
+        if hook == "fit":
+            ctx.mark(f"fit_{family.name}")
 
 
 #: the families of the day tables, in column order

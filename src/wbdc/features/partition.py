@@ -16,7 +16,8 @@ build sees:
   every user-keyed statistic, live in exactly one bucket).
 
 Peak memory of the staging pass: one batch of input rows plus the per-(day, bucket) buffers,
-flushed every ``FLUSH_ROWS`` rows; independent of the input's size.
+each flushed at ``FLUSH_ROWS`` rows, and all of them together held under ``BUFFER_ROWS`` (the
+largest are flushed first); independent of the input's size and of the number of buckets.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ from ..schema import ACTIONS, TEST_DAY
 
 BATCH_ROWS = 1 << 20
 FLUSH_ROWS = 1 << 18
+BUFFER_ROWS = 1 << 21
 LABEL_COLUMNS = (*ACTIONS, "play", "stay")
 ID_COLUMNS = ("userid", "feedid", "date_", "device")
 
@@ -105,15 +107,20 @@ class _Writers:
         self.buf: dict[tuple[int, int], list[dict[str, np.ndarray]]] = {}
         self.n: dict[tuple[int, int], int] = {}
         self.writers: dict[tuple[int, int], pq.ParquetWriter] = {}
+        self.total = 0
 
     def add(self, key: tuple[int, int], cols: dict[str, np.ndarray]) -> None:
         self.buf.setdefault(key, []).append(cols)
         self.n[key] = self.n.get(key, 0) + len(cols["row"])
+        self.total += len(cols["row"])
         if self.n[key] >= FLUSH_ROWS:
             self.flush(key)
+        while self.total > BUFFER_ROWS:          # many (day, bucket) files: bound their sum
+            self.flush(max(self.n, key=self.n.get))
 
     def flush(self, key: tuple[int, int]) -> None:
         parts = self.buf.pop(key, [])
+        self.total -= self.n.get(key, 0)
         self.n[key] = 0
         if not parts:
             return
@@ -122,7 +129,7 @@ class _Writers:
         if w is None:
             path = stage_file(self.stage, *key)
             path.parent.mkdir(parents=True, exist_ok=True)
-            w = self.writers[key] = pq.ParquetWriter(path, table.schema, compression="lz4")
+            w = self.writers[key] = pq.ParquetWriter(path, table.schema, compression="lz4", use_dictionary=False)
         w.write_table(table)
 
     def close(self) -> None:

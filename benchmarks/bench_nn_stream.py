@@ -3,7 +3,7 @@ memory, side by side in one run (the train_nn stage, offline, each in a fresh pr
 
 "in memory": ``nn.stream.mode=memory`` (every training and day-14 row encoded once, the fast
 path).  "streamed": ``nn.stream.mode=stream`` (shuffle buffers of ``--buffer-rows`` rows read
-from the store's 65,536-row blocks, the next buffer encoded in a background thread; day 14
+from the store's 16,384-row blocks, the next buffer encoded in a background thread; day 14
 streamed at every evaluation too).  Same seeds, same epochs.  Printed per run: wall and CPU
 seconds of the stage, its peak RSS, training rows per second (the trainer's own figure,
 evaluation excluded), seconds spent reading and encoding before training, the day-14 weighted

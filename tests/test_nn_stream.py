@@ -115,7 +115,7 @@ def test_plan_keeps_rows_in_memory_when_they_fit_and_streams_otherwise(fake):
     assert not plan.train_streamed and not plan.eval_streamed
     tight = {**cfg, "data": {**cfg["data"], "memory_gb": 1e-6}}
     plan = plan_rows(store, tight, sel, TRAIN_DAYS, [14])
-    assert plan.train_streamed and plan.eval_streamed and plan.buffer_rows >= 65_536
+    assert plan.train_streamed and plan.eval_streamed and plan.buffer_rows >= 16_384
     forced = {**cfg, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "stream"}}}
     assert plan_rows(store, forced, sel, TRAIN_DAYS, [14]).train_streamed
     mem = {**tight, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "memory"}}}

@@ -59,7 +59,7 @@ STAGE_HINT = "run the features stage first (src/stages/features.py)"
 ROW_KEY = "row"
 #: Rows per parquet row group of a day part: the unit a streaming reader fetches (one block of
 #: the nets' shuffle buffer, ``wbdc.nn.data.StreamedRows``) without decoding the whole part.
-ROW_GROUP_ROWS = 65_536
+ROW_GROUP_ROWS = 16_384
 
 
 def day_dir(d: int) -> str:

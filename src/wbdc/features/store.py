@@ -224,15 +224,19 @@ class FeatureStore:
         return int(self.manifest["day_tables"][str(int(d))]["rows"])
 
     # ------------------------------------------------------------------ labels
+    def _actions_path(self) -> Path:
+        """data/prepared/actions.parquet, checked to be the file the features were built from."""
+        path = self.paths.prepared / "actions.parquet"
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; run the prepare stage (src/stages/prepare.py)")
+        want = self.manifest["inputs"].get("actions.parquet")
+        if want is not None and file_digest(path) != want:
+            raise InputError(f"{path}: changed since the features were built; {STAGE_HINT}")
+        return path
+
     def _actions(self) -> pd.DataFrame:
         if self._labels is None:
-            path = self.paths.prepared / "actions.parquet"
-            if not path.exists():
-                raise FileNotFoundError(f"{path}: missing; run the prepare stage (src/stages/prepare.py)")
-            want = self.manifest["inputs"].get("actions.parquet")
-            if want is not None and file_digest(path) != want:
-                raise InputError(f"{path}: changed since the features were built; {STAGE_HINT}")
-            self._labels = pd.read_parquet(path, columns=["date_", *ACTIONS])
+            self._labels = pd.read_parquet(self._actions_path(), columns=["date_", *ACTIONS])
         return self._labels
 
     def load_labels(self, d: int) -> pd.DataFrame:
@@ -254,12 +258,7 @@ class FeatureStore:
         bad = [d for d in want if not 1 <= d <= LAST_TRAIN_DAY]
         if bad:
             raise ValueError(f"no labels for day {bad[0]}: labels exist for days 1..{LAST_TRAIN_DAY}")
-        path = self.paths.prepared / "actions.parquet"
-        if not path.exists():
-            raise FileNotFoundError(f"{path}: missing; run the prepare stage (src/stages/prepare.py)")
-        digest = self.manifest["inputs"].get("actions.parquet")
-        if digest is not None and file_digest(path) != digest:
-            raise InputError(f"{path}: changed since the features were built; {STAGE_HINT}")
+        path = self._actions_path()
         chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["date_", *ACTIONS]):
             date = batch.column("date_").to_numpy()

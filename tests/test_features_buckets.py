@@ -114,7 +114,8 @@ def test_auto_buckets_follow_the_memory_budget(tmp_path):
     cfg["data"]["memory_gb"] = 64
     assert choose_buckets(cfg, paths.prepared) == 1
     from wbdc import budget
-    cfg["data"]["memory_gb"] = (budget.FEATURES_FIXED_MB + meta_rows * budget.FEATURES_ROW_BYTES / 2**20 / 2.5) / 1024
+    cfg["data"]["memory_gb"] = (budget.FEATURES_FIXED_MB + meta_rows * budget.FEATURES_TOTAL_ROW_BYTES / 2**20
+                                + meta_rows * budget.FEATURES_ROW_BYTES / 2**20 / 2.5) / 1024
     assert choose_buckets(cfg, paths.prepared) == 3
     cfg["features"]["buckets"] = 7
     assert choose_buckets(cfg, paths.prepared) == 7

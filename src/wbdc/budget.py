@@ -77,11 +77,14 @@ def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
 #: The bucketed features build (wbdc.features.build): its peak is in pass B, which holds one
 #: user bucket's rows with their history tables and one day's part beside what every bucket
 #: shares (the per-feed / author / singer / tag day tables, the static feed table, the pretrained
-#: vectors, the interpreter): about FEATURES_FIXED_MB plus FEATURES_ROW_BYTES per exposure row of
-#: the bucket.  Fitted to two builds of the `full` preset (7.76M rows): one bucket, 4,976 MB; four
-#: buckets, 2,332 MB (README "Out-of-core features").
-FEATURES_FIXED_MB = 1450.0
-FEATURES_ROW_BYTES = 455.0
+#: vectors, the interpreter), which grows a little with the data: about FEATURES_FIXED_MB plus
+#: FEATURES_TOTAL_ROW_BYTES per exposure row in all plus FEATURES_ROW_BYTES per exposure row of
+#: the bucket.  Fitted to four measured builds (README "Out-of-core features"): `full` (7.76M
+#: rows) in 1 and 4 buckets, 4,976 and 2,332 MB; `final` (77.4M rows) in 7 and 5 buckets, 7,569
+#: and at least 9,687 MB.
+FEATURES_FIXED_MB = 1300.0
+FEATURES_TOTAL_ROW_BYTES = 16.0
+FEATURES_ROW_BYTES = 480.0
 MAX_BUCKETS = 256
 
 
@@ -99,11 +102,12 @@ def choose_buckets(cfg: dict, prepared_dir) -> int:
     budget_mb = memory_budget_gb(cfg) * 1024
     meta = load_meta(Path(prepared_dir))
     rows = int(meta["n_actions"]) + int(meta["n_test"])
-    avail = budget_mb - FEATURES_FIXED_MB
+    fixed = FEATURES_FIXED_MB + rows * FEATURES_TOTAL_ROW_BYTES / 2**20
+    avail = budget_mb - fixed
     need = rows * FEATURES_ROW_BYTES / 2**20
     n = max(1, math.ceil(need / avail)) if avail > 0 else MAX_BUCKETS + 1
     if n > MAX_BUCKETS:
         raise BudgetError(
-            f"features: needs about {(FEATURES_FIXED_MB + need / MAX_BUCKETS) / 1024:.1f} GB even in "
+            f"features: needs about {(fixed + need / MAX_BUCKETS) / 1024:.1f} GB even in "
             f"{MAX_BUCKETS} user buckets, over the memory budget of {budget_mb / 1024:.1f} GB (data.memory_gb)")
     return n

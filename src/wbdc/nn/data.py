@@ -98,6 +98,13 @@ def select_features(store, cfg: dict) -> FeatureSelection:
 
 # ------------------------------------------------------------------------------ helpers
 
+def encoded_row_bytes(selection: "FeatureSelection", dense_dtype: str) -> int:
+    """Bytes one encoded row holds: ids, side-table keys, userid and feedid (int32), the dense
+    values, the labels (uint8)."""
+    return (4 * (len(selection.categorical) + len(selection.keys)) + 8 + len(ACTIONS)
+            + np.dtype(dense_dtype).itemsize * len(selection.dense))
+
+
 def _lookup(sorted_ids: np.ndarray, values: np.ndarray) -> np.ndarray:
     """1-based position of each value in ``sorted_ids``; 0 where absent.  Vectorised."""
     values = np.asarray(values)
@@ -323,11 +330,6 @@ class Encoder:
         return cls.fit((df for d in days for df in store.iter_day(d, columns=cols)), store,
                        selection, max_list_len, dense_dtype)
 
-    def row_bytes(self, labels: bool = True) -> int:
-        """Bytes one encoded row holds (ids, keys, dense values, labels, userid and feedid)."""
-        n = 4 * (len(self.selection.categorical) + len(self.key_ids)) + 8
-        n += np.dtype(self.dense_dtype).itemsize * len(self.selection.dense)
-        return n + (len(ACTIONS) if labels else 0)
 
     # -- shapes
     @property

@@ -22,7 +22,8 @@ import torch
 from ..io import InputError, atomic_path
 from ..metrics import HALVES, crossfit_scores, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
-from .data import EncodedArrays, Encoder, FeatureSelection, StreamedRows, select_features
+from .data import (EncodedArrays, Encoder, FeatureSelection, StreamedRows, encoded_row_bytes,
+                   select_features)
 from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
@@ -142,8 +143,7 @@ def plan_rows(store, cfg: dict, selection: FeatureSelection, train: Sequence[int
     scfg = cfg["nn"]["stream"]
     budget = memory_budget_gb(cfg)
     fcfg = cfg["nn"]["features"]
-    row_bytes = (4 * (len(selection.categorical) + len(selection.keys)) + 8 + len(ACTIONS)
-                 + np.dtype(str(fcfg["dense_dtype"])).itemsize * len(selection.dense))
+    row_bytes = encoded_row_bytes(selection, str(fcfg["dense_dtype"]))
     n_train = sum(store.n_rows(d) for d in train)
     n_eval = sum(store.n_rows(d) for d in evaluate)
     need = (n_train + n_eval) * row_bytes / 2**30

@@ -30,6 +30,9 @@ Usage: bash run_all.sh [options]
   --set SECTION.KEY=VALUE    override one config value (repeatable), e.g. --set nn.train.epochs=3
                              (an unknown key is an error naming the closest valid one)
   --config FILE              YAML deep-merged over configs/*.yaml
+  --cluster ADDR             run the heavy stages on Dask: local:N starts a LocalCluster of N
+                             worker processes per stage (data.memory_gb / N each), tcp://HOST:8786
+                             uses a running scheduler (README, "Running on a Dask cluster")
   -h, --help                 this help
 Relative paths are read from the directory you call the script from.
 Environment: WBDC_SKIP_VENV=1 uses the python on PATH instead of creating .venv.
@@ -58,6 +61,7 @@ while [[ $# -gt 0 ]]; do
       shift 2 ;;
     --test-file) need "$@"; COMMON+=("--set" "data.test_file=$2"); shift 2 ;;
     --null) COMMON+=("--set" "data.null_world=true"); shift ;;
+    --cluster) need "$@"; COMMON+=("--set" "cluster.address=$2"); shift 2 ;;
     --mode) need "$@"; MODE="$2"; shift 2 ;;
     --models) need "$@"; MODELS="$2"; shift 2 ;;
     --from) need "$@"; FROM="$2"; shift 2 ;;

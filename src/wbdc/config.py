@@ -388,6 +388,8 @@ def resolve(args: argparse.Namespace) -> dict:
     if args.data_dir:
         data["data_dir"] = args.data_dir
     data["data_dir"] = data_dirs(data["data_dir"])
+    from .cluster import parse_address
+    parse_address(cfg["cluster"]["address"])          # a bad address stops here, in one line
     return cfg
 
 

@@ -290,6 +290,11 @@ class BlendConfig:
 
 
 @dataclass
+class ClusterConfig:
+    address: Union[str, None]        # null | local:N | tcp://HOST:PORT (wbdc.cluster.parse_address)
+
+
+@dataclass
 class ScoreConfig:
     actions: list[Action]
     decimals: int
@@ -297,6 +302,7 @@ class ScoreConfig:
 
 SECTIONS: dict[str, type] = {
     "blend": BlendConfig,
+    "cluster": ClusterConfig,
     "data": DataConfig,
     "features": FeaturesConfig,
     "lgb": LgbConfig,

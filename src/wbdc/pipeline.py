@@ -7,7 +7,8 @@ the next run redoes it.  Because upstream stamps are part of the digest, a chang
 propagates downstream.  Each model hashes only its own keys (``wbdc.registry``: a net hashes the
 shared ``nn`` keys and its own ``nn.<arch>`` section), so changing one model's configuration
 reruns only that model, the blend and the submission.  ``data.memory_gb`` is left out of every
-stamp: it changes how work is chunked, never the results.
+stamp: it changes how work is chunked, never the results.  ``cluster.address`` is hashed into
+the model stages only as "on a cluster or not" (features are the same bytes either way).
 """
 from __future__ import annotations
 
@@ -46,8 +47,8 @@ def stage_specs(models: list[str]) -> dict[str, StageSpec]:
     ]
     for name in models:
         m = MODELS[name]
-        specs.append(StageSpec(m.name, m.script, m.args, m.code, ("data", *m.config), ("features",),
-                               is_model=True))
+        specs.append(StageSpec(m.name, m.script, m.args, m.code, ("data", "cluster", *m.config),
+                               ("features",), is_model=True))
     model_stages = tuple(s.name for s in specs if s.is_model)
     specs.append(StageSpec("blend", "blend.py", (), ("wbdc/blend.py", "wbdc/report.py", "wbdc/metrics.py",
                                                      "wbdc/registry.py"),
@@ -82,6 +83,9 @@ def _hashed_config(cfg: dict, keys: tuple[str, ...]) -> dict:
         value = config_value(cfg, key)
         if isinstance(value, dict):
             value = {k: v for k, v in value.items() if f"{key}.{k}" not in NOT_HASHED}
+        if key == "cluster" and isinstance(value, dict):
+            # models differ slightly on a cluster (lightgbm.dask, DDP), whichever cluster it is
+            value = {"distributed": value.get("address") is not None}
         if key == "data" and isinstance(value, dict):
             if value.get("data_dir"):
                 value["inputs"] = {str(f): quick_digest(f) for d in value["data_dir"]

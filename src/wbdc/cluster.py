@@ -1,0 +1,109 @@
+"""The Dask cluster a stage runs on (``cluster.address``; ``run_all.sh --cluster``).
+
+``null``: no cluster, everything in the stage's own process (the default, unchanged).
+``local:N``: the stage starts a ``dask.distributed.LocalCluster`` of N single-threaded worker
+processes on this machine, each limited to ``data.memory_gb / N`` (Dask pauses a worker at 80%
+of its limit and restarts it at 95%), and closes it when the stage ends.
+``tcp://HOST:PORT``: the stage connects to a running scheduler; the user started the workers
+(``dask worker tcp://HOST:PORT --nthreads 1 --memory-limit ...``), each able to import this
+repository (``PYTHONPATH=<repo>/src``) and to read and write the artifact root at the same path.
+
+What runs where (README, "Running on a Dask cluster"): features build their user buckets as
+one task per bucket and word2vec as one task; LightGBM trains with ``lightgbm.dask``; the nets
+train with torch DistributedDataParallel, one rank per worker.  The stage's own process is the
+client: it plans, collects and writes the manifests.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import re
+from dataclasses import dataclass
+from typing import Iterator
+
+from .io import InputError
+
+LOCAL_MAX_WORKERS = 64
+
+
+class ClusterError(InputError):
+    """A bad ``cluster.address`` or a scheduler that cannot be reached."""
+
+
+@dataclass(frozen=True)
+class Address:
+    kind: str            # "local" | "tcp"
+    workers: int = 0     # local: number of worker processes
+    url: str = ""        # tcp: the scheduler's address
+
+    def __str__(self) -> str:
+        return f"local:{self.workers}" if self.kind == "local" else self.url
+
+
+def parse_address(value) -> Address | None:
+    """``cluster.address`` -> :class:`Address` (None for no cluster); a bad value is one line."""
+    if value in (None, "", "none", "null"):
+        return None
+    text = str(value).strip()
+    m = re.fullmatch(r"local:(\d+)", text)
+    if m:
+        n = int(m.group(1))
+        if not 1 <= n <= LOCAL_MAX_WORKERS:
+            raise ClusterError(f"cluster.address={text}: local:N needs 1 <= N <= {LOCAL_MAX_WORKERS}")
+        return Address("local", workers=n)
+    if re.fullmatch(r"(tcp|tls)://[A-Za-z0-9_.\-\[\]:]+:\d+", text):
+        return Address("tcp", url=text)
+    raise ClusterError(f"cluster.address={text}: expected local:N (e.g. local:2) or tcp://HOST:PORT "
+                       "(a running Dask scheduler, e.g. tcp://10.0.0.5:8786)")
+
+
+def is_distributed(cfg: dict) -> bool:
+    return parse_address(cfg.get("cluster", {}).get("address")) is not None
+
+
+def worker_memory_bytes(cfg: dict, n_workers: int) -> int:
+    from .budget import memory_budget_gb
+    return int(memory_budget_gb(cfg) / max(1, n_workers) * 2**30)
+
+
+@contextlib.contextmanager
+def client_for(cfg: dict, log=None) -> Iterator[object | None]:
+    """A ``distributed.Client`` for the configured cluster (None without one), closed on exit;
+    a ``local:N`` cluster is started here and shut down on exit."""
+    addr = parse_address(cfg.get("cluster", {}).get("address"))
+    if addr is None:
+        yield None
+        return
+    from distributed import Client, LocalCluster
+
+    if addr.kind == "local":
+        cluster = LocalCluster(n_workers=addr.workers, threads_per_worker=1, processes=True,
+                               memory_limit=worker_memory_bytes(cfg, addr.workers),
+                               dashboard_address=None, silence_logs=logging.ERROR)
+        try:
+            with Client(cluster) as client:
+                if log:
+                    log(f"started a LocalCluster of {addr.workers} worker(s), "
+                        f"{worker_memory_bytes(cfg, addr.workers) / 2**30:.1f} GB each")
+                yield client
+        finally:
+            cluster.close()
+        return
+    try:
+        client = Client(addr.url, timeout="30s")
+    except OSError as e:
+        raise ClusterError(f"cluster.address={addr.url}: cannot reach the Dask scheduler ({e})") from None
+    try:
+        n = len(client.scheduler_info().get("workers", {}))
+        if n == 0:
+            client.wait_for_workers(1, timeout=60)
+        if log:
+            log(f"connected to {addr.url} ({len(worker_addresses(client))} worker(s))")
+        yield client
+    finally:
+        client.close()
+
+
+def worker_addresses(client) -> list[str]:
+    """The cluster's worker addresses, sorted (rank order of the distributed nets)."""
+    return sorted(client.scheduler_info()["workers"])

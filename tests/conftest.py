@@ -97,3 +97,17 @@ def raw(good_raw, tmp_path) -> Path:
     dst = tmp_path / "raw"
     shutil.copytree(good_raw, dst)
     return dst
+
+
+# ------------------------------------------------------------------------------ a Dask cluster
+
+@pytest.fixture(scope="session")
+def dask_client():
+    """One ``distributed`` LocalCluster of 2 single-threaded worker processes for the session's
+    in-process cluster tests (stages run as subprocesses start their own with
+    ``--set cluster.address=local:2``)."""
+    import logging
+    from distributed import Client, LocalCluster
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      memory_limit="3GB", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
+        yield client

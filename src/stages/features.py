@@ -26,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbdc.budget import choose_buckets  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
+from wbdc.cluster import client_for, worker_addresses  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features import build  # noqa: E402
 from wbdc.io import require, write_json  # noqa: E402
@@ -46,10 +47,14 @@ def main() -> int:
         cfg["features"]["days"] = args.days
     paths = Paths.at(args.root)
     require(paths.prepared / "meta.json", "run the prepare stage (src/stages/prepare.py)")
-    n_buckets = choose_buckets(cfg, paths.prepared)   # before any work: fits data.memory_gb?
+    choose_buckets(cfg, paths.prepared)               # before any work: fits data.memory_gb?
     out = paths.features
-    with StageRun("features", out) as run:
-        summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force, n_buckets=n_buckets)
+    with StageRun("features", out) as run, client_for(cfg, log=build._log) as client:
+        # on a cluster each worker builds one bucket at a time within data.memory_gb / workers
+        workers = len(worker_addresses(client)) if client is not None else 1
+        n_buckets = choose_buckets(cfg, paths.prepared, workers=workers)
+        summary = build.run(paths, cfg, progress=not args.no_progress, force=args.force, n_buckets=n_buckets,
+                            client=client)
         write_json(cfg, out / "config.json")
         run.info.update(summary)
     t = summary["timings"]
@@ -58,6 +63,10 @@ def main() -> int:
     if summary.get("peaks_mb"):
         peaks = ", ".join(f"{k} {v:,.0f}" for k, v in summary["peaks_mb"].items())
         print(f"[features] peak RSS (MB) reached by the end of each step: {peaks}", file=sys.stderr)
+    if summary.get("worker_peaks_mb"):
+        w = summary["worker_peaks_mb"]
+        print(f"[features] Dask workers' peak RSS (MB): {', '.join(f'{v:,.0f}' for v in w.values())} "
+              f"(sum {sum(w.values()):,.0f})", file=sys.stderr)
     return 0
 
 

@@ -88,9 +88,13 @@ FEATURES_ROW_BYTES = 480.0
 MAX_BUCKETS = 256
 
 
-def choose_buckets(cfg: dict, prepared_dir) -> int:
+def choose_buckets(cfg: dict, prepared_dir, workers: int = 1) -> int:
     """``features.buckets``, or for ``auto`` the fewest user buckets whose estimated peak fits
-    ``data.memory_gb`` (a :class:`BudgetError` when even the fixed part does not)."""
+    ``data.memory_gb`` (a :class:`BudgetError` when even the fixed part does not).
+
+    ``workers`` > 1 (a Dask cluster): every worker holds the shared tables and builds one bucket
+    at a time within ``data.memory_gb / workers``, and there are at least as many buckets as
+    workers."""
     from pathlib import Path
 
     from .prepare import load_meta
@@ -99,15 +103,17 @@ def choose_buckets(cfg: dict, prepared_dir) -> int:
         if int(value) < 1:
             raise BudgetError(f"features.buckets: expected a positive number or 'auto', got {value}")
         return int(value)
-    budget_mb = memory_budget_gb(cfg) * 1024
+    workers = max(1, int(workers))
+    budget_mb = memory_budget_gb(cfg) * 1024 / workers
     meta = load_meta(Path(prepared_dir))
     rows = int(meta["n_actions"]) + int(meta["n_test"])
     fixed = FEATURES_FIXED_MB + rows * FEATURES_TOTAL_ROW_BYTES / 2**20
     avail = budget_mb - fixed
     need = rows * FEATURES_ROW_BYTES / 2**20
-    n = max(1, math.ceil(need / avail)) if avail > 0 else MAX_BUCKETS + 1
+    n = max(workers, math.ceil(need / avail)) if avail > 0 else MAX_BUCKETS + 1
     if n > MAX_BUCKETS:
         raise BudgetError(
             f"features: needs about {(fixed + need / MAX_BUCKETS) / 1024:.1f} GB even in "
-            f"{MAX_BUCKETS} user buckets, over the memory budget of {budget_mb / 1024:.1f} GB (data.memory_gb)")
+            f"{MAX_BUCKETS} user buckets, over the memory budget of {budget_mb / 1024:.1f} GB "
+            + ("(data.memory_gb)" if workers == 1 else f"per worker (data.memory_gb / {workers} workers)"))
     return n

@@ -88,6 +88,112 @@ def target_days(cfg: dict) -> list[int]:
     return sorted(int(d) for d in days)
 
 
+# ----------------------------------------------------------------------------- pass B
+
+class BucketJob:
+    """Pass B for one user bucket: its histories, then its rows of every todo day, written as
+    ``day=DD/part-BB.parquet`` (+ the users side table); returns {day: manifest part entry}.
+    Self-contained and picklable, so a Dask worker can run it (files are written atomically, so a
+    task retried elsewhere after a worker died leaves no half-written part)."""
+
+    def __init__(self, ctx: Context, families: list, columns: list[dict], todo: list[int]):
+        self.ctx, self.families, self.todo = ctx, families, list(todo)
+        self.day_cols = [c["name"] for c in columns if c["table"] == "day"] + [ROW_KEY]
+        self.user_cols = ["userid", "date_", *(c["name"] for c in columns if c["table"] == "users")]
+        self.dtypes = {**{c["name"]: c["dtype"] for c in columns}, ROW_KEY: "int32", "userid": "int32",
+                       "date_": "int8"}
+
+    def __call__(self, b: int) -> dict[int, dict]:
+        ctx, out = self.ctx, self.ctx.out
+        all_cols = ["userid", "feedid", "date_", "device", *partition.LABEL_COLUMNS]
+        rs = RowSet(partition.read_bucket(ctx.staged, b, all_cols, ctx.staged.days()), ctx.static)
+        states = [call(ctx, f, "open_bucket", rs) for f in self.families]
+        entries = {}
+        for d in self.todo:
+            rows = rs.day_rows(d)
+            if rows.stop == rows.start and b > 0:
+                continue
+            day, side = {ROW_KEY: rs.row[rows]}, {}
+            for f, state in zip(self.families, states):
+                dc, uc = call(ctx, f, "transform", d, rs, state)
+                day.update(dc)
+                side.update(uc)
+            dtypes = self.dtypes
+            table = pd.DataFrame(day)[self.day_cols].astype({c: dtypes[c] for c in self.day_cols}, copy=False)
+            if table.isna().any().any():
+                bad = table.columns[table.isna().any()].tolist()
+                raise AssertionError(f"day {d}: NaN in {bad[:5]}")
+            entry = {"file": part_file(d, b), "bucket": b, "rows": int(len(table))}
+            write_parquet(table, out / entry["file"], row_group_rows=ROW_GROUP_ROWS)
+            if len(self.user_cols) > 2:
+                entry["users"] = user_part_file(d, b)
+                write_parquet(pd.DataFrame(side)[self.user_cols].astype(
+                    {c: dtypes[c] for c in self.user_cols}, copy=False), out / entry["users"])
+            entries[d] = entry
+        return entries
+
+
+def _bucket_task(job: BucketJob, b: int) -> tuple[dict[int, dict], dict[str, float], float]:
+    """Run on a worker: the bucket's part entries, the seconds each family took on it and the
+    worker process's peak RSS (MB)."""
+    before = dict(job.ctx.timings)
+    entries = job(b)
+    spent = {k: v - before.get(k, 0.0) for k, v in job.ctx.timings.items() if k.startswith("family_")}
+    return entries, spent, _peak_mb()
+
+
+def _peak_mb() -> float:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def _run_on_cluster(client, job: BucketJob, buckets: list[int], finished, bar, ctx: Context) -> None:
+    """Pass B as one Dask task per bucket.  The job (config, static table, the shared per-(key,
+    day) tables and the fitted vectors) is scattered once to every worker; the client records
+    each bucket in the manifest as it completes (any order: parts are sorted at the end)."""
+    from distributed import as_completed
+
+    if not buckets:
+        return
+    shared = client.scatter(job, broadcast=True)
+    futures = {client.submit(_bucket_task, shared, b, key=f"features-bucket-{b}-{ctx.code[:8]}", pure=False): b
+               for b in buckets}
+    peaks = {}
+    for fut in as_completed(futures):
+        entries, spent, peak = fut.result()
+        b = futures[fut]
+        finished(b, entries)
+        for k, v in spent.items():
+            ctx.timings[k] = round(ctx.timings.get(k, 0.0) + v, 3)
+        peaks[b] = peak
+        bar.update()
+    ctx.peaks["days_worker_max"] = max(peaks.values())
+
+
+def _fit_task(family):
+    entries = family.fit()
+    return family, entries, _peak_mb()
+
+
+def _fit_on_cluster(client, ctx: Context, family) -> dict:
+    """word2vec's fit as one Dask task (it trains on the corpus files under the shared root);
+    the fitted tables come back to the client, which ships them with the bucket job."""
+    for f in family.files.values():                         # the corpora the scan wrote here
+        f.close()
+    family.files = {}
+    t = time.perf_counter()
+    fitted, entries, peak = client.submit(_fit_task, family, pure=False).result()
+    family.tables = fitted.tables
+    for k, v in fitted.ctx.timings.items():
+        if k.endswith("_w2v_s") or k.endswith("_w2v_reused_s"):
+            ctx.timings[k] = v
+    key = f"family_{family.name}_s"
+    ctx.timings[key] = round(ctx.timings.get(key, 0.0) + time.perf_counter() - t, 3)
+    ctx.peaks["fit_w2v_worker"] = peak
+    ctx.mark("fit_w2v")
+    return entries
+
+
 # ----------------------------------------------------------------------------- stage
 
 def load_manifest(out: Path) -> dict:
@@ -114,12 +220,15 @@ def _remove_day(out: Path, d: int, keep: set[str] = frozenset()) -> None:
         p.unlink(missing_ok=True)
 
 
-def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_buckets: int | None = None) -> dict:
+def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_buckets: int | None = None,
+        client=None) -> dict:
     """Build every stale target day (every day with ``force``, pretrained tables included);
     returns a summary with built / skipped days and timings.
 
     ``n_buckets``: user buckets (default: ``features.buckets``, ``auto`` = the fewest whose
-    estimated peak fits ``data.memory_gb``).  The values written do not depend on it."""
+    estimated peak fits ``data.memory_gb``).  The values written do not depend on it.
+    ``client``: a ``distributed.Client``: the buckets of pass B run as one task each on its
+    workers and word2vec's fit as one task; the files written are the same."""
     fcfg = cfg["features"]
     out = Path(paths.features)
     t0 = time.perf_counter()
@@ -193,7 +302,10 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
     t = time.perf_counter()
     pretrained = {}
     for f in families:                               # label-free fits, fingerprinted
-        pretrained.update(call(ctx, f, "fit"))
+        if client is not None and f.name == "w2v" and f.wants_scan():
+            pretrained.update(_fit_on_cluster(client, ctx, f))     # word2vec: one task
+        else:
+            pretrained.update(call(ctx, f, "fit"))
     ctx.timings["fit_s"] = round(time.perf_counter() - t, 2)
     ctx.mark("fit")
 
@@ -235,38 +347,23 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
 
     # pass B: each bucket's history, then its rows of every todo day
     t = time.perf_counter()
-    day_cols = [c["name"] for c in columns if c["table"] == "day"] + [ROW_KEY]
-    user_cols = ["userid", "date_", *(c["name"] for c in columns if c["table"] == "users")]
-    dtypes = {**{c["name"]: c["dtype"] for c in columns}, ROW_KEY: "int32", "userid": "int32", "date_": "int8"}
-    all_cols = ["userid", "feedid", "date_", "device", *partition.LABEL_COLUMNS]
-    for b in tqdm(range(staged.n_buckets), desc="features: buckets", unit="bucket", disable=not progress,
-                  file=sys.stderr):
-        if b in resume["buckets_done"]:
-            continue
-        rs = RowSet(partition.read_bucket(staged, b, all_cols, staged.days()), static)
-        states = [call(ctx, f, "open_bucket", rs) for f in families]
-        for d in todo:
-            rows = rs.day_rows(d)
-            if rows.stop == rows.start and b > 0:
-                continue
-            day, side = {ROW_KEY: rs.row[rows]}, {}
-            for f, state in zip(families, states):
-                dc, uc = call(ctx, f, "transform", d, rs, state)
-                day.update(dc)
-                side.update(uc)
-            table = pd.DataFrame(day)[day_cols].astype({c: dtypes[c] for c in day_cols}, copy=False)
-            if table.isna().any().any():
-                bad = table.columns[table.isna().any()].tolist()
-                raise AssertionError(f"day {d}: NaN in {bad[:5]}")
-            entry = {"file": part_file(d, b), "bucket": b, "rows": int(len(table))}
-            write_parquet(table, out / entry["file"], row_group_rows=ROW_GROUP_ROWS)
-            if len(user_cols) > 2:
-                entry["users"] = user_part_file(d, b)
-                write_parquet(pd.DataFrame(side)[user_cols].astype({c: dtypes[c] for c in user_cols}, copy=False),
-                              out / entry["users"])
+    job = BucketJob(ctx, families, columns, todo)
+    left = [b for b in range(staged.n_buckets) if b not in resume["buckets_done"]]
+
+    def finished(b: int, entries: dict[int, dict]) -> None:
+        for d, entry in entries.items():
             resume["parts"][str(d)].append(entry)
         resume["buckets_done"].append(b)
         write_json(manifest, out / MANIFEST)
+
+    with tqdm(total=len(left), desc="features: buckets", unit="bucket", disable=not progress,
+              file=sys.stderr) as bar:
+        if client is None:
+            for b in left:
+                finished(b, job(b))
+                bar.update()
+        else:
+            _run_on_cluster(client, job, left, finished, bar, ctx)
     for d in todo:
         parts = sorted(resume["parts"][str(d)], key=lambda p: p["bucket"])
         manifest["day_tables"][str(d)] = {"parts": parts, "rows": int(sum(p["rows"] for p in parts)),
@@ -278,7 +375,10 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
     ctx.timings["days_s"] = round(time.perf_counter() - t, 2)
     ctx.mark("days")
     ctx.timings["total_s"] = round(time.perf_counter() - t0, 2)
+    workers = {}
+    if client is not None:     # each worker process's peak RSS (MB), by worker address
+        workers = {a: round(v, 1) for a, v in sorted(client.run(_peak_mb).items())}
     return {"built": todo, "skipped": [d for d in days if d not in todo], "timings": ctx.timings,
-            "peaks_mb": ctx.peaks,
+            "peaks_mb": ctx.peaks, **({"worker_peaks_mb": workers} if workers else {}),
             "n_columns": len(columns), "buckets": staged.n_buckets,
             "rows": {d: manifest["day_tables"][str(d)]["rows"] for d in todo}}

@@ -1,0 +1,93 @@
+"""The Dask cluster (cluster.address, run_all.sh --cluster): the address parser, the stamps, the
+bucket count per worker, and the features stage on a LocalCluster writing the same bytes as one
+process (issue 15)."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import REPO, TINY_SEED, run_all_env, run_stage
+from wbdc.cluster import Address, ClusterError, parse_address
+from wbdc.config import resolve_argv
+
+
+@pytest.mark.parametrize("value,expected", [
+    (None, None), ("", None), ("local:2", Address("local", workers=2)),
+    ("tcp://10.0.0.5:8786", Address("tcp", url="tcp://10.0.0.5:8786")),
+    ("tcp://scheduler-host:8786", Address("tcp", url="tcp://scheduler-host:8786")),
+])
+def test_addresses_are_parsed(value, expected):
+    assert parse_address(value) == expected
+
+
+@pytest.mark.parametrize("value", ["local", "local:0", "local:x", "10.0.0.5:8786", "tcp://host", "http://h:1"])
+def test_a_bad_address_is_one_line_naming_the_key(value):
+    with pytest.raises(ClusterError, match=r"^cluster\.address=") as e:
+        parse_address(value)
+    assert "\n" not in str(e.value)
+
+
+def test_run_all_refuses_a_bad_cluster_address_before_any_stage(tmp_path):
+    r = subprocess.run(["bash", str(REPO / "run_all.sh"), "--preset", "tiny", "--root", str(tmp_path / "r"),
+                        "--cluster", "local:zero"], capture_output=True, text=True, env=run_all_env(), timeout=120)
+    assert r.returncode == 2
+    assert "cluster.address=local:zero: expected local:N" in r.stderr
+    assert not (tmp_path / "r").exists() or not any((tmp_path / "r").rglob("*.parquet"))
+
+
+def test_the_cluster_reruns_models_but_not_features():
+    from wbdc.pipeline import stage_specs, _hashed_config
+    one = resolve_argv(["--preset", "tiny"])
+    two = resolve_argv(["--preset", "tiny", "--set", "cluster.address=local:2"])
+    other = resolve_argv(["--preset", "tiny", "--set", "cluster.address=tcp://h:8786"])
+    specs = stage_specs(["lgb", "mmoe"])
+    feats = specs["features"].config
+    assert _hashed_config(one, feats) == _hashed_config(two, feats)
+    lgb = specs["lgb"].config
+    assert _hashed_config(one, lgb) != _hashed_config(two, lgb)
+    assert _hashed_config(two, lgb) == _hashed_config(other, lgb)      # which cluster: no matter
+
+
+def test_auto_buckets_give_every_worker_a_bucket_within_its_share(tiny_root):
+    from wbdc import budget
+    from wbdc.paths import Paths
+    cfg = resolve_argv(["--preset", "tiny", "--set", "data.memory_gb=64"])
+    prepared = Paths.at(tiny_root).prepared
+    assert budget.choose_buckets(cfg, prepared) == 1
+    assert budget.choose_buckets(cfg, prepared, workers=4) == 4
+    rows = json.loads((prepared / "meta.json").read_text())
+    rows = rows["n_actions"] + rows["n_test"]
+    per_worker_mb = budget.FEATURES_FIXED_MB + rows * (budget.FEATURES_TOTAL_ROW_BYTES
+                                                       + budget.FEATURES_ROW_BYTES / 5.5) / 2**20
+    cfg["data"]["memory_gb"] = 2 * per_worker_mb / 1024       # two workers, each fits 1/6 of the rows
+    assert budget.choose_buckets(cfg, prepared, workers=2) == 6
+    cfg["data"]["memory_gb"] = 0.2
+    with pytest.raises(budget.BudgetError, match=r"per worker \(data.memory_gb / 2 workers\)"):
+        budget.choose_buckets(cfg, prepared, workers=2)
+
+
+def _digests(features) -> dict[str, str]:
+    return {str(p.relative_to(features)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(features.rglob("*")) if p.suffix in (".parquet", ".npy")}
+
+
+def test_features_on_a_local_cluster_are_the_bytes_of_one_process(tiny_root_3_buckets, tmp_path):
+    one, _ = tiny_root_3_buckets
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(one / "data" / "prepared", root / "data" / "prepared")
+    r = run_stage("features.py", root, "--preset", "tiny", "--seed", str(TINY_SEED), "--no-progress",
+                  "--set", "features.buckets=3", "--set", "cluster.address=local:2")
+    assert "started a LocalCluster of 2 worker(s)" in r.stderr
+    assert "Dask workers' peak RSS" in r.stderr
+    a, b = _digests(one / "features"), _digests(root / "features")
+    assert len(a) > 40 and a == b
+    ma = json.loads((one / "features" / "manifest.json").read_text())
+    mb = json.loads((root / "features" / "manifest.json").read_text())
+    assert ma["day_tables"] == mb["day_tables"] and ma["pretrained"] == mb["pretrained"]
+    info = json.loads((root / "features" / "run_info_features.json").read_text())
+    assert len(info["worker_peaks_mb"]) == 2 and info["buckets"] == 3

@@ -108,6 +108,6 @@ def dask_client():
     ``--set cluster.address=local:2``)."""
     import logging
     from distributed import Client, LocalCluster
-    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0",
                       memory_limit="3GB", silence_logs=logging.ERROR) as cluster, Client(cluster) as client:
         yield client

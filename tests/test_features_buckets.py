@@ -19,9 +19,16 @@ from wbdc.paths import Paths
 
 #: sha256 of every day table (columns in order: name, dtype, bytes) and pretrained table of
 #: make_world(seed=1) under small_config(), as written by the in-memory build of commit ba8cb9b
-#: (one table per day, before user buckets existed).  A deliberate change to a feature's
-#: definition changes it: recompute it then with `frames_digest` and say so in the commit.
-IN_MEMORY_DIGEST = "cffa3a699a7e544443eb67a3a5ff08ebe1f29077a98fa31cd9fbd212a21d2109"
+#: (one table per day, before user buckets existed), on each kind of CPU it was run on: the
+#: floating-point sums (numpy's SIMD kernels, the BLAS under gensim and PCA) round differently
+#: with and without AVX-512, so the bytes are per machine kind, and the bucketed build must give
+#: the in-memory build's bytes of the machine it runs on (it is one of these, or the test names
+#: the digest to add after running ba8cb9b's build there).  A deliberate change to a feature's
+#: definition changes them: recompute with `frames_digest` and say so in the commit.
+IN_MEMORY_DIGESTS = {
+    "cffa3a699a7e544443eb67a3a5ff08ebe1f29077a98fa31cd9fbd212a21d2109": "AVX2 (no AVX-512)",
+    "faf67ea7f6f465a4145bc73ca01ac9a4502681397fdd0fcb3960e898630c6931": "AMD EPYC with AVX-512",
+}
 
 
 def frames_digest(fs: FeatureStore) -> str:
@@ -52,7 +59,7 @@ def builds(tmp_path_factory):
 
 
 def test_one_bucket_equals_the_in_memory_build_it_replaced(builds):
-    assert frames_digest(builds[1]) == IN_MEMORY_DIGEST
+    assert frames_digest(builds[1]) in IN_MEMORY_DIGESTS, frames_digest(builds[1])
 
 
 @pytest.mark.parametrize("p", [3, 5])
@@ -67,7 +74,7 @@ def test_every_value_is_the_same_whatever_the_number_of_buckets(builds, p):
     for name in one.manifest["pretrained"]:
         for a, b in zip(one.pretrained(name), many.pretrained(name)):
             assert np.array_equal(a, b), name
-    assert frames_digest(many) == IN_MEMORY_DIGEST
+    assert frames_digest(many) in IN_MEMORY_DIGESTS
 
 
 def test_parts_hold_disjoint_user_ranges_and_row_keys_map_back(builds):

@@ -79,7 +79,7 @@ def client_for(cfg: dict, log=None) -> Iterator[object | None]:
     if addr.kind == "local":
         cluster = LocalCluster(n_workers=addr.workers, threads_per_worker=1, processes=True,
                                memory_limit=worker_memory_bytes(cfg, addr.workers),
-                               dashboard_address=None, silence_logs=logging.ERROR)
+                               dashboard_address=":0", silence_logs=logging.ERROR)
         try:
             with Client(cluster) as client:
                 if log:

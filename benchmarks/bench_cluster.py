@@ -126,7 +126,7 @@ def main() -> int:
               f"not included):")
         for w in (1, 2, 4, 8, 16):
             print(f"  W={w:<3} {serial + per_bucket * math.ceil(buckets / min(w, buckets)):>9.0f} s")
-        print("  (with more buckets than the budget needs, --set features.buckets=N, the pass spreads wider)")
+        print("  (more buckets than the budget needs spread the pass wider: --set features.buckets=16)")
     return 0
 
 

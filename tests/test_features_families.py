@@ -57,3 +57,22 @@ def test_a_new_family_is_one_class(tmp_path, monkeypatch, buckets):
         assert np.array_equal(df["feed_prev_day_expo"].to_numpy(), want_feed)
         assert np.array_equal(df["user_prev_day_expo"].to_numpy(), want_user)
         assert want_user.sum() > 0
+
+
+def test_word2vec_auto_is_one_worker_up_to_the_row_limit_and_corpus_file_threads_above():
+    from wbdc.features.families import w2v_corpus_file, w2v_deterministic, w2v_workers
+    f = {"w2v": {"deterministic": "auto", "auto_max_rows": 1000, "workers": 2, "corpus_file": "auto"}}
+    assert w2v_deterministic(f, 1000) and w2v_workers(f, 1000) == 1 and not w2v_corpus_file(f, 1000)
+    assert not w2v_deterministic(f, 1001) and w2v_workers(f, 1001) == 2 and w2v_corpus_file(f, 1001)
+    f["w2v"].update(deterministic=True, corpus_file=True)           # explicit values win at any size
+    assert w2v_workers(f, 10**9) == 1 and w2v_corpus_file(f, 10)
+    f["w2v"].update(deterministic=False, corpus_file=False)
+    assert w2v_workers(f, 10) == 2 and not w2v_corpus_file(f, 10**9)
+
+
+def test_the_default_keeps_one_worker_through_full_and_threads_at_final():
+    from wbdc.config import resolve_argv
+    from wbdc.features.families import w2v_workers
+    fcfg = resolve_argv([])["features"]
+    assert w2v_workers(fcfg, 7_767_471) == 1            # full: actions + test rows
+    assert w2v_workers(fcfg, 77_363_460) == 2           # final

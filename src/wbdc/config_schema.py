@@ -78,9 +78,10 @@ class W2VModelConfig:
 
 @dataclass
 class W2VConfig:
-    deterministic: bool
+    deterministic: Union[bool, Literal["auto"]]
+    auto_max_rows: int
     workers: int
-    corpus_file: bool
+    corpus_file: Union[bool, Literal["auto"]]
     max_sentence_len: int
     feed: W2VModelConfig
     author: W2VModelConfig

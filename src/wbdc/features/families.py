@@ -33,6 +33,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..io import InputError, obj_digest, write_npy
+from ..prepare import load_meta
 from ..schema import ACTIONS, TEST_DAY
 from . import partition
 from . import static as static_mod
@@ -320,9 +321,24 @@ def _save(ctx: Context, ids: np.ndarray, mat: np.ndarray, entry: dict) -> None:
     write_npy(mat.astype(np.float32), ctx.out / entry["file"])
 
 
-def w2v_workers(fcfg: dict) -> int:
+def w2v_deterministic(fcfg: dict, rows: int) -> bool:
+    """``w2v.deterministic`` with ``auto`` resolved: one worker (bit-reproducible) up to
+    ``w2v.auto_max_rows`` exposure rows, ``workers`` threads above."""
     w = fcfg["w2v"]
-    return 1 if w.get("deterministic", True) else int(w.get("workers", 1))
+    value = w.get("deterministic", True)
+    return int(rows) <= int(w.get("auto_max_rows", 0)) if value == "auto" else bool(value)
+
+
+def w2v_workers(fcfg: dict, rows: int) -> int:
+    return 1 if w2v_deterministic(fcfg, rows) else int(fcfg["w2v"].get("workers", 1))
+
+
+def w2v_corpus_file(fcfg: dict, rows: int) -> bool:
+    """``w2v.corpus_file`` with ``auto`` resolved: gensim's corpus_file mode exactly when not
+    deterministic (its threads read the file in parallel; with one worker the streamed
+    sentences give the in-memory run's vectors)."""
+    value = fcfg["w2v"].get("corpus_file", False)
+    return not w2v_deterministic(fcfg, rows) if value == "auto" else bool(value)
 
 
 class Word2Vec(Family):
@@ -335,9 +351,12 @@ class Word2Vec(Family):
     def __init__(self, ctx: Context):
         super().__init__(ctx)
         w = ctx.fcfg["w2v"]
+        meta = load_meta(ctx.prepared)
+        rows = int(meta["n_actions"]) + int(meta["n_test"])
+        self.workers, self.corpus_file = w2v_workers(ctx.fcfg, rows), w2v_corpus_file(ctx.fcfg, rows)
         self.fps = {f"{kind}_w2v": obj_digest({
             "v": FEATURES_VERSION, "cfg": w[kind], "max_len": w["max_sentence_len"],
-            "workers": w2v_workers(ctx.fcfg), "corpus_file": bool(w.get("corpus_file", False)),
+            "workers": self.workers, "corpus_file": self.corpus_file,
             "seed": ctx.seed + off, "code": ctx.code,
             "inputs": [ctx.inputs[k] for k in ("actions.parquet", "test.parquet", "feeds.parquet")]})
             for kind, _, off in self.KINDS}
@@ -379,7 +398,7 @@ class Word2Vec(Family):
         for f in self.files.values():
             f.close()
         ctx, w = self.ctx, self.ctx.fcfg["w2v"]
-        workers = w2v_workers(ctx.fcfg)
+        workers = self.workers
         universe = {"feedid": ctx.static["feedid"].to_numpy().astype(np.int64),
                     "authorid": np.unique(ctx.static["authorid"].to_numpy()).astype(np.int64)}
         entries = {}
@@ -392,11 +411,12 @@ class Word2Vec(Family):
                 ctx.timings[f"{name}_reused_s"] = round(time.perf_counter() - t, 2)
                 continue
             wv = train_word2vec(self.corpus(name), w[kind], ctx.seed + off, workers,
-                                corpus_file=bool(w.get("corpus_file", False)), max_len=int(w["max_sentence_len"]))
+                                corpus_file=self.corpus_file, max_len=int(w["max_sentence_len"]))
             ids = universe[item]
             mat = vector_table(wv, ids)
             e = _pretrained_entry(name, item, wv.vector_size, self.fps[name],
-                                  {"workers": workers, "vocab": len(wv.key_to_index)})
+                                  {"workers": workers, "corpus_file": self.corpus_file,
+                                   "vocab": len(wv.key_to_index)})
             _save(ctx, ids, mat, e)
             self.tables[name], entries[name] = (ids, mat), e
             ctx.timings[f"{name}_s"] = round(time.perf_counter() - t, 2)

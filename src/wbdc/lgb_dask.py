@@ -313,9 +313,12 @@ def dask_params(params: Mapping) -> dict:
 
 def train_dask(client, settings: LgbSettings, spec: FeatureSpec, X, y, rounds: int) -> lgb.Booster:
     """``rounds`` boosting rounds of DaskLGBMClassifier; the trained booster, local."""
+    import warnings
     from lightgbm.dask import DaskLGBMClassifier
     model = DaskLGBMClassifier(client=client, n_estimators=int(rounds), **dask_params(settings.params))
-    model.fit(X, y, feature_name=list(spec.names), categorical_feature=list(spec.categorical) or "auto")
+    with warnings.catch_warnings():   # the sklearn wrapper's n_jobs=None, dropped by lightgbm.dask
+        warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+        model.fit(X, y, feature_name=list(spec.names), categorical_feature=list(spec.categorical) or "auto")
     return model.to_local().booster_
 
 

@@ -235,3 +235,22 @@ def test_stage_on_local_cluster_writes_the_single_machine_files(stage_pair):
     model = (d / "model_offline_read_comment.txt").read_text()
     assert "[tree_learner: data]" in model
     assert model.count("Tree=") == scores["best_iteration"]["read_comment"]
+
+
+def test_a_worker_without_data_is_left_out_of_training(tiny_root, dask_client):
+    """One training part on a 2-worker cluster: the worker holding no chunk takes no part
+    (lightgbm.dask builds ``machines`` from where the chunks are) and the fit still succeeds --
+    the model then equals one trained by lightgbm.train on that chunk's rows."""
+    s = _settings()
+    fs = _store(tiny_root)
+    data = ClusterData(dask_client, fs, s, [13, 14])
+    X, y = data.arrays("read_comment", [13])
+    assert X.numblocks[0] == 1 and len(dask_client.scheduler_info()["workers"]) == 2
+    Xn, yn = (np.asarray(v) for v in dask_dask_compute(X, y))
+    booster = train_dask(dask_client, s, data.spec, X, y, 5)
+    data.close()                # releases the label futures the arrays' graph reads
+    ds = lgb.Dataset(Xn, label=yn, feature_name=list(data.spec.names),
+                     categorical_feature=list(data.spec.categorical),
+                     params=_dataset_params(s.params), free_raw_data=True)
+    single = train_booster({**s.params, "tree_learner": "data", "num_threads": 1}, ds, 5, progress=False)
+    np.testing.assert_allclose(booster.predict(Xn), single.predict(Xn), rtol=1e-6)

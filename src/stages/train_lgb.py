@@ -14,6 +14,12 @@ Reads features/ (FeatureStore) and data/prepared/actions.parquet (labels); write
 pred_online.parquet, scores.json,
 importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
+
+On a Dask cluster (--set cluster.address=local:N or tcp://HOST:PORT; run_all.sh --cluster) every
+action trains with lightgbm.dask on chunks read by the workers (one per store part), for all
+lgb.num_boost_round rounds (no early stopping there); the rounds are chosen on day 14 among every
+lgb.dask_eval_every-th round, each user half on its own users as above (src/wbdc/lgb_dask.py).
+The same files are written; scores.json adds "distributed".
 """
 from __future__ import annotations
 
@@ -73,6 +79,19 @@ def summary(scores: dict, actions: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _peak_rss_mb() -> float:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KB
+
+
+def worker_peak_rss_mb(client) -> dict:
+    """Peak resident memory of every worker process so far (MB; empty where it cannot be read)."""
+    try:
+        return dict(sorted(client.run(_peak_rss_mb).items()))
+    except Exception:  # noqa: BLE001 - a report only
+        return {}
+
+
 def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run) -> dict:
     """The stage on a Dask cluster (wbdc.lgb_dask): the same files, lightgbm.dask models, the
     rounds chosen on a day-14 grid (lgb.dask_eval_every) instead of early stopping."""
@@ -117,7 +136,8 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
     write_json(scores, out / "scores.json")
     write_json(cfg, out / "config.json")
     run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),
-                    cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers)},
+                    cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers),
+                             "worker_peak_rss_mb": worker_peak_rss_mb(client)},
                     seconds_by_step={k: round(v, 2) for k, v in seconds.items()})
     if "offline" in scores:
         run.info["weighted_uauc"] = scores["offline"].get("weighted")

@@ -15,7 +15,7 @@ pred_online.parquet, scores.json,
 importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
 
-On a Dask cluster (--set cluster.address=local:N or tcp://HOST:PORT; run_all.sh --cluster) every
+On a Dask cluster (--set cluster.address=local:2 or a tcp:// scheduler; run_all.sh --cluster) every
 action trains with lightgbm.dask on chunks read by the workers (one per store part), for all
 lgb.num_boost_round rounds (no early stopping there); the rounds are chosen on day 14 among every
 lgb.dask_eval_every-th round, each user half on its own users as above (src/wbdc/lgb_dask.py).

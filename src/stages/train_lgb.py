@@ -14,6 +14,12 @@ Reads features/ (FeatureStore) and data/prepared/actions.parquet (labels); write
 pred_online.parquet, scores.json,
 importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
+
+On a Dask cluster (--set cluster.address=local:2 or a tcp:// scheduler; run_all.sh --cluster) every
+action trains with lightgbm.dask on chunks read by the workers (one per store part), for all
+lgb.num_boost_round rounds (no early stopping there); the rounds are chosen on day 14 among every
+lgb.dask_eval_every-th round, each user half on its own users as above (src/wbdc/lgb_dask.py).
+The same files are written; scores.json adds "distributed".
 """
 from __future__ import annotations
 
@@ -31,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbdc.budget import check_prepared, memory_budget_gb  # noqa: E402
+from wbdc.cluster import client_for, worker_addresses  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
@@ -72,6 +79,71 @@ def summary(scores: dict, actions: list[str]) -> str:
     return "\n".join(lines)
 
 
+def _peak_rss_mb() -> float:
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KB
+
+
+def worker_peak_rss_mb(client) -> dict:
+    """Peak resident memory of every worker process so far (MB; empty where it cannot be read)."""
+    try:
+        return dict(sorted(client.run(_peak_rss_mb).items()))
+    except Exception:  # noqa: BLE001 - a report only
+        return {}
+
+
+def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run) -> dict:
+    """The stage on a Dask cluster (wbdc.lgb_dask): the same files, lightgbm.dask models, the
+    rounds chosen on a day-14 grid (lgb.dask_eval_every) instead of early stopping."""
+    from wbdc.lgb_dask import cluster_data, fit_offline_dask, fit_online_dask
+    seconds: dict[str, float] = {}
+    t0 = time.perf_counter()
+    data = cluster_data(client, fs, settings, args.mode)
+    seconds["load"] = time.perf_counter() - t0
+    workers = worker_addresses(client)
+    train_days = [d for d in data.parts if d < 14]
+    scores.update(actions=actions, features=len(data.spec.names), categorical=data.spec.categorical,
+                  train_days=train_days, neg_rate={a: settings.neg_rate[a] for a in actions},
+                  calibrated=settings.calibrate,
+                  distributed={"workers": len(workers), "library": "lightgbm.dask",
+                               "round_selection": f"day-14 grid every {settings.dask_eval_every} "
+                                                  f"of {settings.num_boost_round} rounds"})
+    if args.mode in ("offline", "all"):
+        t0 = time.perf_counter()
+        off = fit_offline_dask(client, data, settings, actions, settings.dask_eval_every,
+                               progress=not args.no_progress)
+        write_offline(off, out)
+        seconds["offline"] = time.perf_counter() - t0
+        best = off.best_iteration
+        scores.update(offline=off.scores, offline_insample=off.scores_insample,
+                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
+                      train_rows={"offline": off.train_rows})
+    if args.mode == "offline":
+        (out / "pred_online.parquet").unlink(missing_ok=True)
+        for stale in out.glob("model_online_*.txt"):
+            stale.unlink()
+    if args.mode in ("online", "all"):
+        t0 = time.perf_counter()
+        on = fit_online_dask(client, data, settings, actions, best_iteration=best,
+                             fixed_rounds=args.rounds, progress=not args.no_progress)
+        write_online(on, out)
+        seconds["online"] = time.perf_counter() - t0
+        scores["online_rounds"] = on.rounds
+        scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
+                                        else ROUNDS_NOTE[settings.round_scaling])
+        scores.setdefault("train_rows", {})["online"] = on.train_rows
+    data.close()
+    write_json(scores, out / "scores.json")
+    write_json(cfg, out / "config.json")
+    run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),
+                    cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers),
+                             "worker_peak_rss_mb": worker_peak_rss_mb(client)},
+                    seconds_by_step={k: round(v, 2) for k, v in seconds.items()})
+    if "offline" in scores:
+        run.info["weighted_uauc"] = scores["offline"].get("weighted")
+    return scores
+
+
 def main() -> int:
     args = parse_args()
     if args.rounds is not None and args.rounds < 1:
@@ -108,7 +180,12 @@ def main() -> int:
         scores = {k: scores[k] for k in ("offline", "offline_insample", "best_iteration",
                                          "half_best_iteration", "train_rows") if k in scores}
 
-    with StageRun("train_lgb", out) as run:
+    with StageRun("train_lgb", out) as run, \
+            client_for(cfg, log=lambda m: print(f"[train_lgb] {m}", file=sys.stderr)) as client:
+        if client is not None:
+            scores = run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run)
+            print(summary(scores, actions), file=sys.stderr)
+            return 0
         seconds: dict[str, float] = {}
         t0 = time.perf_counter()
         # decoded feature blocks are kept when they fit a quarter of the budget and what the

@@ -174,6 +174,7 @@ class LgbConfig:
     round_scaling: Literal["rows", "days"]
     num_boost_round: int
     early_stopping_rounds: int
+    dask_eval_every: int             # cluster runs: rounds between the day-14 grid points
     params: LgbParams
 
 

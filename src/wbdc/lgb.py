@@ -70,6 +70,7 @@ class LgbSettings:
     round_scaling: str = "rows"
     num_boost_round: int = 2000
     early_stopping_rounds: int = 50
+    dask_eval_every: int = 25      # cluster runs: rounds between day-14 grid points (lgb_dask)
     first_day: int | None = None
     seed: int = 2021
     halves_seed: int = 2021        # data.seed: the day-14 user halves every model shares
@@ -91,10 +92,13 @@ class LgbSettings:
         if scaling not in ROUND_SCALINGS:
             raise ValueError(f"lgb.round_scaling must be one of {ROUND_SCALINGS}, got {scaling!r}")
         first = sec["first_day"]
+        every = int(sec.get("dask_eval_every", 25))
+        if every < 1:
+            raise ValueError(f"lgb.dask_eval_every must be >= 1, got {every}")
         return cls(params=params, neg_rate=rates, drop=tuple(sec["drop"]),
                    categorical=tuple(sec["categorical"]), calibrate=bool(sec["calibrate"]),
                    round_scaling=scaling, num_boost_round=int(sec["num_boost_round"]),
-                   early_stopping_rounds=int(sec["early_stopping_rounds"]),
+                   early_stopping_rounds=int(sec["early_stopping_rounds"]), dask_eval_every=every,
                    first_day=None if first is None else int(first), seed=seed,
                    halves_seed=int(cfg["data"]["seed"]))
 

@@ -37,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from wbdc.budget import check_prepared, memory_budget_gb  # noqa: E402
-from wbdc.cluster import client_for, worker_addresses  # noqa: E402
+from wbdc.cluster import client_for, worker_addresses, worker_peaks_mb  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
@@ -77,19 +77,6 @@ def summary(scores: dict, actions: list[str]) -> str:
         fmt = lambda d: f"{d[a]:.5f}" if a in d else "-"  # noqa: E731
         lines.append(f"{a:<13} {fmt(off):>9} {best.get(a, '-'):>8} {rounds.get(a, '-'):>7}")
     return "\n".join(lines)
-
-
-def _peak_rss_mb() -> float:
-    import resource
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KB
-
-
-def worker_peak_rss_mb(client) -> dict:
-    """Peak resident memory of every worker process so far (MB; empty where it cannot be read)."""
-    try:
-        return dict(sorted(client.run(_peak_rss_mb).items()))
-    except Exception:  # noqa: BLE001 - a report only
-        return {}
 
 
 def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run) -> dict:
@@ -136,8 +123,8 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
     write_json(scores, out / "scores.json")
     write_json(cfg, out / "config.json")
     run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),
-                    cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers),
-                             "worker_peak_rss_mb": worker_peak_rss_mb(client)},
+                    cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers)},
+                    worker_peaks_mb=worker_peaks_mb(client),
                     seconds_by_step={k: round(v, 2) for k, v in seconds.items()})
     if "offline" in scores:
         run.info["weighted_uauc"] = scores["offline"].get("weighted")

@@ -107,3 +107,18 @@ def client_for(cfg: dict, log=None) -> Iterator[object | None]:
 def worker_addresses(client) -> list[str]:
     """The cluster's worker addresses, sorted (rank order of the distributed nets)."""
     return sorted(client.scheduler_info()["workers"])
+
+
+def process_peak_mb() -> float:
+    """This process's peak resident memory in MB (run on a worker: that worker's)."""
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KiB
+
+
+def worker_peaks_mb(client) -> dict[str, float]:
+    """Every worker process's peak resident memory so far, by worker address (MB; empty when
+    the workers cannot be asked: a report only)."""
+    try:
+        return dict(sorted(client.run(process_peak_mb).items()))
+    except Exception:  # noqa: BLE001 - a report only, never a reason to fail a stage
+        return {}

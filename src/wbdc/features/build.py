@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from ..budget import choose_buckets
+from ..cluster import process_peak_mb, worker_peaks_mb
 from ..io import atomic_path, file_digest, obj_digest, read_json, write_json, write_parquet
 from ..paths import Paths
 from ..schema import TEST_DAY
@@ -139,12 +140,7 @@ def _bucket_task(job: BucketJob, b: int) -> tuple[dict[int, dict], dict[str, flo
     before = dict(job.ctx.timings)
     entries = job(b)
     spent = {k: v - before.get(k, 0.0) for k, v in job.ctx.timings.items() if k.startswith("family_")}
-    return entries, spent, _peak_mb()
-
-
-def _peak_mb() -> float:
-    import resource
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return entries, spent, process_peak_mb()
 
 
 def _run_on_cluster(client, job: BucketJob, buckets: list[int], finished, bar, ctx: Context) -> None:
@@ -172,7 +168,7 @@ def _run_on_cluster(client, job: BucketJob, buckets: list[int], finished, bar, c
 
 def _fit_task(family):
     entries = family.fit()
-    return family, entries, _peak_mb()
+    return family, entries, process_peak_mb()
 
 
 def _fit_on_cluster(client, ctx: Context, family) -> dict:
@@ -377,7 +373,7 @@ def run(paths: Paths, cfg: dict, progress: bool = True, force: bool = False, n_b
     ctx.timings["total_s"] = round(time.perf_counter() - t0, 2)
     workers = {}
     if client is not None:     # each worker process's peak RSS (MB), by worker address
-        workers = {a: round(v, 1) for a, v in sorted(client.run(_peak_mb).items())}
+        workers = worker_peaks_mb(client)
     return {"built": todo, "skipped": [d for d in days if d not in todo], "timings": ctx.timings,
             "peaks_mb": ctx.peaks, **({"worker_peaks_mb": workers} if workers else {}),
             "n_columns": len(columns), "buckets": staged.n_buckets,

@@ -91,3 +91,35 @@ def test_features_on_a_local_cluster_are_the_bytes_of_one_process(tiny_root_3_bu
     assert ma["day_tables"] == mb["day_tables"] and ma["pretrained"] == mb["pretrained"]
     info = json.loads((root / "features" / "run_info_features.json").read_text())
     assert len(info["worker_peaks_mb"]) == 2 and info["buckets"] == 3
+
+
+@pytest.mark.slow
+def test_run_all_on_a_local_cluster_writes_a_valid_submission(tmp_path):
+    """`run_all.sh --preset tiny --cluster local:2` end to end (LightGBM and one net, the fast
+    settings): every stage ran on the cluster, and the submission is valid and scored."""
+    import numpy as np
+    import pandas as pd
+
+    from conftest import RUN_ALL_SEED, run_all_cmd
+    from wbdc.schema import ACTIONS
+    from wbdc.scoring import score_files
+
+    root = tmp_path / "root"
+    r = subprocess.run(run_all_cmd(root, "--models", "lgb,mmoe", "--cluster", "local:2"),
+                       capture_output=True, text=True, env=run_all_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stderr.count("started a LocalCluster of 2 worker(s)") >= 3      # features, lgb, mmoe
+    world = root / "data" / "synthetic" / f"tiny_seed{RUN_ALL_SEED}"
+    sub = pd.read_csv(root / "submissions" / "submission.csv")
+    test = pd.read_csv(world / "wechat_algo_data1" / "test_a.csv")
+    assert list(sub.columns) == ["userid", "feedid", *ACTIONS] and len(sub) == len(test)
+    assert (sub[["userid", "feedid"]].to_numpy() == test[["userid", "feedid"]].to_numpy()).all()
+    vals = sub[list(ACTIONS)].to_numpy()
+    assert np.isfinite(vals).all() and (vals >= 0).all() and (vals <= 1).all()
+    lgb_scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
+    assert lgb_scores["distributed"]["workers"] == 2
+    scores = json.loads((root / "ensemble" / "scores.json").read_text())
+    assert set(scores["models"]) == {"popularity", "lgb", "mmoe"}
+    online = score_files(root / "submissions" / "submission.csv", world / "truth" / "test_truth.csv")
+    assert scores["online"]["weighted"] == pytest.approx(online["weighted"], abs=1e-6)
+    assert online["weighted"] > 0.5

@@ -160,9 +160,12 @@ def test_fractional_epochs_and_step_evaluation(store):
     assert res.samples_per_s > 0
 
 
-def test_offline_then_online_pipeline_and_checkpoint(store, tmp_path):
-    cfg = small_nn_config("ple", epochs=2)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_offline_then_online_pipeline_and_checkpoint(store, tmp_path, precision):
+    # a reloaded checkpoint predicts in the precision it was trained in
+    cfg = small_nn_config("ple", epochs=2, precision=precision)
     off = run_offline(store, "ple", cfg)
+    assert off.fit.precision == precision
     assert list(off.preds.columns) == ["userid", "feedid", *ACTIONS]
     assert off.preds["userid"].tolist() == store.load_day(14)["userid"].tolist()
     assert 0.5 < off.fit.best_scores["weighted"] <= 1.0

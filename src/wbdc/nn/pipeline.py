@@ -255,23 +255,28 @@ def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:
 
 def save_checkpoint(path: str | Path, arch: str, result: RunResult, nn_cfg: dict) -> None:
     state = {"arch": arch, "nn_config": nn_cfg, "model": result.model.state_dict(),
-             "encoder": result.encoder.state_dict()}
+             "encoder": result.encoder.state_dict(), "precision": result.fit.precision}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
 
 def load_checkpoint(path: str | Path, store) -> tuple[MultiTaskNet, Encoder]:
     """Rebuild a saved net (side tables re-derived from ``store``, then overwritten by the saved
-    buffers) and its encoder."""
+    buffers) and its encoder.  ``model.precision`` is the precision it was trained and predicted
+    in (bf16 autocast where ``auto`` chose it), which :func:`predict_rows` uses again."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     enc = Encoder.from_state_dict(state["encoder"])
     model = build_net(state["arch"], enc, store, state["nn_config"])
     model.load_state_dict(state["model"])
     model.eval()
+    model.precision = state.get("precision", "fp32")
     return model, enc
 
 
 def predict_rows(model: MultiTaskNet, enc: Encoder, df: pd.DataFrame,
-                 batch_size: int = 16384) -> pd.DataFrame:
+                 batch_size: int = 16384, precision: str | None = None) -> pd.DataFrame:
+    """Predictions of ``df``'s rows; ``precision`` defaults to the one the model was trained in
+    (set by :func:`load_checkpoint`; fp32 otherwise)."""
     arrays = enc.encode(df)
-    return prediction_frame(arrays, predict(model, arrays, batch_size))
+    precision = precision or getattr(model, "precision", "fp32")
+    return prediction_frame(arrays, predict(model, arrays, batch_size, precision))

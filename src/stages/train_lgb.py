@@ -79,6 +79,33 @@ def summary(scores: dict, actions: list[str]) -> str:
     return "\n".join(lines)
 
 
+def fit_and_write(args, settings, out: Path, scores: dict, best, seconds: dict, fit_off, fit_on) -> None:
+    """``--mode``'s offline fit (``fit_off()``) and/or online refit (``fit_on(best_iteration)``),
+    on one machine or a cluster: their files, scores and step seconds."""
+    if args.mode in ("offline", "all"):
+        t0 = time.perf_counter()
+        off = fit_off()
+        write_offline(off, out)
+        seconds["offline"] = time.perf_counter() - t0
+        best = off.best_iteration
+        scores.update(offline=off.scores, offline_insample=off.scores_insample,
+                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
+                      train_rows={"offline": off.train_rows})
+    if args.mode == "offline":   # online files of an earlier fit would not match this one
+        (out / "pred_online.parquet").unlink(missing_ok=True)
+        for stale in out.glob("model_online_*.txt"):
+            stale.unlink()
+    if args.mode in ("online", "all"):
+        t0 = time.perf_counter()
+        on = fit_on(best)
+        write_online(on, out)
+        seconds["online"] = time.perf_counter() - t0
+        scores["online_rounds"] = on.rounds
+        scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
+                                        else ROUNDS_NOTE[settings.round_scaling])
+        scores.setdefault("train_rows", {})["online"] = on.train_rows
+
+
 def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run) -> dict:
     """The stage on a Dask cluster (wbdc.lgb_dask): the same files, lightgbm.dask models, the
     rounds chosen on a day-14 grid (lgb.dask_eval_every) instead of early stopping."""
@@ -95,30 +122,11 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
                   distributed={"workers": len(workers), "library": "lightgbm.dask",
                                "round_selection": f"day-14 grid every {settings.dask_eval_every} "
                                                   f"of {settings.num_boost_round} rounds"})
-    if args.mode in ("offline", "all"):
-        t0 = time.perf_counter()
-        off = fit_offline_dask(client, data, settings, actions, settings.dask_eval_every,
-                               progress=not args.no_progress)
-        write_offline(off, out)
-        seconds["offline"] = time.perf_counter() - t0
-        best = off.best_iteration
-        scores.update(offline=off.scores, offline_insample=off.scores_insample,
-                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
-                      train_rows={"offline": off.train_rows})
-    if args.mode == "offline":
-        (out / "pred_online.parquet").unlink(missing_ok=True)
-        for stale in out.glob("model_online_*.txt"):
-            stale.unlink()
-    if args.mode in ("online", "all"):
-        t0 = time.perf_counter()
-        on = fit_online_dask(client, data, settings, actions, best_iteration=best,
-                             fixed_rounds=args.rounds, progress=not args.no_progress)
-        write_online(on, out)
-        seconds["online"] = time.perf_counter() - t0
-        scores["online_rounds"] = on.rounds
-        scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
-                                        else ROUNDS_NOTE[settings.round_scaling])
-        scores.setdefault("train_rows", {})["online"] = on.train_rows
+    fit_and_write(args, settings, out, scores, best, seconds,
+                  lambda: fit_offline_dask(client, data, settings, actions, settings.dask_eval_every,
+                                           progress=not args.no_progress),
+                  lambda b: fit_online_dask(client, data, settings, actions, best_iteration=b,
+                                            fixed_rounds=args.rounds, progress=not args.no_progress))
     data.close()
     write_json(scores, out / "scores.json")
     write_json(cfg, out / "config.json")
@@ -186,30 +194,10 @@ def main() -> int:
                       categorical=data.spec.categorical, train_days=data.days,
                       neg_rate={a: settings.neg_rate[a] for a in actions},
                       calibrated=settings.calibrate)
-        if args.mode in ("offline", "all"):
-            t0 = time.perf_counter()
-            off = fit_offline(data, settings, actions, progress=progress)
-            write_offline(off, out)
-            seconds["offline"] = time.perf_counter() - t0
-            best = off.best_iteration
-            scores.update(offline=off.scores, offline_insample=off.scores_insample,
-                          best_iteration=off.best_iteration,
-                          half_best_iteration=off.half_best_iteration,
-                          train_rows={"offline": off.train_rows})
-        if args.mode == "offline":   # online files of an earlier fit would not match this one
-            (out / "pred_online.parquet").unlink(missing_ok=True)
-            for stale in out.glob("model_online_*.txt"):
-                stale.unlink()
-        if args.mode in ("online", "all"):
-            t0 = time.perf_counter()
-            on = fit_online(data, fs, settings, actions, best_iteration=best,
-                            fixed_rounds=args.rounds, progress=progress)
-            write_online(on, out)
-            seconds["online"] = time.perf_counter() - t0
-            scores["online_rounds"] = on.rounds
-            scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
-                                            else ROUNDS_NOTE[settings.round_scaling])
-            scores.setdefault("train_rows", {})["online"] = on.train_rows
+        fit_and_write(args, settings, out, scores, best, seconds,
+                      lambda: fit_offline(data, settings, actions, progress=progress),
+                      lambda b: fit_online(data, fs, settings, actions, best_iteration=b,
+                                           fixed_rounds=args.rounds, progress=progress))
         write_json(scores, out / "scores.json")
         write_json(cfg, out / "config.json")
         run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),

@@ -700,6 +700,19 @@ def online_rounds(best_iteration: Mapping[str, int], n_offline: Mapping[str, int
     raise ValueError(f"round scaling must be one of {ROUND_SCALINGS}, got {scaling!r}")
 
 
+def refit_rounds(actions: Sequence[str], fixed_rounds: int | None, best_iteration: Mapping[str, int] | None,
+                 n_off: Mapping[str, int], n_on: Mapping[str, int], days_off: int, days_on: int,
+                 scaling: str) -> dict[str, int]:
+    """The online refit's rounds per action: ``fixed_rounds`` (--rounds), else the offline best
+    iterations scaled to the online training set (:func:`online_rounds`)."""
+    if fixed_rounds is not None:
+        return {a: int(fixed_rounds) for a in actions}
+    if best_iteration is None or any(a not in best_iteration for a in actions):
+        raise ValueError("online refit needs the offline best iterations of "
+                         f"{list(actions)} (run --mode offline first) or --rounds")
+    return online_rounds({a: best_iteration[a] for a in actions}, n_off, n_on, days_off, days_on, scaling)
+
+
 def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
                best_iteration: Mapping[str, int] | None = None, fixed_rounds: int | None = None,
                progress: bool = True) -> OnlineResult:
@@ -718,14 +731,8 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     n_off = {a: len(action_rows(data.rows.labels, data.rows.u, a, settings.neg_rate[a]))
              for a in actions}
     n_on = {a: len(action_rows(labels, u, a, settings.neg_rate[a])) for a in actions}
-    if fixed_rounds is not None:
-        rounds = {a: int(fixed_rounds) for a in actions}
-    else:
-        if best_iteration is None or any(a not in best_iteration for a in actions):
-            raise ValueError("online refit needs the offline best iterations of "
-                             f"{list(actions)} (run --mode offline first) or --rounds")
-        rounds = online_rounds({a: best_iteration[a] for a in actions}, n_off, n_on,
-                               len(data.days), len(data.days) + 1, settings.round_scaling)
+    rounds = refit_rounds(actions, fixed_rounds, best_iteration, n_off, n_on, len(data.days),
+                          len(data.days) + 1, settings.round_scaling)
     if TEST_DAY not in fs.days:
         raise FileNotFoundError(f"feature table of day {TEST_DAY} (the test rows) missing; "
                                 "run the features stage (src/stages/features.py)")

@@ -70,7 +70,7 @@ from tqdm.auto import tqdm
 from .features.store import ROW_KEY, FeatureStore
 from .io import InputError
 from .lgb import (VALID_DAY, FeatureSpec, LgbSettings, OfflineResult, OnlineResult, feature_spec,
-                  finish_predictions, half_best_iteration, keep_mask, labels_frame, online_rounds,
+                  finish_predictions, half_best_iteration, keep_mask, labels_frame, refit_rounds,
                   row_uniforms, training_days)
 from .metrics import (HALVES, Halves, _nanmean_quiet, crossfit_scores, group_by_user,
                       per_user_auc, split_halves, weighted_uauc)
@@ -402,14 +402,8 @@ def fit_online_dask(client, data: ClusterData, settings: LgbSettings, actions: S
     on_days = [*off_days, VALID_DAY]
     n_off = {a: data.n_kept(a, off_days) for a in actions}
     n_on = {a: data.n_kept(a, on_days) for a in actions}
-    if fixed_rounds is not None:
-        rounds = {a: int(fixed_rounds) for a in actions}
-    else:
-        if best_iteration is None or any(a not in best_iteration for a in actions):
-            raise ValueError("online refit needs the offline best iterations of "
-                             f"{list(actions)} (run --mode offline first) or --rounds")
-        rounds = online_rounds({a: best_iteration[a] for a in actions}, n_off, n_on,
-                               len(off_days), len(on_days), settings.round_scaling)
+    rounds = refit_rounds(actions, fixed_rounds, best_iteration, n_off, n_on, len(off_days), len(on_days),
+                          settings.round_scaling)
     if TEST_DAY not in data.parts:
         raise FileNotFoundError(f"feature table of day {TEST_DAY} (the test rows) missing; "
                                 "run the features stage (src/stages/features.py)")

@@ -254,3 +254,35 @@ def test_a_worker_without_data_is_left_out_of_training(tiny_root, dask_client):
                      params=_dataset_params(s.params), free_raw_data=True)
     single = train_booster({**s.params, "tree_learner": "data", "num_threads": 1}, ds, 5, progress=False)
     np.testing.assert_allclose(booster.predict(Xn), single.predict(Xn), rtol=1e-6)
+
+
+def test_training_steps_through_the_grid_and_stops_early(tiny_root, dask_client):
+    """Early stopping on a cluster: eval_every rounds at a time (init_model continues the trees),
+    every grid point scored on day 14; it stops once the all-users uAUC has not improved for
+    early_stopping_rounds, long before num_boost_round, and the scores of the grid points equal
+    those of the final booster cut at each of them (the continued trees are kept)."""
+    from wbdc.lgb_dask import train_with_grid_stopping
+    from wbdc.metrics import split_halves
+    s = _settings("--set", "lgb.num_boost_round=400", "--set", "lgb.early_stopping_rounds=20")
+    fs = _store(tiny_root)
+    days = [d for d in fs.days if d < 14]
+    data = ClusterData(dask_client, fs, s, [*days, 14])
+    X, y = data.arrays("read_comment", days)
+    halves = {}
+
+    def halves_of(per_part):
+        halves.setdefault("h", split_halves(s.halves_seed, np.sort(np.concatenate([p[0] for p in per_part]))))
+        return halves["h"]
+
+    booster, grid, sc = train_with_grid_stopping(dask_client, data, s, ACTIONS.index("read_comment"), X, y, 10,
+                                                 halves_of)
+    assert grid == list(range(10, grid[-1] + 1, 10)) and booster.current_iteration() == grid[-1]
+    assert grid[-1] < 400 and grid[-1] - grid[sc.best("all")] >= 20
+    for k in range(len(grid) - 1):                                        # it did not stop sooner
+        assert grid[k] - grid[int(np.nanargmax(sc.all[:k + 1]))] < 20
+    sent = dask_client.scatter(booster, broadcast=True, hash=False)
+    again = dask_client.gather([dask_client.submit(part_grid_aucs, data.root, 14, p.index, data.spec.names,
+                                                   data.bits[14], ACTIONS.index("read_comment"), sent, grid,
+                                                   pure=False) for p in data.parts[14]])
+    np.testing.assert_array_equal(combine_user_aucs(again, halves["h"]).all, sc.all)
+    data.close()

@@ -16,9 +16,10 @@ importance.csv, eval_history.csv, config.json, run_info_train_lgb.json).
 Settings: configs/lgb.yaml (override with --set lgb.KEY=VALUE, e.g. --set lgb.params.num_leaves=31).
 
 On a Dask cluster (--set cluster.address=local:2 or a tcp:// scheduler; run_all.sh --cluster) every
-action trains with lightgbm.dask on chunks read by the workers (one per store part), for all
-lgb.num_boost_round rounds (no early stopping there); the rounds are chosen on day 14 among every
-lgb.dask_eval_every-th round, each user half on its own users as above (src/wbdc/lgb_dask.py).
+action trains with lightgbm.dask on chunks read by the workers (one per store part),
+lgb.dask_eval_every rounds at a time, each step scored on day 14, until the uAUC stops improving
+(lightgbm.dask has no early stopping); each user half picks its step on its own users as above
+(src/wbdc/lgb_dask.py).
 The same files are written; scores.json adds "distributed".
 """
 from __future__ import annotations
@@ -120,8 +121,9 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
                   train_days=train_days, neg_rate={a: settings.neg_rate[a] for a in actions},
                   calibrated=settings.calibrate,
                   distributed={"workers": len(workers), "library": "lightgbm.dask",
-                               "round_selection": f"day-14 grid every {settings.dask_eval_every} "
-                                                  f"of {settings.num_boost_round} rounds"})
+                               "round_selection": f"trained {settings.dask_eval_every} rounds at a time, "
+                                                  "each step scored on day 14, stopped after "
+                                                  f"{settings.early_stopping_rounds} rounds without gain"})
     fit_and_write(args, settings, out, scores, best, seconds,
                   lambda: fit_offline_dask(client, data, settings, actions, settings.dask_eval_every,
                                            progress=not args.no_progress),

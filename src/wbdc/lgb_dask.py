@@ -13,18 +13,20 @@ day-14 selection and the same files -- but the rows never pass through the stage
   ``da.concatenate``.  The kept rows are exactly the single-machine path's (same uniforms
   ``row_uniforms(seed, day)``, same ``keep_mask``), in part order instead of day order.
 * **Training.**  ``lightgbm.dask.DaskLGBMClassifier`` (data-parallel: every worker holding
-  chunks is one LightGBM machine) for ``lgb.num_boost_round`` rounds.
-* **Round selection.**  lightgbm.dask has no early stopping (its ``eval_set`` is evaluated per
-  worker on that worker's rows; our metric is a per-user AUC over all of day 14 and a worker
-  returns no per-round predictions, so neither early stopping nor a custom feval can see it).
-  So every round is trained and the number of rounds is chosen afterwards on a grid of
-  ``lgb.dask_eval_every`` rounds: each day-14 part is scored on a worker in ONE pass over the
-  trees (raw scores accumulated chunk by chunk with ``start_iteration``; :func:`grid_user_aucs`)
-  and returns each user's AUC at every grid point.  Users are disjoint across parts, so the
-  client's mean over the concatenated per-user AUCs is bit for bit the single-process
-  ``uauc_by_half`` of the same predictions (:func:`combine_user_aucs`).  Each user half picks
-  its grid point on its own users and is scored on the other half (cross-fitting, as before);
-  the day-14 rows are then predicted at the three chosen iterations on the workers.
+  chunks is one LightGBM machine).
+* **Early stopping on a grid.**  lightgbm.dask has no early stopping (its ``eval_set`` is
+  evaluated per worker on that worker's rows; our metric is a per-user AUC over all of day 14,
+  so neither its early stopping nor a custom feval can see it).  So the stage trains
+  ``lgb.dask_eval_every`` rounds at a time, each step continuing the previous trees
+  (``init_model``; the rows persisted on the workers), and scores the new grid point on the
+  day-14 parts (:func:`train_with_grid_stopping`): each part is scored on a worker and returns
+  each user's AUC (:func:`grid_user_aucs`).  Users are disjoint across parts, so the client's
+  mean over the concatenated per-user AUCs is bit for bit the single-process ``uauc_by_half`` of
+  the same predictions (:func:`combine_user_aucs`).  Training stops when the all-users uAUC has
+  not improved for ``lgb.early_stopping_rounds`` rounds (or at ``lgb.num_boost_round``).  Each
+  user half picks its grid point on its own users among the rounds trained and is scored on the
+  other half (cross-fitting, as before); the day-14 rows are then predicted at the three chosen
+  iterations on the workers.
 * **Online.**  Refit on days up to 14 for the scaled rounds (the same rule, row counts from the
   count pass), then the test parts are predicted on the workers.
 
@@ -311,15 +313,45 @@ def dask_params(params: Mapping) -> dict:
     return {**{k: v for k, v in params.items() if k not in _DASK_OWNED}, "metric": "None"}
 
 
-def train_dask(client, settings: LgbSettings, spec: FeatureSpec, X, y, rounds: int) -> lgb.Booster:
-    """``rounds`` boosting rounds of DaskLGBMClassifier; the trained booster, local."""
+def train_dask(client, settings: LgbSettings, spec: FeatureSpec, X, y, rounds: int,
+               init_model: lgb.Booster | None = None) -> lgb.Booster:
+    """``rounds`` boosting rounds of DaskLGBMClassifier (continuing ``init_model``'s trees when
+    given); the trained booster, local."""
     import warnings
     from lightgbm.dask import DaskLGBMClassifier
     model = DaskLGBMClassifier(client=client, n_estimators=int(rounds), **dask_params(settings.params))
     with warnings.catch_warnings():   # the sklearn wrapper's n_jobs=None, dropped by lightgbm.dask
         warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
-        model.fit(X, y, feature_name=list(spec.names), categorical_feature=list(spec.categorical) or "auto")
+        model.fit(X, y, feature_name=list(spec.names), categorical_feature=list(spec.categorical) or "auto",
+                  **({"init_model": init_model} if init_model is not None else {}))
     return model.to_local().booster_
+
+
+def train_with_grid_stopping(client, data: "ClusterData", settings: LgbSettings, j: int, X, y, eval_every: int,
+                             halves_of) -> tuple[lgb.Booster, list[int], GridScores]:
+    """Early stopping on a cluster: lightgbm.dask has none, so train ``eval_every`` rounds at a
+    time (each step continues the previous trees through ``init_model``; the rows stay persisted
+    on the workers), score the new grid point on the day-14 parts (per-user AUCs, combined
+    exactly), and stop once the all-users uAUC has not improved for ``early_stopping_rounds``
+    rounds or at ``num_boost_round``.  Returns the booster, the grid trained and its scores."""
+    X, y = client.persist([X, y])
+    booster, grid, cols = None, [], []
+    while not grid or grid[-1] < settings.num_boost_round:
+        step = min(int(eval_every), settings.num_boost_round - (grid[-1] if grid else 0))
+        booster = train_dask(client, settings, data.spec, X, y, step, init_model=booster)
+        grid.append(booster.current_iteration())
+        sent = client.scatter(booster, broadcast=True, hash=False)
+        cols.append(client.gather([client.submit(part_grid_aucs, data.root, VALID_DAY, p.index, data.spec.names,
+                                                 data.bits[VALID_DAY], j, sent, [grid[-1]], pure=False)
+                                   for p in data.parts[VALID_DAY]]))
+        sent.release()
+        per_part = [(steps[0][0], np.concatenate([st[1] for st in steps], axis=0))   # part: every step
+                    for steps in zip(*cols)]
+        sc = combine_user_aucs(per_part, halves_of(per_part))
+        if grid[-1] - grid[sc.best("all")] >= settings.early_stopping_rounds:
+            break
+    del X, y
+    return booster, grid, sc
 
 
 def _gather_predictions(client, data: ClusterData, day: int, wanted: Mapping) -> dict:
@@ -345,26 +377,23 @@ def fit_offline_dask(client, data: ClusterData, settings: LgbSettings, actions: 
     rounds chosen on the day-14 grid (all users, and each half for the cross-fitted score);
     day 14 predicted at them.  Returns what :func:`wbdc.lgb.write_offline` writes."""
     days = [d for d in data.parts if d < VALID_DAY]
-    grid = eval_grid(settings.num_boost_round, eval_every)
+    eval_grid(settings.num_boost_round, eval_every)                 # checks eval_every
     labels14 = data.fs.packed_labels([VALID_DAY])[VALID_DAY]
     boosters, best, n_rows, imp, hist = {}, {}, {}, [], []
     half_best: dict[str, dict[str, int]] = {h: {} for h in HALVES}
-    wanted, halves, keys = {}, None, None
+    wanted, keys = {}, None
+    shared: dict[str, Halves] = {}
+
+    def halves_of(per_part) -> Halves:   # the shared day-14 halves, from every user of the day
+        if "h" not in shared:
+            shared["h"] = split_halves(settings.halves_seed, np.sort(np.concatenate([p[0] for p in per_part])))
+        return shared["h"]
+
     for a in tqdm(actions, desc="lgb.dask offline", unit="action", disable=not progress, file=sys.stderr):
         j = ACTIONS.index(a)
         X, y = data.arrays(a, days)
         n_rows[a] = int(X.shape[0])
-        booster = train_dask(client, settings, data.spec, X, y, settings.num_boost_round)
-        sent = client.scatter(booster, broadcast=True, hash=False)
-        per_part = client.gather([client.submit(part_grid_aucs, data.root, VALID_DAY, p.index,
-                                                data.spec.names, data.bits[VALID_DAY], j, sent, grid,
-                                                pure=False)
-                                  for p in data.parts[VALID_DAY]])
-        sent.release()
-        if halves is None:   # the shared day-14 halves, from every user of the day
-            ids = np.concatenate([p[0] for p in per_part])
-            halves = split_halves(settings.halves_seed, np.sort(ids))
-        sc = combine_user_aucs(per_part, halves)
+        booster, grid, sc = train_with_grid_stopping(client, data, settings, j, X, y, eval_every, halves_of)
         best[a] = grid[sc.best("all")]
         for h in HALVES:
             half_best[h][a] = grid[sc.best(h)]

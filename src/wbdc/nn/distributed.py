@@ -452,6 +452,35 @@ def _host(address: str) -> str:
     return host.strip("[]")
 
 
+def _wait_ranks(client, futures, addrs: list[str], poll_s: float = 2.0) -> None:
+    """Wait for every rank; on the first failed rank raise its error at once (the others stop
+    at their next collective's timeout), and raise when a rank's worker left the cluster (its
+    task, pinned to that worker, would otherwise wait forever)."""
+    from distributed import wait
+    from distributed import TimeoutError as DaskTimeout
+    pending = list(futures)
+    while pending:
+        try:
+            wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
+        except (DaskTimeout, TimeoutError):
+            pass
+        for f in pending:
+            if f.status in ("error", "cancelled"):
+                for g in futures:
+                    if g is not f:
+                        g.cancel()
+                f.result()
+        pending = [f for f in pending if f.status == "pending"]
+        if pending:
+            alive = set(client.scheduler_info()["workers"])
+            gone = [a for a in addrs if a not in alive]
+            if gone:
+                client.cancel(futures)
+                raise ClusterError(f"Dask worker(s) {', '.join(gone)} left the cluster during train_nn "
+                                   "(killed for memory? see the worker logs); rerun, perhaps with a "
+                                   "larger data.memory_gb or fewer workers")
+
+
 def run_distributed(client, root: str | Path, arch: str, cfg: dict, mode: str,
                     epochs: float | None = None, log=None):
     """Train ``arch`` (``mode`` offline or online) with one DDP rank per worker of ``client``;
@@ -494,13 +523,7 @@ def run_distributed(client, root: str | Path, arch: str, cfg: dict, mode: str,
                                      workers=[a], allow_other_workers=False, pure=False, retries=0))
     if log:
         log(f"{arch} {mode}: {world} DDP rank(s) ({backend}) on {', '.join(addrs)}; rendezvous {master}")
-    from distributed import as_completed
-    for f in as_completed(futures):       # the first failed rank's error, at once (the others
-        if f.status == "error":           # stop at their next collective's timeout)
-            for g in futures:
-                if g is not f:
-                    g.cancel()
-            f.result()
+    _wait_ranks(client, futures, addrs)
     res = futures[0].result()
     res.distributed = {"world_size": world, "backend": backend, "workers": addrs,
                        "lr": float(cfg["nn"]["train"]["lr"]) * {"none": 1.0, "sqrt": math.sqrt(world),

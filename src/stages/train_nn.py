@@ -17,6 +17,9 @@ online:  retrain on days <= 14 for the offline best number of epochs (from score
 all:     offline then online (default).
 
 Everything lands in models/<arch>/ under --root, with config.json and run_info_train_nn_<arch>.json.
+With a Dask cluster (cluster.address, run_all.sh --cluster) the net trains with torch
+DistributedDataParallel, one rank per worker (src/wbdc/nn/distributed.py; settings
+nn.distributed); the same files are written, scores.json says "distributed".
 Reads features/ (stage `features`) and data/prepared/actions.parquet (stage `prepare`, labels).
 Settings: configs/nn.yaml (override with --set nn.<key>=<value>).
 """
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.features.store import FeatureStore
     from wbdc.metrics import HALF_PRED_FILES
     from wbdc.nn.diagnostics import write_gate_diagnostics
+    from wbdc.cluster import client_for
     from wbdc.nn.pipeline import run_offline, run_online, save_checkpoint
 
     store = FeatureStore(paths)
@@ -83,12 +87,23 @@ def main(argv: list[str] | None = None) -> int:
             raise InputError(f"{scores_path}: no best_epoch; rerun train_nn --mode offline")
         online_epochs = float(prev["best_epoch"])
 
-    with StageRun(f"train_nn_{args.arch}", out) as run:
+    def log(msg: str) -> None:
+        print(f"[train_nn] {msg}", file=sys.stderr, flush=True)
+
+    with StageRun(f"train_nn_{args.arch}", out) as run, client_for(cfg, log) as client:
+        if client is None:
+            offline = lambda: run_offline(store, args.arch, cfg)  # noqa: E731
+            online = lambda epochs: run_online(store, args.arch, cfg, epochs)  # noqa: E731
+        else:
+            from wbdc.nn.distributed import run_distributed
+            offline = lambda: run_distributed(client, paths.root, args.arch, cfg, "offline", log=log)  # noqa: E731
+            online = lambda epochs: run_distributed(client, paths.root, args.arch, cfg, "online",  # noqa: E731
+                                                    epochs, log=log)
         write_json(cfg, out / "config.json")
         run.info.update({"arch": args.arch, "mode": args.mode})
         scores = read_json(scores_path) if args.mode == "online" and scores_path.exists() else {}
         if args.mode in ("offline", "all"):
-            res = run_offline(store, args.arch, cfg)
+            res = offline()
             write_parquet(res.preds, out / "pred_offline.parquet")
             for h, f in HALF_PRED_FILES.items():
                 write_parquet(res.half_preds[h], out / f)
@@ -112,6 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 "gate_files": [p.name for p in written],
                 "history": res.fit.history,
             }
+            if getattr(res, "distributed", None):
+                scores["distributed"] = res.distributed
+                run.info["distributed"] = res.distributed
             if online_epochs is None:
                 online_epochs = max(res.fit.best_epoch, 1e-9)
             run.info["offline_weighted"] = res.scores.get("weighted")
@@ -123,13 +141,15 @@ def main(argv: list[str] | None = None) -> int:
             for stale in ("pred_online.parquet", "checkpoint_online.pt"):
                 (out / stale).unlink(missing_ok=True)
         if args.mode in ("online", "all"):
-            res = run_online(store, args.arch, cfg, float(online_epochs))
+            res = online(float(online_epochs))
             write_parquet(res.preds, out / "pred_online.parquet")
             save_checkpoint(out / "checkpoint_online.pt", args.arch, res, cfg["nn"])
             scores["online"] = {"epochs": round(float(online_epochs), 4),
                                 "samples_per_s": round(res.fit.samples_per_s, 1),
                                 "n_train_rows": res.n_train, "n_test_rows": len(res.preds),
                                 "seconds": res.seconds}
+            if getattr(res, "distributed", None):
+                scores["online"]["distributed"] = res.distributed
             print(f"[train_nn] {args.arch} online: {res.n_train:,} training rows, "
                   f"{online_epochs:g} epochs, {len(res.preds):,} test rows predicted",
                   file=sys.stderr)

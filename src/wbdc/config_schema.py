@@ -236,6 +236,12 @@ class OnlineSection:
 
 
 @dataclass
+class DistributedSection:
+    lr_scale: Literal["none", "sqrt", "linear"]
+    timeout_s: float
+
+
+@dataclass
 class GatesConfig:
     all_levels: bool
 
@@ -252,6 +258,7 @@ class NNConfigBase:
     loss: LossConfig
     train: TrainSection
     stream: StreamSection
+    distributed: DistributedSection
     online: OnlineSection
     gates: GatesConfig
 

@@ -248,6 +248,20 @@ class RunningStats:
             self.m2[k, j] += m2b + delta * delta * na * nb / n
         self.n[j] = n
 
+    def merge(self, other: "RunningStats") -> "RunningStats":
+        """Fold another chunk's statistics into these (the pairwise formula of Chan et al.):
+        the per-rank statistics of the distributed nets combined into the whole."""
+        na, nb = self.n, other.n
+        n = na + nb
+        w = np.divide(nb, n, out=np.zeros_like(n), where=n > 0)
+        delta = other.mean - self.mean
+        self.mean = self.mean + delta * w
+        self.m2 = self.m2 + other.m2 + delta * delta * na * w
+        self.n = n
+        self.lo = np.minimum(self.lo, other.lo)
+        self.hi = np.maximum(self.hi, other.hi)
+        return self
+
     def finalize(self) -> dict[str, np.ndarray]:
         """``log`` (log1p for non-negative columns reaching above 1: counts, durations),
         ``mean`` and ``std`` of the chosen transform (std 1 for constant or empty columns)."""
@@ -290,6 +304,14 @@ class Encoder:
     def fit(cls, train: pd.DataFrame | Iterable[pd.DataFrame], store, selection: FeatureSelection,
             max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
         """Fit on one frame or on an iterable of frames (one day at a time keeps memory low)."""
+        return cls.from_partials([cls.fit_partial(train, selection)], store, selection,
+                                 max_list_len, dense_dtype)
+
+    @staticmethod
+    def fit_partial(train: pd.DataFrame | Iterable[pd.DataFrame], selection: FeatureSelection) -> dict:
+        """What one set of training rows contributes to the encoder: the ids of each categorical
+        column, the feeds seen and the running dense statistics (picklable; the distributed nets
+        fit one per rank on its own blocks and combine them with ``from_partials``)."""
         frames = [train] if isinstance(train, pd.DataFrame) else train
         uniques: dict[str, list[np.ndarray]] = {c: [] for c in selection.categorical}
         feeds_seen: list[np.ndarray] = []
@@ -302,6 +324,25 @@ class Encoder:
                 stats.update(j, df[c].to_numpy(np.float64, na_value=np.nan))
         vocab = {c: np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64)
                  for c, u in uniques.items()}
+        feeds = np.unique(np.concatenate(feeds_seen)) if feeds_seen else np.zeros(0, np.int64)
+        return {"vocab": vocab, "feeds": feeds, "stats": stats}
+
+    @classmethod
+    def from_partials(cls, parts: Sequence[dict], store, selection: FeatureSelection,
+                      max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
+        """The encoder of the union of the rows behind ``parts`` (``fit_partial``): the same
+        vocabularies as one fit over all of them, the dense moments equal up to rounding."""
+        if not parts:
+            raise ValueError("no training rows to fit the encoder on")
+        if len(parts) == 1:
+            vocab, train_feeds, stats = parts[0]["vocab"], parts[0]["feeds"], parts[0]["stats"]
+        else:
+            vocab = {c: np.unique(np.concatenate([p["vocab"][c] for p in parts]))
+                     for c in selection.categorical}
+            train_feeds = np.unique(np.concatenate([p["feeds"] for p in parts]))
+            stats = RunningStats(len(selection.dense))
+            for p in parts:
+                stats.merge(p["stats"])
         key_sets: dict[str, list[np.ndarray]] = {}
         for p in selection.pretrained:
             key_sets.setdefault(store.pretrained_key(p), []).append(
@@ -309,7 +350,6 @@ class Encoder:
         token_vocab: dict[str, np.ndarray] = {}
         if selection.bags:
             lists = store.feed_lists()
-            train_feeds = np.unique(np.concatenate(feeds_seen))
             for b in selection.bags:
                 feeds, raw = lists[b]
                 feeds = np.asarray(feeds)
@@ -619,3 +659,48 @@ class StreamedRows:
                 y[pos] = arr.labels.numpy()
         return EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys), torch.from_numpy(dense),
                              None if y is None else torch.from_numpy(y), userid, feedid)
+
+
+class ShardRows(StreamedRows):
+    """A subset of the blocks of a ``StreamedRows`` (one rank's share of the distributed nets):
+    reads and encodes only those blocks; ``ordered_batches`` reports the rows' positions in the
+    full rows, so the shares' predictions put together give the full row order.  The label
+    means are those of the full rows (every rank starts from the same output bias)."""
+
+    def __init__(self, full: StreamedRows, block_ids: Sequence[int]):
+        self.__dict__.update({k: v for k, v in full.__dict__.items() if k != "_ids"})
+        self.full = full
+        self.block_ids = [int(i) for i in block_ids]
+        self.blocks = [full.blocks[i] for i in self.block_ids]
+        self.n = int(sum(b[3] for b in self.blocks))
+        self._ids = None
+
+    def label_means(self) -> list[float]:
+        return self.full.label_means()
+
+    def iter_frames(self, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
+        """The share's blocks as store frames (``columns`` plus keys), in block order."""
+        for d, i, g, _ in self.blocks:
+            yield self.store.read_row_group(d, i, g, columns=columns)
+
+    def _read_ids(self):  # the full rows' ids: ask ``full`` (a share has no row order of its own)
+        raise TypeError("a ShardRows has no full-row ids; read them from ShardRows.full")
+
+    def labels_frame(self) -> pd.DataFrame:
+        raise TypeError("a ShardRows has no full-row labels; read them from ShardRows.full")
+
+    def materialize_with_positions(self) -> tuple[EncodedArrays, np.ndarray]:
+        """The share encoded once into memory (block order) and each row's full-row position."""
+        arrs, pos = [], []
+        for arr, p in self._prefetched(self.blocks, self._block):
+            arrs.append(arr)
+            pos.append(p)
+        if not arrs:
+            cat, keys, dense = self.encoder._alloc(0)
+            y = None if self.packed is None else torch.zeros((0, len(ACTIONS)), dtype=torch.uint8)
+            return (EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys), torch.from_numpy(dense),
+                                  y, np.zeros(0, np.int32), np.zeros(0, np.int32)), np.zeros(0, np.int64))
+        return EncodedArrays.concat(arrs), np.concatenate(pos)
+
+    def materialize(self) -> EncodedArrays:
+        return self.materialize_with_positions()[0]

@@ -242,17 +242,20 @@ class Trainer:
         self.balancer = balancer.to(self.device)
         self.optimizer = build_optimizer(model, balancer, cfg)
         self.generator = torch.Generator().manual_seed(int(cfg.seed))
+        #: what the training forward pass calls (the distributed nets: the DDP wrapper of ``model``)
+        self.train_model: nn.Module = self.model
 
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
         batch = to_device(batch, self.device)
         with autocast(self.device, self.amp_dtype):
-            logits = self.model(batch)
+            logits = self.train_model(batch)
         logits = logits.float()
         task_losses = task_bce(logits, batch["labels"])
         loss = self.balancer(task_losses)
         self.optimizer.zero_grad()
         loss.backward()
+        self._after_backward()
         self.optimizer.step()
         return float(loss.detach()), task_losses.detach()
 
@@ -270,9 +273,12 @@ class Trainer:
         if getattr(train, "labels", None) is None and getattr(train, "packed", None) is None:
             raise ValueError("training rows need labels")
         n, bs = len(train), int(self.cfg.batch_size)
-        steps_per_epoch = max(1, math.ceil(n / bs))
+        # a rank's share of the distributed nets says its (equal) step count and the full size
+        steps_per_epoch = (train.steps_per_epoch(bs) if hasattr(train, "steps_per_epoch")
+                           else max(1, math.ceil(n / bs)))
         total_steps = max(1, int(round(epochs * steps_per_epoch)))
-        every, patience = eval_schedule(self.cfg.eval_every_steps, self.cfg.patience, n, steps_per_epoch)
+        every, patience = eval_schedule(self.cfg.eval_every_steps, self.cfg.patience,
+                                        int(getattr(train, "global_rows", n)), steps_per_epoch)
         evaluate = valid is not None and score_fn is not None
         res = FitResult(precision=self.precision,
                         evals_per_epoch=round(steps_per_epoch / every, 2) if every else 1.0)
@@ -305,7 +311,7 @@ class Trainer:
                     every and step % every == 0))
                 if at_eval or last:
                     record = {"epoch": epoch, "step": step, "epochs": round(step / steps_per_epoch, 4),
-                              "train_loss": loss_sum / loss_n,
+                              "train_loss": self._mean_loss(loss_sum, loss_n),
                               "train_seconds": round(time.perf_counter() - t_start - eval_time, 3)}
                     if at_eval:
                         te, ce = time.perf_counter(), time.process_time()
@@ -352,6 +358,14 @@ class Trainer:
         else:
             res.best_epoch = res.epochs_run
         return res
+
+    def _after_backward(self) -> None:
+        """Hook between backward and the optimizer step (the distributed nets average the
+        balancer's gradients there)."""
+
+    def _mean_loss(self, loss_sum: float, loss_n: int) -> float:
+        """The mean training loss since the epoch began (the distributed nets: over all ranks)."""
+        return loss_sum / loss_n
 
     def _snapshot(self) -> dict:
         return {"model": {k: v.detach().clone() for k, v in self.model.state_dict().items()},

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import socket
 import sys
 import time
@@ -49,7 +48,6 @@ import torch.distributed as dist
 
 from ..cluster import ClusterError, worker_addresses
 from ..io import InputError
-from ..metrics import HALVES, crossfit_scores, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 from .data import EncodedArrays, Encoder, StreamedRows, ShardRows, select_features
 from .models import count_parameters
@@ -351,7 +349,7 @@ def _combined_gates(trainer, valid) -> pd.DataFrame | None:
 
 
 def _offline(store, arch: str, cfg: dict, spec: RankSpec):
-    from .pipeline import RunResult, VALID_DAY, make_score_fn, prediction_frame, train_days
+    from .pipeline import VALID_DAY, make_score_fn, offline_result, train_days
     nn_cfg = cfg["nn"]
     if VALID_DAY not in store.days:
         raise InputError(f"the feature store has no day {VALID_DAY} to validate on")
@@ -377,22 +375,13 @@ def _offline(store, arch: str, cfg: dict, spec: RankSpec):
         return None
     if not nn_cfg["gates"]["all_levels"] and gates is not None and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
-    frame = prediction_frame(efull, preds)
-    half_preds = {h: (prediction_frame(efull, fit.half_best[h]["preds"]) if h in fit.half_best
-                      else frame) for h in HALVES}
-    half_epochs = {h: round(fit.half_best[h]["epoch"] if h in fit.half_best else fit.best_epoch, 4)
-                   for h in HALVES}
-    labels = efull.labels_frame()
-    halves = split_halves(int(cfg["data"]["seed"]), efull.userid)
+    result = offline_result(trainer.model.cpu(), enc, fit, efull, preds, gates, train.global_rows,
+                            int(cfg["data"]["seed"]),
+                            {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
+                             "diagnostics": round(time.perf_counter() - t1, 2)})
     fit.best_preds = None                        # already in the frames: keep the reply small
     fit.half_best = {h: {k: v for k, v in b.items() if k != "preds"} for h, b in fit.half_best.items()}
-    return RunResult(trainer.model.cpu(), enc, fit, frame, gates, train.global_rows,
-                     count_parameters(trainer.model),
-                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
-                      "diagnostics": round(time.perf_counter() - t1, 2)},
-                     half_preds=half_preds, half_epochs=half_epochs,
-                     scores=crossfit_scores(labels, half_preds["A"], half_preds["B"], halves),
-                     scores_insample=weighted_uauc(labels, frame, groups=halves.groups))
+    return result
 
 
 def _online(store, arch: str, cfg: dict, spec: RankSpec, epochs: float):

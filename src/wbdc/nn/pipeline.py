@@ -216,17 +216,24 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
+    return offline_result(trainer.model, enc, fit, valid, preds, gates, len(train), int(cfg["data"]["seed"]),
+                          {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
+                           "diagnostics": round(time.perf_counter() - t1, 2)})
+
+
+def offline_result(model, enc: Encoder, fit: FitResult, valid, preds: np.ndarray, gates, n_train: int,
+                   seed: int, seconds: dict) -> RunResult:
+    """The offline run's result from its day-14 predictions (``valid``: the day's encoded rows,
+    in row order): the frames of the best epoch and of each user half's best epoch, the
+    cross-fitted and in-sample scores (one process and the DDP ranks alike)."""
     frame = prediction_frame(valid, preds)
     half_preds = {h: (prediction_frame(valid, fit.half_best[h]["preds"]) if h in fit.half_best
                       else frame) for h in HALVES}
     half_epochs = {h: round(fit.half_best[h]["epoch"] if h in fit.half_best else fit.best_epoch, 4)
                    for h in HALVES}
     labels = valid.labels_frame()
-    halves = split_halves(int(cfg["data"]["seed"]), valid.userid)
-    return RunResult(trainer.model, enc, fit, frame, gates, len(train),
-                     count_parameters(trainer.model),
-                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
-                      "diagnostics": round(time.perf_counter() - t1, 2)},
+    halves = split_halves(seed, valid.userid)
+    return RunResult(model, enc, fit, frame, gates, n_train, count_parameters(model), seconds,
                      half_preds=half_preds, half_epochs=half_epochs,
                      scores=crossfit_scores(labels, half_preds["A"], half_preds["B"], halves),
                      scores_insample=weighted_uauc(labels, frame, groups=halves.groups))

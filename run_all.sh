@@ -22,8 +22,8 @@ Usage: bash run_all.sh [options]
   --mode offline|online|all  offline = validate on day 14 only; online = refit on days up to 14
                              and predict day 15 reusing the offline selection (a model without one
                              runs offline first); all = both (default)
-  --models LIST              comma-separated subset of lgb,sb,mmoe,ple (default: all four); the
-                             popularity baseline is always trained and blended
+  --models LIST              comma-separated subset of lgb,sb,mmoe,ple,omoe (default: lgb,sb,mmoe,ple);
+                             the popularity baseline is always trained and blended
   --from STAGE               rerun from this stage on, even if up to date (a stage of this run:
                              make_synthetic, prepare, features, popularity, the models, blend, submit)
   --root DIR                 artifact root (default: this repo)

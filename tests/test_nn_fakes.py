@@ -123,6 +123,14 @@ class FakeStore:
             out[int(d)] = (y << np.arange(y.shape[1], dtype=np.uint8)).sum(1).astype(np.uint8)
         return out
 
+    def labelled_history(self, before_day: int):
+        days = [d for d in self.days if d < before_day and d in self._labels]
+        packed = self.packed_labels(days)
+        return (np.concatenate([self._days[d]["userid"].to_numpy(np.int32) for d in days]),
+                np.concatenate([self._days[d]["feedid"].to_numpy(np.int32) for d in days]),
+                np.concatenate([self._days[d]["date_"].to_numpy(np.int8) for d in days]),
+                np.concatenate([packed[d] for d in days]))
+
     def load_days(self, days, columns=None) -> pd.DataFrame:
         return pd.concat([self.load_day(d, columns) for d in days], ignore_index=True)
 
@@ -153,6 +161,7 @@ def small_nn_config(arch: str = "mmoe", **train) -> dict:
     nn["train"].update({"batch_size": 256, "epochs": 2, "progress": False, "lr": 0.01, **train})
     nn["sb"].update({"bottom_dims": [16, 8], "tower_dims": [4]})
     nn["mmoe"].update({"n_experts": 3, "expert_dims": [16, 8], "tower_dims": [4]})
+    nn["omoe"].update({"n_experts": 3, "expert_dims": [16, 8], "tower_dims": [4]})
     nn["ple"].update({"n_levels": 2, "n_specific": 1, "n_shared": 2, "expert_dims": [12, 8],
                       "tower_dims": [4]})
     cfg.setdefault("data", {})["seed"] = 11
@@ -175,7 +184,7 @@ def test_fake_store_has_the_real_store_interface():
     from wbdc.features.store import FeatureStore as real
     for name in ("columns", "cardinality", "load_day", "load_days", "load_labels", "pretrained",
                  "pretrained_key", "feed_lists", "n_rows", "parts", "row_groups", "read_row_group",
-                 "iter_day", "packed_labels"):
+                 "iter_day", "packed_labels", "labelled_history"):
         assert callable(getattr(real, name, None)), f"FeatureStore lacks {name}"
         ours = inspect.signature(getattr(FakeStore, name)).parameters
         theirs = inspect.signature(getattr(real, name)).parameters

@@ -133,4 +133,4 @@ def test_missing_features_is_a_one_line_error(tmp_path):
 
 def test_help_names_the_architectures():
     r = subprocess.run([sys.executable, str(STAGE), "--help"], capture_output=True, text=True)
-    assert r.returncode == 0 and "--arch {sb,mmoe,ple}" in r.stdout and "--mode" in r.stdout
+    assert r.returncode == 0 and "--arch {sb,omoe,mmoe,ple}" in r.stdout and "--mode" in r.stdout

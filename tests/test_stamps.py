@@ -17,7 +17,7 @@ from wbdc.config import REPO_ROOT, apply_set, default_config, resolve_argv
 from wbdc.pipeline import SRC, Stamps, plan, stage_folder, stage_specs
 from wbdc.registry import DEFAULT_MODELS, MODELS, parse_models
 
-ALL = list(MODELS)
+ALL = ["popularity", *DEFAULT_MODELS]          # the stages of a default run (omoe is opt-in)
 NETS = ["sb", "mmoe", "ple"]
 AFTER = ["blend", "submit"]
 EVERYTHING = ["make_synthetic", "prepare", "features", *ALL, *AFTER]

@@ -1,6 +1,6 @@
-"""Stage `train_nn`: a multi-task net (Shared-Bottom, MMoE or PLE) over all 7 actions.
+"""Stage `train_nn`: a multi-task net (Shared-Bottom, OMoE, MMoE or PLE) over all 7 actions.
 
-    train_nn.py --arch sb|mmoe|ple [--mode offline|online|all]
+    train_nn.py --arch sb|omoe|mmoe|ple [--mode offline|online|all]
 
 The architectures are registered in src/wbdc/nn/archs.py (class in wbdc/nn/models.py, section
 nn.<arch> in configs/nn.yaml).
@@ -73,10 +73,13 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.metrics import HALF_PRED_FILES
     from wbdc.nn.diagnostics import write_gate_diagnostics
     from wbdc.cluster import client_for
-    from wbdc.nn.pipeline import run_offline, run_online, save_checkpoint
+    from wbdc.nn.pipeline import (average_offline, average_online, net_seed, run_offline, run_online,
+                                  save_checkpoint, seed_configs)
 
     store = FeatureStore(paths)
+    cfgs = seed_configs(cfg)
     online_epochs = cfg["nn"]["online"].get("epochs")
+    seed_epochs: dict[str, float] = {}
     if args.mode == "online" and online_epochs is None:
         if not scores_path.exists():
             raise FileNotFoundError(
@@ -86,28 +89,39 @@ def main(argv: list[str] | None = None) -> int:
         if "best_epoch" not in prev:
             raise InputError(f"{scores_path}: no best_epoch; rerun train_nn --mode offline")
         online_epochs = float(prev["best_epoch"])
+        seed_epochs = {str(k): float(v) for k, v in prev.get("seed_epochs", {}).items()}
 
     def log(msg: str) -> None:
         print(f"[train_nn] {msg}", file=sys.stderr, flush=True)
 
     with StageRun(f"train_nn_{args.arch}", out) as run, client_for(cfg, log) as client:
         if client is None:
-            offline = lambda: run_offline(store, args.arch, cfg)  # noqa: E731
-            online = lambda epochs: run_online(store, args.arch, cfg, epochs)  # noqa: E731
+            offline = lambda c: run_offline(store, args.arch, c)  # noqa: E731
+            online = lambda c, epochs: run_online(store, args.arch, c, epochs)  # noqa: E731
         else:
             from wbdc.nn.distributed import run_distributed
-            offline = lambda: run_distributed(client, paths.root, args.arch, cfg, "offline", log=log)  # noqa: E731
-            online = lambda epochs: run_distributed(client, paths.root, args.arch, cfg, "online",  # noqa: E731
-                                                    epochs, log=log)
+            offline = lambda c: run_distributed(client, paths.root, args.arch, c, "offline", log=log)  # noqa: E731
+            online = lambda c, epochs: run_distributed(client, paths.root, args.arch, c, "online",  # noqa: E731
+                                                       epochs, log=log)
         write_json(cfg, out / "config.json")
         run.info.update({"arch": args.arch, "mode": args.mode})
         scores = read_json(scores_path) if args.mode == "online" and scores_path.exists() else {}
         if args.mode in ("offline", "all"):
-            res = offline()
+            runs = []
+            for c in cfgs:
+                if len(cfgs) > 1:
+                    log(f"{args.arch}: seed {net_seed(c)} ({len(runs) + 1} of {len(cfgs)})")
+                runs.append(offline(c))
+                runs[-1].seed = net_seed(c)
+            res, curve = average_offline(runs, int(cfg["data"]["seed"]))
+            for stale in out.glob("checkpoint_offline_seed*.pt"):
+                stale.unlink()
             write_parquet(res.preds, out / "pred_offline.parquet")
             for h, f in HALF_PRED_FILES.items():
                 write_parquet(res.half_preds[h], out / f)
-            save_checkpoint(out / "checkpoint_offline.pt", args.arch, res, cfg["nn"])
+            save_checkpoint(out / "checkpoint_offline.pt", args.arch, runs[0], cfg["nn"])
+            for r in runs[1:]:
+                save_checkpoint(out / f"checkpoint_offline_seed{r.seed}.pt", args.arch, r, cfg["nn"])
             written = write_gate_diagnostics(
                 res.gates, out, f"{ARCHS[args.arch].title}: mean gate weight on day 14")
             scores = {
@@ -127,6 +141,12 @@ def main(argv: list[str] | None = None) -> int:
                 "gate_files": [p.name for p in written],
                 "history": res.fit.history,
             }
+            if len(runs) > 1:
+                seed_epochs = {str(r.seed): round(r.fit.best_epoch, 4) for r in runs}
+                scores["seed_epochs"] = seed_epochs
+                scores["seeds"] = curve
+                log(f"{args.arch}: honest weighted uAUC by seeds averaged: "
+                    + ", ".join(f"{p['seeds']}: {p['average']:.4f}" for p in curve))
             if getattr(res, "distributed", None):
                 scores["distributed"] = res.distributed
                 run.info["distributed"] = res.distributed
@@ -138,12 +158,22 @@ def main(argv: list[str] | None = None) -> int:
                   f"best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
                   f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
         if args.mode == "offline":   # online files of an earlier fit would not match this one
-            for stale in ("pred_online.parquet", "checkpoint_online.pt"):
+            for stale in ("pred_online.parquet", "checkpoint_online.pt",
+                          *(p.name for p in out.glob("checkpoint_online_seed*.pt"))):
                 (out / stale).unlink(missing_ok=True)
         if args.mode in ("online", "all"):
-            res = online(float(online_epochs))
+            fixed = cfg["nn"]["online"].get("epochs")
+            runs = []
+            for c in cfgs:
+                s = str(net_seed(c))
+                epochs = float(fixed if fixed is not None else seed_epochs.get(s, online_epochs))
+                runs.append(online(c, epochs))
+                runs[-1].seed = net_seed(c)
+                if len(cfgs) > 1 and runs[-1] is not runs[0]:
+                    save_checkpoint(out / f"checkpoint_online_seed{s}.pt", args.arch, runs[-1], cfg["nn"])
+            save_checkpoint(out / "checkpoint_online.pt", args.arch, runs[0], cfg["nn"])
+            res = average_online(runs)
             write_parquet(res.preds, out / "pred_online.parquet")
-            save_checkpoint(out / "checkpoint_online.pt", args.arch, res, cfg["nn"])
             scores["online"] = {"epochs": round(float(online_epochs), 4),
                                 "samples_per_s": round(res.fit.samples_per_s, 1),
                                 "n_train_rows": res.n_train, "n_test_rows": len(res.preds),

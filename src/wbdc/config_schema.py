@@ -190,12 +190,15 @@ class NNFeatures:
     max_list_len: int
     dense_dtype: Literal["float16", "float32"]
     pretrained: Union[Literal["all"], list[str]]
+    history_len: int
+
 
 
 @dataclass
 class EmbeddingConfig:
     dim: int
     bag_dim: Union[int, None]
+    history_dim: int
     pretrained_trainable: bool
     sparse: bool
 
@@ -251,6 +254,7 @@ class NNConfigBase:
     """The keys every net shares; each architecture adds its own section (``wbdc.nn.archs``)."""
 
     seed: Union[int, None]
+    seeds: Union[list[int], None]
     threads: Union[int, Literal["auto"]]
     deterministic: bool
     features: NNFeatures

@@ -26,6 +26,7 @@ class ModelSpec:
     config: tuple[str, ...]       # dotted config keys hashed into the stamp (besides data)
     always: bool = False          # blended in every run, whatever --models says
     needs_offline_for_online: bool = True   # --mode online reuses the offline selection
+    default: bool = True          # in the default --models list
 
 
 POPULARITY = ModelSpec("popularity", "popularity baseline", "train_popularity.py", (),
@@ -37,7 +38,7 @@ LGB = ModelSpec("lgb", "LightGBM", "train_lgb.py", (), ("wbdc/lgb.py", "wbdc/met
 def _net(arch: str) -> ModelSpec:
     return ModelSpec(arch, ARCHS[arch].title, "train_nn.py", ("--arch", arch),
                      ("wbdc/nn", "wbdc/metrics.py"),
-                     (*(f"nn.{k}" for k in NN_SHARED_KEYS), f"nn.{arch}"))
+                     (*(f"nn.{k}" for k in NN_SHARED_KEYS), f"nn.{arch}"), default=ARCHS[arch].default)
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -45,7 +46,8 @@ MODELS: dict[str, ModelSpec] = {
     LGB.name: LGB,
     **{arch: _net(arch) for arch in ARCHS},
 }
-DEFAULT_MODELS = tuple(n for n, m in MODELS.items() if not m.always)
+DEFAULT_MODELS = tuple(n for n, m in MODELS.items() if not m.always and m.default)
+OPTIONAL_MODELS = tuple(n for n, m in MODELS.items() if not m.always and not m.default)
 
 
 def parse_models(spec: str | None) -> list[str]:
@@ -55,7 +57,8 @@ def parse_models(spec: str | None) -> list[str]:
     unknown = [n for n in names if n not in MODELS]
     if unknown:
         raise ValueError(f"unknown model {unknown[0]!r} in --models (choose from "
-                         f"{', '.join(DEFAULT_MODELS)}; {', '.join(n for n, m in MODELS.items() if m.always)} "
+                         f"{', '.join(DEFAULT_MODELS + OPTIONAL_MODELS)}; "
+                         f"{', '.join(n for n, m in MODELS.items() if m.always)} "
                          "is always included)")
     if not names:
         raise ValueError("--models is empty")

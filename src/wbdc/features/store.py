@@ -74,6 +74,14 @@ def user_part_file(d: int, b: int) -> str:
     return f"users/{day_dir(d)}/part-{b:02d}.parquet"
 
 
+def _pack_actions(batch) -> np.ndarray:
+    """One byte per row of a record batch holding the 7 action columns: bit i = ``ACTIONS[i]``."""
+    bits = np.zeros(batch.num_rows, np.uint8)
+    for i, a in enumerate(ACTIONS):
+        bits |= (batch.column(a).to_numpy().astype(np.uint8) & 1) << i
+    return bits
+
+
 class FeatureStore:
     """Read-only view of ``features/``; cheap to create, reads tables lazily."""
 
@@ -250,6 +258,29 @@ class FeatureStore:
             raise InputError(f"day {d}: {len(out)} label rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
         return out.astype(np.int8)
 
+    def labelled_history(self, before_day: int, batch_rows: int = 1 << 20
+                         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The labelled exposures of days ``< before_day``, in the prepared actions' order:
+        ``userid`` int32, ``feedid`` int32, ``date_`` int8 and the 7 labels as one byte per row
+        (bit i = ``ACTIONS[i]``).  Rows of ``before_day`` and later are never returned (the nets'
+        history block reads its labels through this door only)."""
+        users, feeds, dates, bits = [], [], [], []
+        for batch in pq.ParquetFile(self._actions_path()).iter_batches(
+                batch_size=batch_rows, columns=["userid", "feedid", "date_", *ACTIONS]):
+            date = batch.column("date_").to_numpy()
+            keep = date < int(before_day)
+            if not keep.any():
+                continue
+            users.append(batch.column("userid").to_numpy()[keep].astype(np.int32))
+            feeds.append(batch.column("feedid").to_numpy()[keep].astype(np.int32))
+            dates.append(date[keep].astype(np.int8))
+            bits.append(_pack_actions(batch)[keep])
+        if not users:
+            return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8),
+                    np.zeros(0, np.uint8))
+        return (np.concatenate(users), np.concatenate(feeds), np.concatenate(dates),
+                np.concatenate(bits))
+
     def packed_labels(self, days: Iterable[int], batch_rows: int = 1 << 20) -> dict[int, np.ndarray]:
         """The labels of ``days`` (<= 14) as one byte per row, bit i = ``ACTIONS[i]``, in each
         day's row order, read from the prepared actions in batches (7x smaller than
@@ -262,9 +293,7 @@ class FeatureStore:
         chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
         for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["date_", *ACTIONS]):
             date = batch.column("date_").to_numpy()
-            bits = np.zeros(len(date), np.uint8)
-            for i, a in enumerate(ACTIONS):
-                bits |= (batch.column(a).to_numpy().astype(np.uint8) & 1) << i
+            bits = _pack_actions(batch)
             for d in want:
                 sel = date == d
                 if sel.any():

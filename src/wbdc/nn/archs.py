@@ -26,6 +26,14 @@ class MMoEConfig:
 
 
 @dataclass
+class OMoEConfig:
+    n_experts: int
+    expert_dims: list[int]
+    tower_dims: list[int]
+    dropout: float
+
+
+@dataclass
 class PLEConfig:
     n_levels: int
     n_specific: int
@@ -42,10 +50,13 @@ class ArchSpec:
     core: str           # class name in wbdc.nn.models
     config: type        # the section's dataclass
     has_gates: bool     # writes gate diagnostics
+    default: bool = True  # trained by a plain run_all.sh (else only when --models names it)
 
 
 ARCHS: dict[str, ArchSpec] = {
     "sb": ArchSpec("sb", "Shared-Bottom", "SharedBottom", SharedBottomConfig, has_gates=False),
+    "omoe": ArchSpec("omoe", "OMoE", "OMoE", OMoEConfig, has_gates=False,
+                     default=False),
     "mmoe": ArchSpec("mmoe", "MMoE", "MMoE", MMoEConfig, has_gates=True),
     "ple": ArchSpec("ple", "PLE", "PLE", PLEConfig, has_gates=True),
 }

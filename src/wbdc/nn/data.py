@@ -19,7 +19,8 @@ import torch
 from torch import Tensor
 
 from ..schema import ACTIONS
-from .inputs import BagField, PretrainedTable
+from .history import HistoryTable, build_history
+from .inputs import BagField, HistoryField, PretrainedTable
 
 DENSE_CLIP = 10.0
 
@@ -35,10 +36,13 @@ class FeatureSelection:
     pretrained: list[str]
     keys: list[str] = field(default_factory=list)     # id columns the side tables hang on
     skipped: list[str] = field(default_factory=list)
+    history_len: int = 0        # the user's last N exposures before the row's day (0 = none)
 
     def columns(self) -> list[str]:
         """Day-table columns to load (keys the side tables hang on included)."""
         cols = ["userid", "feedid", *self.categorical, *self.keys, *self.dense]
+        if self.history_len:
+            cols.append("date_")
         return list(dict.fromkeys(cols))
 
 
@@ -92,16 +96,22 @@ def select_features(store, cfg: dict) -> FeatureSelection:
             skipped.append(f"{p} (key {store.pretrained_key(p)} not in the day tables)")
         else:
             pretrained.append(p)
-    side_keys = (["feedid"] if bags else []) + [store.pretrained_key(p) for p in pretrained]
-    return FeatureSelection(cats, dense, bags, pretrained, list(dict.fromkeys(side_keys)), skipped)
+    history_len = int(cfg.get("history_len") or 0)
+    if history_len < 0:
+        raise ValueError(f"nn.features.history_len={history_len}: expected 0 (off) or a positive "
+                         "number of past exposures")
+    side_keys = (["feedid"] if bags or history_len else []) + [store.pretrained_key(p) for p in pretrained]
+    return FeatureSelection(cats, dense, bags, pretrained, list(dict.fromkeys(side_keys)), skipped,
+                            history_len)
 
 
 # ------------------------------------------------------------------------------ helpers
 
 def encoded_row_bytes(selection: "FeatureSelection", dense_dtype: str) -> int:
-    """Bytes one encoded row holds: ids, side-table keys, userid and feedid (int32), the dense
-    values, the labels (uint8)."""
-    return (4 * (len(selection.categorical) + len(selection.keys)) + 8 + len(ACTIONS)
+    """Bytes one encoded row holds: ids, side-table keys (the history row too), userid and
+    feedid (int32), the dense values, the labels (uint8)."""
+    n_keys = len(selection.keys) + (1 if selection.history_len else 0)
+    return (4 * (len(selection.categorical) + n_keys) + 8 + len(ACTIONS)
             + np.dtype(dense_dtype).itemsize * len(selection.dense))
 
 
@@ -280,6 +290,15 @@ def _day_sizes(store, days: Sequence[int]) -> list[int]:
     return [len(store.load_day(d, columns=[])) for d in days]
 
 
+def _history_of(store, days_seen: Sequence[int], max_len: int) -> HistoryTable:
+    """The history table of the training days and the day after them (the day the model is
+    scored on: 14 offline, 15 online), built from the labelled rows before each day."""
+    if not days_seen:
+        raise ValueError("nn.features.history_len: no training days seen to build the history for")
+    days = sorted(set(int(d) for d in days_seen) | {max(days_seen) + 1})
+    return build_history(store, days, max_len)
+
+
 # ------------------------------------------------------------------------------ encoder
 
 class Encoder:
@@ -288,7 +307,7 @@ class Encoder:
     def __init__(self, selection: FeatureSelection, vocab: dict[str, np.ndarray],
                  dense_stats: dict[str, np.ndarray], key_ids: dict[str, np.ndarray],
                  token_vocab: dict[str, np.ndarray], max_list_len: int,
-                 dense_dtype: str = "float32"):
+                 dense_dtype: str = "float32", history: HistoryTable | None = None):
         self.selection = selection
         self.vocab = vocab                    # column -> sorted raw ids seen in training
         self.dense_stats = dense_stats        # "log" bool [D], "mean", "std" float64 [D]
@@ -298,6 +317,7 @@ class Encoder:
         if dense_dtype not in ("float16", "float32"):
             raise ValueError(f"dense_dtype must be float16 or float32, got {dense_dtype!r}")
         self.dense_dtype = dense_dtype
+        self.history = history                # (user, day) -> last exposures before the day
 
     # -- fitting
     @classmethod
@@ -315,8 +335,11 @@ class Encoder:
         frames = [train] if isinstance(train, pd.DataFrame) else train
         uniques: dict[str, list[np.ndarray]] = {c: [] for c in selection.categorical}
         feeds_seen: list[np.ndarray] = []
+        days_seen: set[int] = set()
         stats = RunningStats(len(selection.dense))
         for df in frames:
+            if selection.history_len:
+                days_seen.update(int(d) for d in np.unique(df["date_"].to_numpy()))
             for c in selection.categorical:
                 uniques[c].append(np.unique(df[c].to_numpy()))
             feeds_seen.append(np.unique(df["feedid"].to_numpy()))
@@ -325,7 +348,7 @@ class Encoder:
         vocab = {c: np.unique(np.concatenate(u)) if u else np.zeros(0, np.int64)
                  for c, u in uniques.items()}
         feeds = np.unique(np.concatenate(feeds_seen)) if feeds_seen else np.zeros(0, np.int64)
-        return {"vocab": vocab, "feeds": feeds, "stats": stats}
+        return {"vocab": vocab, "feeds": feeds, "stats": stats, "days": sorted(days_seen)}
 
     @classmethod
     def from_partials(cls, parts: Sequence[dict], store, selection: FeatureSelection,
@@ -344,6 +367,11 @@ class Encoder:
             for p in parts:
                 stats.merge(p["stats"])
         key_sets: dict[str, list[np.ndarray]] = {}
+        history = None
+        if selection.history_len:
+            history = _history_of(store, [d for p in parts for d in p.get("days", [])],
+                                  selection.history_len)
+            key_sets["feedid"] = [train_feeds, history.feed_ids()]
         for p in selection.pretrained:
             key_sets.setdefault(store.pretrained_key(p), []).append(
                 np.asarray(store.pretrained(p)[0]))
@@ -360,7 +388,7 @@ class Encoder:
                 token_vocab[b] = np.unique(values[seen])
         key_ids = {k: np.unique(np.concatenate(v)) for k, v in key_sets.items()}
         return cls(selection, vocab, stats.finalize(), key_ids, token_vocab, max_list_len,
-                   dense_dtype)
+                   dense_dtype, history)
 
     @classmethod
     def fit_days(cls, store, days: Sequence[int], selection: FeatureSelection,
@@ -387,6 +415,9 @@ class Encoder:
             cat[:, j] = _lookup(self.vocab[c], df[c].to_numpy())
         for j, k in enumerate(self.key_ids):
             keys[:, j] = _lookup(self.key_ids[k], df[k].to_numpy())
+        if self.history is not None:
+            keys[:, len(self.key_ids)] = self.history.lookup(df["userid"].to_numpy(),
+                                                             df["date_"].to_numpy())
         st = self.dense_stats
         for j, c in enumerate(sel.dense):
             x = df[c].to_numpy(np.float64, na_value=np.nan)
@@ -399,7 +430,7 @@ class Encoder:
     def _alloc(self, n: int):
         sel = self.selection
         return (np.zeros((n, len(sel.categorical)), np.int32),
-                np.zeros((n, len(self.key_ids)), np.int32),
+                np.zeros((n, len(self.key_ids) + (self.history is not None)), np.int32),
                 np.zeros((n, len(sel.dense)), np.dtype(self.dense_dtype)))
 
     def encode(self, df: pd.DataFrame, labels: pd.DataFrame | None = None) -> EncodedArrays:
@@ -475,12 +506,29 @@ class Encoder:
             tables.append(PretrainedTable(p, torch.from_numpy(full), slot[key]))
         return bags, tables
 
+    def history_field(self) -> HistoryField | None:
+        """The history table on the encoder's feed rows (row 0 = no history), for the input
+        layer; the row's history sits in the last column of ``keys``."""
+        if self.history is None:
+            return None
+        h = self.history
+        rows = _lookup(self.key_ids["feedid"], h.feeds.ravel()).reshape(h.feeds.shape)
+        n = h.max_len
+        rows[np.arange(n)[None, :] < (n - h.length.astype(np.int64))[:, None]] = 0
+        pad = lambda a: np.concatenate([np.zeros((1, *a.shape[1:]), a.dtype), a])   # noqa: E731
+        return HistoryField(torch.from_numpy(pad(rows.astype(np.int32))),
+                            torch.from_numpy(pad(h.bits)), torch.from_numpy(pad(h.length)),
+                            key_slot=len(self.key_ids),
+                            feed_slot=list(self.key_ids).index("feedid"),
+                            n_feed_rows=len(self.key_ids["feedid"]) + 1)
+
     # -- checkpointing: plain tensors and python values only (loads with weights_only=True)
     def state_dict(self) -> dict:
         sel = self.selection
         return {
             "selection": {"categorical": sel.categorical, "dense": sel.dense, "bags": sel.bags,
-                          "pretrained": sel.pretrained, "keys": sel.keys},
+                          "pretrained": sel.pretrained, "keys": sel.keys,
+                          "history_len": sel.history_len},
             "vocab": {c: torch.from_numpy(np.asarray(v, np.int64)) for c, v in self.vocab.items()},
             "dense_stats": {k: torch.from_numpy(np.asarray(v)) for k, v in self.dense_stats.items()},
             "key_ids": {k: torch.from_numpy(np.asarray(v, np.int64)) for k, v in self.key_ids.items()},
@@ -488,17 +536,23 @@ class Encoder:
                             for b, v in self.token_vocab.items()},
             "max_list_len": self.max_list_len,
             "dense_dtype": self.dense_dtype,
+            "history": None if self.history is None else
+            {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in self.history.state_dict().items()},
         }
 
     @classmethod
     def from_state_dict(cls, state: dict) -> "Encoder":
         s = state["selection"]
         sel = FeatureSelection(list(s["categorical"]), list(s["dense"]), list(s["bags"]),
-                               list(s["pretrained"]), list(s["keys"]))
+                               list(s["pretrained"]), list(s["keys"]),
+                               history_len=int(s.get("history_len", 0)))
         np_ = {k: {kk: vv.numpy() for kk, vv in state[k].items()}
                for k in ("vocab", "dense_stats", "key_ids", "token_vocab")}
+        hist = state.get("history")
         return cls(sel, np_["vocab"], np_["dense_stats"], np_["key_ids"], np_["token_vocab"],
-                   state["max_list_len"], state.get("dense_dtype", "float32"))
+                   state["max_list_len"], state.get("dense_dtype", "float32"),
+                   None if hist is None else HistoryTable.from_state_dict(
+                       {k: v.numpy() for k, v in hist.items()}))
 
 
 # ------------------------------------------------------------------------------ streamed rows

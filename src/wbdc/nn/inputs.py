@@ -9,9 +9,14 @@ A batch is a dict of tensors (see ``wbdc.nn.data.EncodedArrays.batch``):
 Side tables hang off a key slot: a multi-hot field is a padded ``[n_rows, L]`` matrix of token
 indices (0 = padding, excluded from the mean) pooled by ``nn.EmbeddingBag``; a pretrained table
 is an ``nn.Embedding.from_pretrained`` matrix (row 0 = zeros for unknown keys), frozen or not.
+
+The history block (``HistoryAttention``, DIN-style) hangs off the last ``keys`` column: the
+row's (user, day) row of a ``[n_pairs + 1, N]`` table of the user's last N feeds before the day
+and the action bits of each, pooled by attention against the candidate feed.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -29,10 +34,73 @@ class BagField:
 
 
 @dataclass
+class HistoryField:
+    """The user's last exposures before the row's day (``wbdc.nn.history``), on feed rows."""
+    feeds: Tensor          # int32 [n_pairs + 1, N]: feed row (the ``feedid`` key's rows), 0 = padding
+    bits: Tensor           # uint8 [n_pairs + 1, N]: the 7 action bits of each exposure
+    length: Tensor         # int16 [n_pairs + 1]: real entries, right-aligned; row 0 = no history
+    key_slot: int          # column of batch["keys"] holding the (user, day) row
+    feed_slot: int         # column of batch["keys"] holding the candidate's feed row
+    n_feed_rows: int
+
+
+@dataclass
 class PretrainedTable:
     name: str
     matrix: Tensor         # float32 [n_rows, dim]; row 0 = unknown key
     key_slot: int
+
+
+class HistoryAttention(nn.Module):
+    """Target attention over the user's recent exposures (Deep Interest Network, Zhou et al.
+    2018), one block any architecture reads through the input layer.
+
+    A feed's vector is a learned embedding plus a linear map of its pretrained feed vectors
+    (PCA of feed_embedding, word2vec), computed for the whole feed table once per batch; an
+    exposure adds an embedding of what the user did with it (128 action-bit patterns).  The
+    candidate feed's vector is the query: bilinear scores, softmax over the real entries.
+    Output ``[attention-pooled | mean | pooled * query]`` (``3 * dim``); zeros for a user with
+    no history.
+    """
+
+    N_PATTERNS = 128        # 7 action bits
+
+    def __init__(self, field: HistoryField, dim: int, pretrained_dims: Sequence[int] = ()):
+        super().__init__()
+        self.key_slot, self.feed_slot = int(field.key_slot), int(field.feed_slot)
+        self.dim = int(dim)
+        self.register_buffer("feeds", field.feeds.to(torch.int32), persistent=False)
+        self.register_buffer("bits", field.bits.to(torch.uint8), persistent=False)
+        self.register_buffer("length", field.length.to(torch.int16), persistent=False)
+        self.item = nn.Embedding(int(field.n_feed_rows), self.dim)
+        nn.init.normal_(self.item.weight, std=0.05)
+        with torch.no_grad():
+            self.item.weight[0].zero_()
+        width = int(sum(pretrained_dims))
+        self.pretrained_proj = nn.Linear(width, self.dim, bias=False) if width else None
+        self.action = nn.Embedding(self.N_PATTERNS, self.dim)
+        nn.init.normal_(self.action.weight, std=0.05)
+        self.query = nn.Linear(self.dim, self.dim, bias=False)
+        self.output_dim = 3 * self.dim
+
+    def forward(self, keys: Tensor, pretrained: Sequence[Tensor] = ()) -> Tensor:
+        """``keys``: the batch's key columns; ``pretrained``: the feed-keyed pretrained tables."""
+        table = self.item.weight
+        if self.pretrained_proj is not None:
+            table = table + self.pretrained_proj(torch.cat(list(pretrained), dim=1))
+        pair = keys[:, self.key_slot]
+        rows = self.feeds.index_select(0, pair)                         # [B, N]
+        n = self.length.index_select(0, pair).long()                    # [B]
+        B, N = rows.shape
+        h = table.index_select(0, rows.reshape(-1)).view(B, N, -1) \
+            + self.action(self.bits.index_select(0, pair).long())       # [B, N, d]
+        q = table.index_select(0, keys[:, self.feed_slot])              # [B, d]
+        real = torch.arange(N, device=rows.device).unsqueeze(0) >= (N - n).unsqueeze(1)
+        score = torch.bmm(h, self.query(q).unsqueeze(-1).to(h.dtype)).squeeze(-1) / math.sqrt(self.dim)
+        w = torch.softmax(score.float().masked_fill(~real, -1e9), dim=1) * real
+        pooled = torch.bmm(w.unsqueeze(1).to(h.dtype), h).squeeze(1)
+        mean = (h * real.unsqueeze(-1)).sum(1) / n.clamp(min=1).unsqueeze(1)
+        return torch.cat([pooled, mean.to(pooled.dtype), pooled * q.to(pooled.dtype)], dim=1)
 
 
 class InputLayer(nn.Module):
@@ -45,7 +113,8 @@ class InputLayer(nn.Module):
     def __init__(self, cat_cardinalities: Sequence[int], emb_dim: int, n_dense: int,
                  bags: Sequence[BagField] = (), pretrained: Sequence[PretrainedTable] = (),
                  bag_dim: int | None = None, pretrained_trainable: bool = False,
-                 sparse: bool = False):
+                 sparse: bool = False, history: HistoryField | None = None,
+                 history_dim: int = 32):
         super().__init__()
         cards = [int(c) for c in cat_cardinalities]
         self.n_cat, self.n_dense, self.emb_dim = len(cards), int(n_dense), int(emb_dim)
@@ -71,15 +140,22 @@ class InputLayer(nn.Module):
             nn.Embedding.from_pretrained(p.matrix.float(), freeze=not pretrained_trainable,
                                          sparse=sparse)
             for p in pretrained)
+        self.history = None
+        self.history_tables: list[int] = []       # the pretrained tables keyed like the feed
+        if history is not None:
+            self.history_tables = [i for i, p in enumerate(pretrained) if p.key_slot == history.feed_slot]
+            self.history = HistoryAttention(history, history_dim,
+                                            [int(pretrained[i].matrix.shape[1]) for i in self.history_tables])
         self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim
-                           + sum(int(p.matrix.shape[1]) for p in pretrained) + self.n_dense)
+                           + sum(int(p.matrix.shape[1]) for p in pretrained) + self.n_dense
+                           + (self.history.output_dim if self.history is not None else 0))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         parts = []
         if self.n_cat:
             cat = batch["cat"]
             parts.append(self.cat_embedding(cat + self.cat_offsets).flatten(1))
-        if len(self.bags) or len(self.pretrained):
+        if len(self.bags) or len(self.pretrained) or self.history is not None:
             keys = batch["keys"]
         for i, bag in enumerate(self.bags):
             lists = getattr(self, f"bag_lists_{i}")
@@ -88,4 +164,7 @@ class InputLayer(nn.Module):
             parts.append(table(keys[:, slot]))
         if self.n_dense:
             parts.append(batch["dense"])
+        if self.history is not None:
+            tables = [self.pretrained[i].weight for i in self.history_tables]
+            parts.append(self.history(keys, tables).to(parts[-1].dtype))
         return torch.cat(parts, dim=1)

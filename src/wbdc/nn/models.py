@@ -1,4 +1,4 @@
-"""Shared-Bottom, MMoE, CGC and PLE: a few lines of wiring each over ``wbdc.nn.modules``.
+"""Shared-Bottom, OMoE, MMoE, CGC and PLE: a few lines of wiring each over ``wbdc.nn.modules``.
 
 A *core* maps the input vector ``[B, input_dim]`` to one logit per task ``[B, T]``;
 ``MultiTaskNet`` puts an input layer in front of a core.  ``build_model`` builds either from the
@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import torch
 from torch import Tensor, nn
 
 from .archs import ARCHS
-from .modules import CGCLevel, ExpertBank, TowerBank
+from .modules import CGCLevel, ExpertBank, GateBank, TowerBank
 
 
 class SharedBottom(nn.Module):
@@ -25,6 +26,22 @@ class SharedBottom(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.towers(self.bottom(x).squeeze(1))
+
+
+class OMoE(nn.Module):
+    """One-gate mixture of experts (the MMoE paper's baseline): ``n_experts`` experts mixed by
+    one softmax gate shared by every task, one tower per task."""
+
+    def __init__(self, input_dim: int, n_tasks: int, n_experts: int, expert_dims: Sequence[int],
+                 tower_dims: Sequence[int] = (), dropout: float = 0.0):
+        super().__init__()
+        self.experts = ExpertBank(n_experts, input_dim, expert_dims, dropout)
+        self.gate = GateBank(1, input_dim, n_experts)
+        self.towers = TowerBank(n_tasks, self.experts.output_dim, tower_dims, dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        mixed = torch.bmm(self.gate(x), self.experts(x)).squeeze(1)     # [B, 1, E] x [B, E, h]
+        return self.towers(mixed)
 
 
 class CGC(nn.Module):
@@ -114,5 +131,5 @@ def count_parameters(model: nn.Module) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
 
-__all__ = ["ARCHS", "SharedBottom", "MMoE", "CGC", "PLE", "MultiTaskNet", "build_core",
+__all__ = ["ARCHS", "SharedBottom", "OMoE", "MMoE", "CGC", "PLE", "MultiTaskNet", "build_core",
            "build_model", "gate_levels", "count_parameters"]

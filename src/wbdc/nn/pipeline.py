@@ -51,11 +51,75 @@ class RunResult:
     half_epochs: dict | None = None     # offline: half -> its best epoch
     scores: dict | None = None          # offline: honest day-14 scores (cross-fitted halves)
     scores_insample: dict | None = None  # offline: the best epoch's own day-14 scores
+    labels: pd.DataFrame | None = None   # offline: the day-14 labels, in ``preds`` order
+    seed: int | None = None              # the net's seed (nn.seed)
 
 
 def net_seed(cfg: dict) -> int:
     s = cfg["nn"].get("seed")
     return int(cfg["data"]["seed"] if s is None else s)
+
+
+def seed_configs(cfg: dict) -> list[dict]:
+    """One config per net seed: ``nn.seeds`` (a list: each net trained once per seed and the
+    predictions averaged) or the single ``nn.seed`` / ``data.seed``."""
+    import copy
+    seeds = cfg["nn"].get("seeds")
+    if not seeds:
+        return [cfg]
+    if len(set(int(s) for s in seeds)) != len(seeds):
+        raise ValueError(f"nn.seeds={list(seeds)}: the seeds must differ")
+    out = []
+    for s in seeds:
+        c = copy.deepcopy(cfg)
+        c["nn"]["seed"] = int(s)
+        out.append(c)
+    return out
+
+
+def _mean_frame(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
+    out = frames[0][["userid", "feedid"]].copy()
+    for a in ACTIONS:
+        out[a] = np.mean([f[a].to_numpy(np.float64) for f in frames], axis=0).astype(np.float32)
+    return out
+
+
+def average_offline(runs: Sequence[RunResult], halves_seed: int) -> tuple[RunResult, list[dict]]:
+    """The seed average of offline runs: day-14 predictions averaged over the seeds, each user
+    half's selection averaged over the seeds' selections on that half, so the cross-fitted score
+    of the average is as honest as each one's.  Also the curve: the honest score of the average
+    of the first k seeds, k = 1..K, with the training seconds it cost."""
+    first = runs[0]
+    if len(runs) == 1:
+        return first, []
+    halves = split_halves(halves_seed, first.preds["userid"].to_numpy())
+    curve, spent = [], 0.0
+    for k in range(1, len(runs) + 1):
+        spent += float(runs[k - 1].seconds.get("train", 0.0))
+        half = {h: _mean_frame([r.half_preds[h] for r in runs[:k]]) for h in HALVES}
+        curve.append({"seeds": k, "seed": runs[k - 1].seed,
+                      "alone": round(runs[k - 1].scores["weighted"], 6),
+                      "average": round(crossfit_scores(first.labels, half["A"], half["B"], halves)["weighted"], 6),
+                      "train_seconds": round(spent, 1)})
+    frame = _mean_frame([r.preds for r in runs])
+    half_preds = {h: _mean_frame([r.half_preds[h] for r in runs]) for h in HALVES}
+    seconds = {k: round(sum(float(r.seconds.get(k, 0.0)) for r in runs), 2) for k in first.seconds}
+    avg = RunResult(first.model, first.encoder, first.fit, frame, first.gates, first.n_train,
+                    first.n_params, seconds, half_preds=half_preds, half_epochs=first.half_epochs,
+                    scores=crossfit_scores(first.labels, half_preds["A"], half_preds["B"], halves),
+                    scores_insample=weighted_uauc(first.labels, frame, groups=halves.groups),
+                    labels=first.labels, seed=first.seed)
+    return avg, curve
+
+
+def average_online(runs: Sequence[RunResult]) -> RunResult:
+    """The seed average of online runs (test predictions averaged; the first seed's model)."""
+    if len(runs) == 1:
+        return runs[0]
+    first = runs[0]
+    seconds = {k: round(sum(float(r.seconds.get(k, 0.0)) for r in runs), 2) for k in first.seconds}
+    return RunResult(first.model, first.encoder, first.fit, _mean_frame([r.preds for r in runs]),
+                     None, first.n_train, first.n_params, seconds, seed=first.seed)
 
 
 def train_days(store, last_day: int, first_day: int | None) -> list[int]:
@@ -72,7 +136,8 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
     inputs = InputLayer(encoder.cat_cardinalities, int(emb["dim"]), len(encoder.selection.dense),
                         bags, tables, bag_dim=int(emb["bag_dim"] or emb["dim"]),
                         pretrained_trainable=bool(emb["pretrained_trainable"]),
-                        sparse=bool(emb["sparse"]))
+                        sparse=bool(emb["sparse"]), history=encoder.history_field(),
+                        history_dim=int(emb["history_dim"]))
     return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
 
 
@@ -216,9 +281,11 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
-    return offline_result(trainer.model, enc, fit, valid, preds, gates, len(train), int(cfg["data"]["seed"]),
-                          {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
-                           "diagnostics": round(time.perf_counter() - t1, 2)})
+    res = offline_result(trainer.model, enc, fit, valid, preds, gates, len(train), int(cfg["data"]["seed"]),
+                         {"data": round(t_data, 2), "train": round(fit.train_seconds, 2),
+                          "diagnostics": round(time.perf_counter() - t1, 2)})
+    res.seed = net_seed(cfg)
+    return res
 
 
 def offline_result(model, enc: Encoder, fit: FitResult, valid, preds: np.ndarray, gates, n_train: int,
@@ -236,7 +303,8 @@ def offline_result(model, enc: Encoder, fit: FitResult, valid, preds: np.ndarray
     return RunResult(model, enc, fit, frame, gates, n_train, count_parameters(model), seconds,
                      half_preds=half_preds, half_epochs=half_epochs,
                      scores=crossfit_scores(labels, half_preds["A"], half_preds["B"], halves),
-                     scores_insample=weighted_uauc(labels, frame, groups=halves.groups))
+                     scores_insample=weighted_uauc(labels, frame, groups=halves.groups),
+                     labels=labels)
 
 
 def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:
@@ -255,7 +323,8 @@ def run_online(store, arch: str, cfg: dict, epochs: float) -> RunResult:
     preds = trainer.predict(test)
     return RunResult(trainer.model, enc, fit, prediction_frame(test, preds), None, len(train),
                      count_parameters(trainer.model),
-                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2)})
+                     {"data": round(t_data, 2), "train": round(fit.train_seconds, 2)},
+                     seed=net_seed(cfg))
 
 
 # ------------------------------------------------------------------------------ checkpoints

@@ -76,6 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.nn.pipeline import (average_offline, average_online, net_seed, run_offline, run_online,
                                   save_checkpoint, seed_configs)
 
+    from wbdc.nn.models import parse_funnels
+    from wbdc.schema import ACTIONS
+    parse_funnels(cfg["nn"]["funnels"], list(ACTIONS))     # a bad funnel stops here, in one line
     store = FeatureStore(paths)
     cfgs = seed_configs(cfg)
     online_epochs = cfg["nn"]["online"].get("epochs")

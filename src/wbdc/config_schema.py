@@ -255,6 +255,7 @@ class NNConfigBase:
 
     seed: Union[int, None]
     seeds: Union[list[int], None]
+    funnels: list[str]
     threads: Union[int, Literal["auto"]]
     deterministic: bool
     features: NNFeatures

@@ -321,7 +321,7 @@ def _new_trainer(arch, enc, store, cfg, train, spec: RankSpec):
     seed = int(cfg["_net_seed"])
     seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
-    model.core.towers.set_output_bias(train.label_means())
+    model.set_output_bias(train.label_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     device_ids = [torch.device(nn_cfg["train"]["device"]).index] if spec.backend == "nccl" else None
@@ -337,7 +337,8 @@ def _throughput(fit) -> None:
 
 def _combined_gates(trainer, valid) -> pd.DataFrame | None:
     from .diagnostics import gate_means
-    g = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size)
+    g = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
+                   trainer.model.task_names(list(ACTIONS)))
     parts = _all_gather((g, len(valid)))
     if g.empty:
         return g

@@ -97,16 +97,68 @@ class PLE(nn.Module):
         return self.towers(task_in)
 
 
-class MultiTaskNet(nn.Module):
-    """Input layer + core: ``forward(batch) -> logits [B, T]``."""
+def parse_funnels(specs: Sequence[str] | None, actions: Sequence[str]) -> list[tuple[int, int]]:
+    """``["read_comment>comment", ...]`` -> ``[(first, then), ...]`` action indices; a bad entry is
+    one ValueError line naming it."""
+    out: list[tuple[int, int]] = []
+    for spec in specs or ():
+        first, sep, then = str(spec).partition(">")
+        first, then = first.strip(), then.strip()
+        if not sep or first not in actions or then not in actions or first == then:
+            raise ValueError(f"nn.funnels: {spec!r} is not FIRST>THEN with two different actions of "
+                             f"{', '.join(actions)}")
+        if any(actions.index(then) == t for _, t in out):
+            raise ValueError(f"nn.funnels: {then} is the later step of two funnels")
+        out.append((actions.index(first), actions.index(then)))
+    return out
 
-    def __init__(self, inputs: nn.Module, core: nn.Module):
+
+def funnel_logit(first: Tensor, then_after: Tensor, then_without: Tensor) -> Tensor:
+    """The logit of ``p(then) = p(first) p(then | first) + (1 - p(first)) p(then | not first)``
+    from the three logits, in log space (no sigmoid rounds to 0 or 1)."""
+    ls = torch.nn.functional.logsigmoid
+    log_p = torch.logaddexp(ls(first) + ls(then_after), ls(-first) + ls(then_without))
+    log_q = torch.logaddexp(ls(first) + ls(-then_after), ls(-first) + ls(-then_without))
+    return log_p - log_q
+
+
+class MultiTaskNet(nn.Module):
+    """Input layer + core: ``forward(batch) -> logits [B, T]``.
+
+    With funnels (``nn.funnels``, ESMM's entire-space idea), the core has one extra output per
+    funnel: for ``first > then`` the task ``then``'s own tower learns ``p(then | first)``, the
+    extra one ``p(then | not first)``, and the net returns the logit of their mixture by
+    ``p(first)`` (``funnel_logit``) -- a probability of ``then`` over every exposure, trained on
+    every exposure, whatever share of ``then`` happens without ``first``.
+    """
+
+    def __init__(self, inputs: nn.Module, core: nn.Module, n_tasks: int | None = None,
+                 funnels: Sequence[tuple[int, int]] = ()):
         super().__init__()
         self.inputs = inputs
         self.core = core
+        self.funnels = [(int(a), int(b)) for a, b in funnels]
+        self.n_tasks = n_tasks
+
+    def set_output_bias(self, rates: Sequence[float]) -> None:
+        """Start every tower at its task's base rate (the funnel towers at the later task's)."""
+        rates = list(rates)
+        self.core.towers.set_output_bias(rates + [rates[b] for _, b in self.funnels])
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        return self.core(self.inputs(batch))
+        logits = self.core(self.inputs(batch))
+        if not self.funnels:
+            return logits
+        T = self.n_tasks
+        logits = logits.float()          # the log-space mixture in fp32 under bf16 autocast
+        cols = list(logits[:, :T].unbind(1))
+        for f, (a, b) in enumerate(self.funnels):
+            cols[b] = funnel_logit(logits[:, a], logits[:, b], logits[:, T + f])
+        return torch.stack(cols, dim=1)
+
+    def task_names(self, actions: Sequence[str]) -> list[str]:
+        """The core's outputs: the actions, then ``then|not first`` per funnel."""
+        return [*actions, *(f"{actions[b]}|not {actions[a]}" for a, b in self.funnels)]
 
 
 def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
@@ -118,8 +170,10 @@ def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
     return core(input_dim, n_tasks, **cfg)
 
 
-def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict) -> MultiTaskNet:
-    return MultiTaskNet(inputs, build_core(arch, inputs.output_dim, n_tasks, cfg))
+def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict,
+                funnels: Sequence[tuple[int, int]] = ()) -> MultiTaskNet:
+    core = build_core(arch, inputs.output_dim, n_tasks + len(funnels), cfg)
+    return MultiTaskNet(inputs, core, n_tasks, funnels)
 
 
 def gate_levels(model: nn.Module) -> list[CGCLevel]:
@@ -132,4 +186,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["ARCHS", "SharedBottom", "OMoE", "MMoE", "CGC", "PLE", "MultiTaskNet", "build_core",
-           "build_model", "gate_levels", "count_parameters"]
+           "build_model", "parse_funnels", "funnel_logit", "gate_levels", "count_parameters"]

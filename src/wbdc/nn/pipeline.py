@@ -27,7 +27,7 @@ from .data import (EncodedArrays, Encoder, FeatureSelection, StreamedRows, encod
 from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
-from .models import MultiTaskNet, build_model, count_parameters
+from .models import MultiTaskNet, build_model, count_parameters, parse_funnels
 from .trainer import FitResult, TrainConfig, Trainer, predict, seed_everything
 
 VALID_DAY = LAST_TRAIN_DAY
@@ -138,7 +138,8 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
                         pretrained_trainable=bool(emb["pretrained_trainable"]),
                         sparse=bool(emb["sparse"]), history=encoder.history_field(),
                         history_dim=int(emb["history_dim"]))
-    return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch])
+    return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch],
+                       parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)))
 
 
 def make_score_fn(valid: EncodedArrays | StreamedRows, halves_seed: int | None = None):
@@ -252,7 +253,7 @@ def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
     seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
     if train is not None:
-        model.core.towers.set_output_bias(train.label_means())
+        model.set_output_bias(train.label_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     return Trainer(model, balancer, tcfg)
@@ -277,7 +278,8 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid,
                       make_score_fn(valid, int(cfg["data"]["seed"])))
     t1 = time.perf_counter()
-    gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size)
+    gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
+                       trainer.model.task_names(list(ACTIONS)))
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)

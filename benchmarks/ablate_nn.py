@@ -36,7 +36,15 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     name, sep, sets = text.partition("=")
     if not sep or not name:
         raise SystemExit(f"--variant {text!r}: expected NAME=SECTION.KEY=VALUE[,...] or NAME=")
-    return name, [s for s in sets.split(",") if s]
+    out, cur, depth = [], "", 0          # commas inside [...] belong to a list value
+    for ch in sets:
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            out.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    return name, [s for s in [*out, cur] if s]
 
 
 def run_one(root: Path, arch: str, name: str, sets: list[str], seed: int, force: bool,

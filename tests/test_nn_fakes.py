@@ -131,6 +131,16 @@ class FakeStore:
                 np.concatenate([self._days[d]["date_"].to_numpy(np.int8) for d in days]),
                 np.concatenate([packed[d] for d in days]))
 
+    def engagement(self, days, names) -> dict:
+        """Deterministic fake targets: finish ratio from the user count, log stay from the rate."""
+        out = {}
+        for d in days:
+            df = self._days[int(d)]
+            cols = {"finish_ratio": np.clip(df["user_count"].to_numpy(np.float64) / 20.0, 0, 3),
+                    "log_stay": np.log1p(np.nan_to_num(df["feed_rate"].to_numpy(np.float64)) * 10)}
+            out[int(d)] = np.stack([cols[n] for n in names], axis=1).astype(np.float32)
+        return out
+
     def load_days(self, days, columns=None) -> pd.DataFrame:
         return pd.concat([self.load_day(d, columns) for d in days], ignore_index=True)
 
@@ -184,7 +194,7 @@ def test_fake_store_has_the_real_store_interface():
     from wbdc.features.store import FeatureStore as real
     for name in ("columns", "cardinality", "load_day", "load_days", "load_labels", "pretrained",
                  "pretrained_key", "feed_lists", "n_rows", "parts", "row_groups", "read_row_group",
-                 "iter_day", "packed_labels", "labelled_history"):
+                 "iter_day", "packed_labels", "labelled_history", "engagement"):
         assert callable(getattr(real, name, None)), f"FeatureStore lacks {name}"
         ours = inspect.signature(getattr(FakeStore, name)).parameters
         theirs = inspect.signature(getattr(real, name)).parameters

@@ -245,6 +245,12 @@ class DistributedSection:
 
 
 @dataclass
+class AuxSection:
+    tasks: list[Literal["finish_ratio", "log_stay"]]
+    weight: float
+
+
+@dataclass
 class GatesConfig:
     all_levels: bool
 
@@ -256,6 +262,7 @@ class NNConfigBase:
     seed: Union[int, None]
     seeds: Union[list[int], None]
     funnels: list[str]
+    aux: AuxSection
     threads: Union[int, Literal["auto"]]
     deterministic: bool
     features: NNFeatures

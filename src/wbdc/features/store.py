@@ -57,6 +57,8 @@ STAGE_HINT = "run the features stage first (src/stages/features.py)"
 
 
 ROW_KEY = "row"
+#: The engagement targets ``FeatureStore.engagement`` serves (the nets' auxiliary tasks).
+ENGAGEMENT = ("finish_ratio", "log_stay")
 #: Rows per parquet row group of a day part: the unit a streaming reader fetches (one block of
 #: the nets' shuffle buffer, ``wbdc.nn.data.StreamedRows``) without decoding the whole part.
 ROW_GROUP_ROWS = 16_384
@@ -280,6 +282,47 @@ class FeatureStore:
                     np.zeros(0, np.uint8))
         return (np.concatenate(users), np.concatenate(feeds), np.concatenate(dates),
                 np.concatenate(bits))
+
+    def engagement(self, days: Iterable[int], names: Sequence[str],
+                   batch_rows: int = 1 << 20) -> dict[int, np.ndarray]:
+        """Engagement targets of ``days`` (<= 14) in each day's row order, float32 ``[n, len(names)]``:
+        ``finish_ratio`` = play / video length (clipped to [0, 3]) and ``log_stay`` = log1p(stay in
+        seconds).  The nets' auxiliary regression towers learn them (labels of the training days only)."""
+        unknown = [n for n in names if n not in ENGAGEMENT]
+        if unknown:
+            raise ValueError(f"unknown engagement target {unknown[0]!r}; expected one of {', '.join(ENGAGEMENT)}")
+        want = sorted({int(d) for d in days})
+        bad = [d for d in want if not 1 <= d <= LAST_TRAIN_DAY]
+        if bad:
+            raise ValueError(f"no labels for day {bad[0]}: labels exist for days 1..{LAST_TRAIN_DAY}")
+        feeds = pd.read_parquet(self.paths.prepared / "feeds.parquet", columns=["feedid", "videoplayseconds"])
+        fid = feeds["feedid"].to_numpy(np.int64)
+        secs = feeds["videoplayseconds"].to_numpy(np.float64)
+        order = np.argsort(fid)
+        fid, secs = fid[order], secs[order]
+        chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
+        for batch in pq.ParquetFile(self._actions_path()).iter_batches(
+                batch_size=batch_rows, columns=["date_", "feedid", "play", "stay"]):
+            date = batch.column("date_").to_numpy()
+            play = batch.column("play").to_numpy().astype(np.float64)
+            stay = batch.column("stay").to_numpy().astype(np.float64)
+            f = batch.column("feedid").to_numpy().astype(np.int64)
+            pos = np.minimum(np.searchsorted(fid, f), max(len(fid) - 1, 0))
+            length = np.where((len(fid) > 0) & (fid[pos] == f), secs[pos], np.nan) if len(fid) else np.full(len(f), np.nan)
+            cols = {"finish_ratio": np.clip(np.nan_to_num(play / 1000.0 / np.where(length > 0, length, np.nan),
+                                                           nan=0.0), 0.0, 3.0),
+                    "log_stay": np.log1p(np.maximum(stay, 0.0) / 1000.0)}
+            block = np.stack([cols[n] for n in names], axis=1).astype(np.float32)
+            for d in want:
+                sel = date == d
+                if sel.any():
+                    chunks[d].append(block[sel])
+        out = {}
+        for d in want:
+            out[d] = np.concatenate(chunks[d]) if chunks[d] else np.zeros((0, len(names)), np.float32)
+            if str(d) in self.manifest["day_tables"] and len(out[d]) != self.n_rows(d):
+                raise InputError(f"day {d}: {len(out[d])} engagement rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
+        return out
 
     def packed_labels(self, days: Iterable[int], batch_rows: int = 1 << 20) -> dict[int, np.ndarray]:
         """The labels of ``days`` (<= 14) as one byte per row, bit i = ``ACTIONS[i]``, in each

@@ -172,6 +172,7 @@ class EncodedArrays:
     labels: Tensor | None       # uint8 [N, T] or None
     userid: np.ndarray
     feedid: np.ndarray
+    aux: Tensor | None = None   # float32 [N, A]: engagement targets of the auxiliary towers
 
     def __len__(self) -> int:
         return int(self.cat.shape[0])
@@ -181,6 +182,8 @@ class EncodedArrays:
                "dense": self.dense.index_select(0, idx).float()}
         if self.labels is not None:
             out["labels"] = self.labels.index_select(0, idx).float()
+        if self.aux is not None:
+            out["aux"] = self.aux.index_select(0, idx)
         return out
 
     def labels_frame(self) -> pd.DataFrame:
@@ -207,16 +210,19 @@ class EncodedArrays:
         if len(parts) == 1:
             return parts[0]
         labels = None if parts[0].labels is None else torch.cat([p.labels for p in parts])
+        aux = None if parts[0].aux is None else torch.cat([p.aux for p in parts])
         return cls(torch.cat([p.cat for p in parts]), torch.cat([p.keys for p in parts]),
                    torch.cat([p.dense for p in parts]), labels,
-                   np.concatenate([p.userid for p in parts]), np.concatenate([p.feedid for p in parts]))
+                   np.concatenate([p.userid for p in parts]), np.concatenate([p.feedid for p in parts]),
+                   aux)
 
     def take(self, idx: Tensor) -> "EncodedArrays":
         i = idx.numpy()
         return EncodedArrays(self.cat.index_select(0, idx), self.keys.index_select(0, idx),
                              self.dense.index_select(0, idx),
                              None if self.labels is None else self.labels.index_select(0, idx),
-                             self.userid[i], self.feedid[i])
+                             self.userid[i], self.feedid[i],
+                             None if self.aux is None else self.aux.index_select(0, idx))
 
 
 def batch_indices(n: int, batch_size: int, shuffle: bool,
@@ -580,7 +586,8 @@ class StreamedRows:
     """
 
     def __init__(self, store, encoder: Encoder, days: Sequence[int], labels: bool,
-                 buffer_rows: int = 1 << 20, prefetch: bool = True, ids: bool = False):
+                 buffer_rows: int = 1 << 20, prefetch: bool = True, ids: bool = False,
+                 aux: Sequence[str] = ()):
         from ..features.store import ROW_KEY
         self.store, self.encoder, self.days = store, encoder, [int(d) for d in days]
         self.row_key = ROW_KEY
@@ -600,6 +607,7 @@ class StreamedRows:
         if sum(b[3] for b in self.blocks) != self.n:
             raise ValueError("the store's row groups do not add up to its day sizes")
         self.packed = store.packed_labels(self.days) if labels else None
+        self.aux = store.engagement(self.days, list(aux)) if labels and aux else None
         self._ids = self._read_ids() if ids else None
 
     def __len__(self) -> int:
@@ -645,6 +653,8 @@ class StreamedRows:
         arr = self.encoder.encode(df)
         if self.packed is not None:
             arr.labels = torch.from_numpy(unpack_labels(self.packed[d][row]))
+        if self.aux is not None:
+            arr.aux = torch.from_numpy(self.aux[d][row])
         return arr, self.day_offset[d] + row
 
     def _load(self, blocks: Sequence[tuple[int, int, int, int]]) -> EncodedArrays:
@@ -705,14 +715,18 @@ class StreamedRows:
         """Every row encoded once, in the order ``ordered_batches`` reports (the in-memory path)."""
         cat, keys, dense = self.encoder._alloc(self.n)
         y = None if self.packed is None else np.zeros((self.n, len(ACTIONS)), np.uint8)
+        aux = None if self.aux is None else np.zeros((self.n, next(iter(self.aux.values())).shape[1]), np.float32)
         userid, feedid = np.zeros(self.n, np.int32), np.zeros(self.n, np.int32)
         for arr, pos in self._prefetched(self.blocks, self._block):
             cat[pos], keys[pos], dense[pos] = arr.cat.numpy(), arr.keys.numpy(), arr.dense.numpy()
             userid[pos], feedid[pos] = arr.userid, arr.feedid
             if y is not None:
                 y[pos] = arr.labels.numpy()
+            if aux is not None:
+                aux[pos] = arr.aux.numpy()
         return EncodedArrays(torch.from_numpy(cat), torch.from_numpy(keys), torch.from_numpy(dense),
-                             None if y is None else torch.from_numpy(y), userid, feedid)
+                             None if y is None else torch.from_numpy(y), userid, feedid,
+                             None if aux is None else torch.from_numpy(aux))
 
 
 class ShardRows(StreamedRows):

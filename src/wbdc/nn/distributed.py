@@ -183,8 +183,9 @@ def make_trainer_class():
         """A ``Trainer`` whose training forward pass goes through ``DistributedDataParallel``
         and whose ``predict`` predicts this rank's share and gathers every rank's."""
 
-        def __init__(self, model, balancer, cfg, rank: int, world: int, device_ids=None):
-            super().__init__(model, balancer, cfg)
+        def __init__(self, model, balancer, cfg, rank: int, world: int, device_ids=None,
+                     aux_weight: float = 0.0):
+            super().__init__(model, balancer, cfg, aux_weight)
             from torch.nn.parallel import DistributedDataParallel
             self.rank, self.world = rank, world
             # buffers (side tables, gate indices) never change: synced once at init, not every step
@@ -282,7 +283,8 @@ def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int,
     plan = plan_rows(store, cfg, selection, days, [eval_day])
     buffer_rows = max(ROW_GROUP_ROWS, plan.buffer_rows // spec.world)   # per worker: 1/W of the budget
     prefetch = bool(nn_cfg["stream"]["prefetch"])
-    full = StreamedRows(store, None, days, True, buffer_rows, prefetch)
+    full = StreamedRows(store, None, days, True, buffer_rows, prefetch,
+                        aux=list(nn_cfg["aux"]["tasks"]))
     sizes = [b[3] for b in full.blocks]
     shards = shard_blocks(sizes, spec.world, int(cfg["_net_seed"]))
     mine = ShardRows(full, shards[spec.rank])
@@ -325,7 +327,8 @@ def _new_trainer(arch, enc, store, cfg, train, spec: RankSpec):
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     device_ids = [torch.device(nn_cfg["train"]["device"]).index] if spec.backend == "nccl" else None
-    return make_trainer_class()(model, balancer, tcfg, spec.rank, spec.world, device_ids)
+    return make_trainer_class()(model, balancer, tcfg, spec.rank, spec.world, device_ids,
+                                float(nn_cfg["aux"]["weight"]))
 
 
 def _throughput(fit) -> None:

@@ -133,22 +133,35 @@ class MultiTaskNet(nn.Module):
     """
 
     def __init__(self, inputs: nn.Module, core: nn.Module, n_tasks: int | None = None,
-                 funnels: Sequence[tuple[int, int]] = ()):
+                 funnels: Sequence[tuple[int, int]] = (), aux: Sequence[str] = ()):
         super().__init__()
         self.inputs = inputs
         self.core = core
         self.funnels = [(int(a), int(b)) for a, b in funnels]
         self.n_tasks = n_tasks
+        self.aux = [str(a) for a in aux]   # auxiliary regression towers, after the funnel towers
+        self.n_aux = len(self.aux)
 
     def set_output_bias(self, rates: Sequence[float]) -> None:
-        """Start every tower at its task's base rate (the funnel towers at the later task's)."""
+        """Start every tower at its task's base rate (the funnel towers at the later task's; the
+        regression towers at 0)."""
         rates = list(rates)
-        self.core.towers.set_output_bias(rates + [rates[b] for _, b in self.funnels])
+        p = rates + [rates[b] for _, b in self.funnels]
+        self.core.towers.set_output_bias(p + [0.5] * self.n_aux)
 
-    def forward(self, batch: dict[str, Tensor]) -> Tensor:
-        logits = self.core(self.inputs(batch))
+    def forward(self, batch: dict[str, Tensor], with_aux: bool = False):
+        """Logits of the actions ``[B, T]``; with ``with_aux`` also the auxiliary regression
+        outputs ``[B, A]`` (trained, never predicted)."""
+        out = self.core(self.inputs(batch))
+        logits = self._action_logits(out)
+        if with_aux:
+            return logits, out[:, out.shape[1] - self.n_aux:].float()
+        return logits
+
+    def _action_logits(self, out: Tensor) -> Tensor:
         if not self.funnels:
-            return logits
+            return out[:, :out.shape[1] - self.n_aux] if self.n_aux else out
+        logits = out
         T = self.n_tasks
         logits = logits.float()          # the log-space mixture in fp32 under bf16 autocast
         cols = list(logits[:, :T].unbind(1))
@@ -158,7 +171,8 @@ class MultiTaskNet(nn.Module):
 
     def task_names(self, actions: Sequence[str]) -> list[str]:
         """The core's outputs: the actions, then ``then|not first`` per funnel."""
-        return [*actions, *(f"{actions[b]}|not {actions[a]}" for a, b in self.funnels)]
+        return [*actions, *(f"{actions[b]}|not {actions[a]}" for a, b in self.funnels),
+                *self.aux]
 
 
 def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
@@ -171,9 +185,9 @@ def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
 
 
 def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict,
-                funnels: Sequence[tuple[int, int]] = ()) -> MultiTaskNet:
-    core = build_core(arch, inputs.output_dim, n_tasks + len(funnels), cfg)
-    return MultiTaskNet(inputs, core, n_tasks, funnels)
+                funnels: Sequence[tuple[int, int]] = (), aux: Sequence[str] = ()) -> MultiTaskNet:
+    core = build_core(arch, inputs.output_dim, n_tasks + len(funnels) + len(aux), cfg)
+    return MultiTaskNet(inputs, core, n_tasks, funnels, aux)
 
 
 def gate_levels(model: nn.Module) -> list[CGCLevel]:

@@ -139,7 +139,8 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
                         sparse=bool(emb["sparse"]), history=encoder.history_field(),
                         history_dim=int(emb["history_dim"]))
     return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch],
-                       parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)))
+                       parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)),
+                       aux=list(nn_cfg["aux"]["tasks"]))
 
 
 def make_score_fn(valid: EncodedArrays | StreamedRows, halves_seed: int | None = None):
@@ -227,9 +228,10 @@ def plan_rows(store, cfg: dict, selection: FeatureSelection, train: Sequence[int
 
 
 def load_rows(store, enc: Encoder, days: Sequence[int], labels: bool, streamed: bool,
-              plan: RowsPlan, cfg: dict) -> EncodedArrays | StreamedRows:
+              plan: RowsPlan, cfg: dict, aux: Sequence[str] = ()) -> EncodedArrays | StreamedRows:
+    """``aux``: engagement targets to carry (training rows of nets with auxiliary towers)."""
     rows = StreamedRows(store, enc, days, labels, plan.buffer_rows,
-                        bool(cfg["nn"]["stream"]["prefetch"]), ids=streamed and not labels)
+                        bool(cfg["nn"]["stream"]["prefetch"]), ids=streamed and not labels, aux=aux)
     return rows if streamed else rows.materialize()
 
 
@@ -239,7 +241,8 @@ def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection, pla
     t0 = time.perf_counter()
     fcfg = cfg["nn"]["features"]
     enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]))
-    arrays = load_rows(store, enc, days, True, plan.train_streamed, plan, cfg)
+    arrays = load_rows(store, enc, days, True, plan.train_streamed, plan, cfg,
+                       aux=list(cfg["nn"]["aux"]["tasks"]))
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
          f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
          f"{len(selection.pretrained)} pretrained; {plan.describe()} ({time.perf_counter() - t0:.1f} s)")
@@ -256,7 +259,7 @@ def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
         model.set_output_bias(train.label_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
-    return Trainer(model, balancer, tcfg)
+    return Trainer(model, balancer, tcfg, aux_weight=float(nn_cfg["aux"]["weight"]))
 
 
 def run_offline(store, arch: str, cfg: dict) -> RunResult:

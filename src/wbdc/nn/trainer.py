@@ -233,8 +233,11 @@ def _half_keys(scores: dict) -> list[str]:
 
 
 class Trainer:
-    def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig):
+    def __init__(self, model: nn.Module, balancer: nn.Module, cfg: TrainConfig,
+                 aux_weight: float = 0.0):
         self.cfg = cfg
+        #: weight of each auxiliary regression task's mean squared error (``nn.aux.weight``)
+        self.aux_weight = float(aux_weight)
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.amp_dtype = amp_dtype(self.precision)
@@ -248,11 +251,17 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def train_step(self, batch: dict[str, torch.Tensor]) -> tuple[float, torch.Tensor]:
         batch = to_device(batch, self.device)
+        aux = batch.get("aux")
         with autocast(self.device, self.amp_dtype):
-            logits = self.train_model(batch)
+            if aux is None:
+                logits = self.train_model(batch)
+            else:
+                logits, aux_out = self.train_model(batch, with_aux=True)
         logits = logits.float()
         task_losses = task_bce(logits, batch["labels"])
         loss = self.balancer(task_losses)
+        if aux is not None:
+            loss = loss + self.aux_weight * ((aux_out.float() - aux) ** 2).mean(0).sum()
         self.optimizer.zero_grad()
         loss.backward()
         self._after_backward()

@@ -131,7 +131,7 @@ def _fit(root: str, rank: int, world: int, master: str | None, steps_epochs: flo
     seed_everything(7, 1, True)
     bags, tables = enc.side_tables(store)
     inputs = InputLayer(enc.cat_cardinalities, 4, len(sel.dense), bags, tables)
-    model = build_model("mmoe", inputs, len(ACTIONS), {"n_experts": 3, "expert_dims": [16, 8],
+    model = build_model("mmoe", inputs, list(ACTIONS), {"n_experts": 3, "expert_dims": [16, 8],
                                                          "tower_dims": [8], "dropout": 0.0})
     model.core.towers.set_output_bias(train.label_means())
     tcfg = TrainConfig(batch_size=2048 // world, lr=0.002, optimizer="adam", weight_decay=0.0, patience=1,

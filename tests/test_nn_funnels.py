@@ -48,3 +48,28 @@ def test_a_net_with_funnels_trains_and_names_its_extra_towers(arch):
     assert np.isfinite(p).all() and (p > 0).all() and (p < 1).all()
     if arch == "mmoe":
         assert len(res.gates) == len(ACTIONS) + 2
+
+
+def test_task_specs_key_every_tower_by_name():
+    from wbdc.nn.models import task_specs
+    acts = list(ACTIONS)
+    specs = task_specs(acts, parse_funnels(["click_avatar>follow"], acts), ["log_stay"])
+    assert [(t.name, t.kind, t.predicted, t.role) for t in specs[-2:]] == [
+        ("follow|not click_avatar", "binary", False, "funnel"), ("log_stay", "regression", False, "aux")]
+    assert [t.name for t in specs if t.predicted] == acts
+    store = FakeStore(rows_per_day=200)
+    cfg = small_nn_config("sb", epochs=1)
+    cfg["nn"]["funnels"] = ["click_avatar>follow"]
+    cfg["nn"]["aux"] = {"tasks": ["log_stay"], "weight": 0.1}
+    res = run_offline(store, "sb", cfg)
+    model = res.model
+    enc = res.encoder
+    arr = enc.encode(store.load_day(14, enc.selection.columns()))
+    import torch
+    with torch.no_grad():
+        named = model.named(arr.batch(torch.arange(len(arr))))
+        logits = model(arr.batch(torch.arange(len(arr))))
+    assert set(named) == {t.name for t in specs} | {f"logit/{a}" for a in acts}
+    torch.testing.assert_close(named["logit/like"], logits[:, acts.index("like")])
+    torch.testing.assert_close(named["logit/like"], named["like"])          # no funnel: the tower itself
+    assert not torch.allclose(named["logit/follow"], named["follow"])       # funnel: the mixture

@@ -341,7 +341,7 @@ def _throughput(fit) -> None:
 def _combined_gates(trainer, valid) -> pd.DataFrame | None:
     from .diagnostics import gate_means
     g = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
-                   trainer.model.task_names(list(ACTIONS)))
+                   trainer.model.task_names())
     parts = _all_gather((g, len(valid)))
     if g.empty:
         return g

@@ -6,6 +6,7 @@ A *core* maps the input vector ``[B, input_dim]`` to one logit per task ``[B, T]
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
@@ -122,32 +123,60 @@ def funnel_logit(first: Tensor, then_after: Tensor, then_without: Tensor) -> Ten
     return log_p - log_q
 
 
-class MultiTaskNet(nn.Module):
-    """Input layer + core: ``forward(batch) -> logits [B, T]``.
+@dataclass(frozen=True)
+class TaskSpec:
+    """One tower of a net: what it learns and whether it reaches the predictions."""
+    name: str            # an action, "then|not first" (a funnel's second tower) or an engagement target
+    kind: str            # "binary" (BCE on a logit) | "regression" (squared error)
+    predicted: bool      # an output of predict() and scored on day 14 (the 7 actions only)
+    role: str            # "action" | "funnel" | "aux"
 
-    With funnels (``nn.funnels``, ESMM's entire-space idea), the core has one extra output per
-    funnel: for ``first > then`` the task ``then``'s own tower learns ``p(then | first)``, the
-    extra one ``p(then | not first)``, and the net returns the logit of their mixture by
-    ``p(first)`` (``funnel_logit``) -- a probability of ``then`` over every exposure, trained on
-    every exposure, whatever share of ``then`` happens without ``first``.
+
+def task_specs(actions: Sequence[str], funnels: Sequence[tuple[int, int]] = (),
+               aux: Sequence[str] = ()) -> list[TaskSpec]:
+    """The towers in core output order: the actions, one per funnel, one per auxiliary target."""
+    return ([TaskSpec(a, "binary", True, "action") for a in actions]
+            + [TaskSpec(f"{actions[b]}|not {actions[a]}", "binary", False, "funnel") for a, b in funnels]
+            + [TaskSpec(str(t), "regression", False, "aux") for t in aux])
+
+
+class MultiTaskNet(nn.Module):
+    """Input layer + core + task heads: ``forward(batch) -> logits [B, T]`` of the actions.
+
+    The core has one tower per ``TaskSpec`` (``self.tasks``). With funnels (``nn.funnels``,
+    ESMM's entire-space idea), for ``first > then`` the task ``then``'s own tower learns
+    ``p(then | first)``, the funnel tower ``p(then | not first)``, and the net returns the logit
+    of their mixture by ``p(first)`` (``funnel_logit``) -- a probability of ``then`` over every
+    exposure, trained on every exposure, whatever share of ``then`` happens without ``first``.
+    Auxiliary regression towers (``nn.aux``) are returned only with ``with_aux`` (training).
+    ``named(batch)`` keys every tower's output by its task name.
     """
 
-    def __init__(self, inputs: nn.Module, core: nn.Module, n_tasks: int | None = None,
+    def __init__(self, inputs: nn.Module, core: nn.Module, actions: Sequence[str],
                  funnels: Sequence[tuple[int, int]] = (), aux: Sequence[str] = ()):
         super().__init__()
         self.inputs = inputs
         self.core = core
+        self.actions = list(actions)
         self.funnels = [(int(a), int(b)) for a, b in funnels]
-        self.n_tasks = n_tasks
-        self.aux = [str(a) for a in aux]   # auxiliary regression towers, after the funnel towers
+        self.tasks = task_specs(self.actions, self.funnels, aux)
+        self.n_tasks = len(self.actions)
+        self.aux = [t.name for t in self.tasks if t.role == "aux"]
         self.n_aux = len(self.aux)
 
     def set_output_bias(self, rates: Sequence[float]) -> None:
-        """Start every tower at its task's base rate (the funnel towers at the later task's; the
-        regression towers at 0)."""
-        rates = list(rates)
-        p = rates + [rates[b] for _, b in self.funnels]
-        self.core.towers.set_output_bias(p + [0.5] * self.n_aux)
+        """Start every binary tower at its task's base rate (a funnel tower at its later
+        action's), the regression towers at 0."""
+        rates = dict(zip(self.actions, rates))
+        start = []
+        for t in self.tasks:
+            if t.role == "action":
+                start.append(rates[t.name])
+            elif t.role == "funnel":
+                start.append(rates[t.name.split("|")[0]])
+            else:
+                start.append(0.5)                 # logit 0.5 = 0: a zero start for a regression
+        self.core.towers.set_output_bias(start)
 
     def forward(self, batch: dict[str, Tensor], with_aux: bool = False):
         """Logits of the actions ``[B, T]``; with ``with_aux`` also the auxiliary regression
@@ -158,21 +187,26 @@ class MultiTaskNet(nn.Module):
             return logits, out[:, out.shape[1] - self.n_aux:].float()
         return logits
 
+    def named(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Every tower's raw output keyed by task name, plus each action's final logit."""
+        out = self.core(self.inputs(batch))
+        named = {t.name: out[:, i] for i, t in enumerate(self.tasks)}
+        named.update({f"logit/{a}": c for a, c in zip(self.actions, self._action_logits(out).unbind(1))})
+        return named
+
     def _action_logits(self, out: Tensor) -> Tensor:
-        if not self.funnels:
-            return out[:, :out.shape[1] - self.n_aux] if self.n_aux else out
-        logits = out
         T = self.n_tasks
-        logits = logits.float()          # the log-space mixture in fp32 under bf16 autocast
+        if not self.funnels:
+            return out[:, :T]
+        logits = out.float()          # the log-space mixture in fp32 under bf16 autocast
         cols = list(logits[:, :T].unbind(1))
         for f, (a, b) in enumerate(self.funnels):
             cols[b] = funnel_logit(logits[:, a], logits[:, b], logits[:, T + f])
         return torch.stack(cols, dim=1)
 
-    def task_names(self, actions: Sequence[str]) -> list[str]:
-        """The core's outputs: the actions, then ``then|not first`` per funnel."""
-        return [*actions, *(f"{actions[b]}|not {actions[a]}" for a, b in self.funnels),
-                *self.aux]
+    def task_names(self, actions: Sequence[str] | None = None) -> list[str]:
+        """The towers' names in core output order (``self.tasks``)."""
+        return [t.name for t in self.tasks]
 
 
 def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
@@ -184,10 +218,14 @@ def build_core(arch: str, input_dim: int, n_tasks: int, cfg: dict) -> nn.Module:
     return core(input_dim, n_tasks, **cfg)
 
 
-def build_model(arch: str, inputs: nn.Module, n_tasks: int, cfg: dict,
+def build_model(arch: str, inputs: nn.Module, actions: Sequence[str] | int, cfg: dict,
                 funnels: Sequence[tuple[int, int]] = (), aux: Sequence[str] = ()) -> MultiTaskNet:
-    core = build_core(arch, inputs.output_dim, n_tasks + len(funnels) + len(aux), cfg)
-    return MultiTaskNet(inputs, core, n_tasks, funnels, aux)
+    """``actions``: the action names (or their number: ``task_0``...)."""
+    if isinstance(actions, int):
+        actions = [f"task_{i}" for i in range(actions)]
+    tasks = task_specs(list(actions), funnels, aux)
+    core = build_core(arch, inputs.output_dim, len(tasks), cfg)
+    return MultiTaskNet(inputs, core, actions, funnels, aux)
 
 
 def gate_levels(model: nn.Module) -> list[CGCLevel]:
@@ -200,4 +238,4 @@ def count_parameters(model: nn.Module) -> int:
 
 
 __all__ = ["ARCHS", "SharedBottom", "OMoE", "MMoE", "CGC", "PLE", "MultiTaskNet", "build_core",
-           "build_model", "parse_funnels", "funnel_logit", "gate_levels", "count_parameters"]
+           "build_model", "parse_funnels", "funnel_logit", "TaskSpec", "task_specs", "gate_levels", "count_parameters"]

@@ -138,7 +138,7 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
                         pretrained_trainable=bool(emb["pretrained_trainable"]),
                         sparse=bool(emb["sparse"]), history=encoder.history_field(),
                         history_dim=int(emb["history_dim"]))
-    return build_model(arch, inputs, len(ACTIONS), nn_cfg[arch],
+    return build_model(arch, inputs, list(ACTIONS), nn_cfg[arch],
                        parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)),
                        aux=list(nn_cfg["aux"]["tasks"]))
 
@@ -282,7 +282,7 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
                       make_score_fn(valid, int(cfg["data"]["seed"])))
     t1 = time.perf_counter()
     gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
-                       trainer.model.task_names(list(ACTIONS)))
+                       trainer.model.task_names())
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)

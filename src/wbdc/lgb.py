@@ -187,11 +187,12 @@ def scale_rounds(best_iteration: int, n_offline: float, n_online: float) -> int:
 
 # ------------------------------------------------------------------------------ loading
 
-def day_parts(fs, d: int, columns: Sequence[str]) -> Iterator[pd.DataFrame]:
-    """Day ``d`` part by part with the ``row`` key (``FeatureStore.iter_day``); a store
-    without parts (the test fakes) gives the whole day as one part."""
+def day_parts(fs, d: int, columns: Sequence[str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Day ``d`` part by part (or in batches of ``batch_rows`` rows of each part) with the ``row``
+    key (``FeatureStore.iter_day``); a store without parts (the test fakes) gives the whole day
+    as one part."""
     if hasattr(fs, "iter_day"):
-        yield from fs.iter_day(d, columns=list(columns))
+        yield from fs.iter_day(d, columns=list(columns), batch_rows=batch_rows)
     else:
         df = fs.load_day(d, columns=list(columns))
         yield df.assign(row=np.arange(len(df), dtype=np.int64))
@@ -214,6 +215,7 @@ class StoreRows(lgb.Sequence):
     instead when all of them fit in ``cache_bytes`` (then nothing is read twice)."""
 
     batch_size = 65_536
+    READ_ROWS = 65_536           # rows of a part decoded at a time when gathering a day's sample
 
     def __init__(self, fs, features: Sequence[str], blocks: list[Block], cache_bytes: float = 0.0):
         self.fs, self.features, self.blocks = fs, list(features), blocks
@@ -258,20 +260,24 @@ class StoreRows(lgb.Sequence):
         if b.part is not None:
             X = self.fs.read_part(b.day, b.part, self.features)[self.features].to_numpy(np.float32)
         else:
-            want = np.zeros(int(b.rows.max(initial=-1)) + 1, bool)
-            want[b.rows] = True
-            Xs, rows = [], []
-            for df in day_parts(self.fs, b.day, self.features):
-                r = df["row"].to_numpy()
-                sel = np.flatnonzero(want[np.minimum(r, len(want) - 1)] & (r < len(want)))
-                Xs.append(df[self.features].to_numpy(np.float32)[sel])
-                rows.append(r[sel])
+            # the sampled rows written straight into their place, a batch of a part at a time:
+            # no decoded part, no concatenation, no reordering copy (the block is the only matrix)
+            n = len(b.rows)
+            if n > 1 and not (np.diff(b.rows) > 0).all():
+                raise ValueError("a day block's rows must be ascending day positions")
+            X = np.empty((n, len(self.features)), np.float32)
+            found = 0
+            for df in day_parts(self.fs, b.day, self.features, batch_rows=self.READ_ROWS):
+                r = df["row"].to_numpy(np.int64)
+                pos = np.searchsorted(b.rows, r)
+                hit = pos < n
+                hit[hit] = b.rows[pos[hit]] == r[hit]
+                if hit.any():
+                    X[pos[hit]] = df[self.features].to_numpy(np.float32)[hit]
+                    found += int(hit.sum())
                 del df
-            r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
-            X = np.concatenate(Xs) if Xs else np.zeros((0, len(self.features)), np.float32)
-            X = X[np.argsort(r, kind="stable")]
-            if len(X) != len(b.rows):
-                raise InputError(f"day {b.day}: {len(X)} of the {len(b.rows)} sampled rows found in the store")
+            if found != n:
+                raise InputError(f"day {b.day}: {found} of the {n} sampled rows found in the store")
         if not self.keep_all:
             self._cache.clear()
         self._cache[i] = X

@@ -283,6 +283,31 @@ class FeatureStore:
         return (np.concatenate(users), np.concatenate(feeds), np.concatenate(dates),
                 np.concatenate(bits))
 
+    def _by_label_day(self, days: Iterable[int], columns: Sequence[str], values, empty: np.ndarray,
+                      what: str, batch_rows: int) -> dict[int, np.ndarray]:
+        """``values(batch)`` (one array row per prepared action row) cut into ``days`` (<= 14),
+        each in the day's row order, reading the prepared actions in batches; each day's row count
+        is checked against the store's."""
+        want = sorted({int(d) for d in days})
+        bad = [d for d in want if not 1 <= d <= LAST_TRAIN_DAY]
+        if bad:
+            raise ValueError(f"no labels for day {bad[0]}: labels exist for days 1..{LAST_TRAIN_DAY}")
+        chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
+        for batch in pq.ParquetFile(self._actions_path()).iter_batches(
+                batch_size=batch_rows, columns=list(dict.fromkeys(["date_", *columns]))):
+            date = batch.column("date_").to_numpy()
+            vals = values(batch)
+            for d in want:
+                sel = date == d
+                if sel.any():
+                    chunks[d].append(vals[sel])
+        out = {}
+        for d in want:
+            out[d] = np.concatenate(chunks[d]) if chunks[d] else empty
+            if str(d) in self.manifest["day_tables"] and len(out[d]) != self.n_rows(d):
+                raise InputError(f"day {d}: {len(out[d])} {what} rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
+        return out
+
     def engagement(self, days: Iterable[int], names: Sequence[str],
                    batch_rows: int = 1 << 20) -> dict[int, np.ndarray]:
         """Engagement targets of ``days`` (<= 14) in each day's row order, float32 ``[n, len(names)]``:
@@ -291,62 +316,33 @@ class FeatureStore:
         unknown = [n for n in names if n not in ENGAGEMENT]
         if unknown:
             raise ValueError(f"unknown engagement target {unknown[0]!r}; expected one of {', '.join(ENGAGEMENT)}")
-        want = sorted({int(d) for d in days})
-        bad = [d for d in want if not 1 <= d <= LAST_TRAIN_DAY]
-        if bad:
-            raise ValueError(f"no labels for day {bad[0]}: labels exist for days 1..{LAST_TRAIN_DAY}")
         feeds = pd.read_parquet(self.paths.prepared / "feeds.parquet", columns=["feedid", "videoplayseconds"])
-        fid = feeds["feedid"].to_numpy(np.int64)
-        secs = feeds["videoplayseconds"].to_numpy(np.float64)
-        order = np.argsort(fid)
-        fid, secs = fid[order], secs[order]
-        chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
-        for batch in pq.ParquetFile(self._actions_path()).iter_batches(
-                batch_size=batch_rows, columns=["date_", "feedid", "play", "stay"]):
-            date = batch.column("date_").to_numpy()
+        order = np.argsort(feeds["feedid"].to_numpy(np.int64))
+        fid = feeds["feedid"].to_numpy(np.int64)[order]
+        secs = feeds["videoplayseconds"].to_numpy(np.float64)[order]
+
+        def targets(batch) -> np.ndarray:
             play = batch.column("play").to_numpy().astype(np.float64)
             stay = batch.column("stay").to_numpy().astype(np.float64)
             f = batch.column("feedid").to_numpy().astype(np.int64)
-            pos = np.minimum(np.searchsorted(fid, f), max(len(fid) - 1, 0))
-            length = np.where((len(fid) > 0) & (fid[pos] == f), secs[pos], np.nan) if len(fid) else np.full(len(f), np.nan)
-            cols = {"finish_ratio": np.clip(np.nan_to_num(play / 1000.0 / np.where(length > 0, length, np.nan),
-                                                           nan=0.0), 0.0, 3.0),
+            length = np.full(len(f), np.nan)
+            if len(fid):
+                pos = np.minimum(np.searchsorted(fid, f), len(fid) - 1)
+                length = np.where(fid[pos] == f, secs[pos], np.nan)
+            ratio = play / 1000.0 / np.where(length > 0, length, np.nan)
+            cols = {"finish_ratio": np.clip(np.nan_to_num(ratio, nan=0.0), 0.0, 3.0),
                     "log_stay": np.log1p(np.maximum(stay, 0.0) / 1000.0)}
-            block = np.stack([cols[n] for n in names], axis=1).astype(np.float32)
-            for d in want:
-                sel = date == d
-                if sel.any():
-                    chunks[d].append(block[sel])
-        out = {}
-        for d in want:
-            out[d] = np.concatenate(chunks[d]) if chunks[d] else np.zeros((0, len(names)), np.float32)
-            if str(d) in self.manifest["day_tables"] and len(out[d]) != self.n_rows(d):
-                raise InputError(f"day {d}: {len(out[d])} engagement rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
-        return out
+            return np.stack([cols[n] for n in names], axis=1).astype(np.float32).reshape(len(f), len(names))
+
+        return self._by_label_day(days, ["feedid", "play", "stay"], targets,
+                                  np.zeros((0, len(names)), np.float32), "engagement", batch_rows)
 
     def packed_labels(self, days: Iterable[int], batch_rows: int = 1 << 20) -> dict[int, np.ndarray]:
         """The labels of ``days`` (<= 14) as one byte per row, bit i = ``ACTIONS[i]``, in each
         day's row order, read from the prepared actions in batches (7x smaller than
         ``load_labels`` and never the whole file in memory): 73M rows take 73 MB."""
-        want = sorted({int(d) for d in days})
-        bad = [d for d in want if not 1 <= d <= LAST_TRAIN_DAY]
-        if bad:
-            raise ValueError(f"no labels for day {bad[0]}: labels exist for days 1..{LAST_TRAIN_DAY}")
-        path = self._actions_path()
-        chunks: dict[int, list[np.ndarray]] = {d: [] for d in want}
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows, columns=["date_", *ACTIONS]):
-            date = batch.column("date_").to_numpy()
-            bits = _pack_actions(batch)
-            for d in want:
-                sel = date == d
-                if sel.any():
-                    chunks[d].append(bits[sel])
-        out = {}
-        for d in want:
-            out[d] = np.concatenate(chunks[d]) if chunks[d] else np.zeros(0, np.uint8)
-            if str(d) in self.manifest["day_tables"] and len(out[d]) != self.n_rows(d):
-                raise InputError(f"day {d}: {len(out[d])} label rows but {self.n_rows(d)} feature rows; {STAGE_HINT}")
-        return out
+        return self._by_label_day(days, ACTIONS, _pack_actions, np.zeros(0, np.uint8), "label",
+                                  batch_rows)
 
     # ------------------------------------------------------------------ pretrained / side tables
     def _pretrained_entry(self, name: str) -> dict:

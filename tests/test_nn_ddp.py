@@ -24,7 +24,11 @@ from wbdc.schema import ACTIONS
 SMALL = ["--set", "nn.embedding.dim=4", "--set", "nn.embedding.bag_dim=4",
          "--set", "nn.mmoe.expert_dims=[16,8]", "--set", "nn.mmoe.n_experts=3",
          "--set", "nn.train.progress=false", "--set", "nn.train.batch_size=2048",
-         "--set", "nn.threads=1", "--set", "nn.train.epochs=1"]
+         "--set", "nn.threads=1", "--set", "nn.train.epochs=1",
+         # the stage comparison below is calibrated on tiny's shuffle noise without the history
+         # block (more parameters, noisier on 4 rows per user); DDP with the history block is
+         # checked step for step in test_two_ddp_ranks_follow_one_process_step_for_step
+         "--set", "nn.features.history_len=0"]
 
 
 def _store(root):
@@ -123,14 +127,15 @@ def _fit(root: str, rank: int, world: int, master: str | None, steps_epochs: flo
     store = FeatureStore(Paths.at(root))
     sel = select_features(store, {"categorical": ["userid", "feedid", "authorid"], "extra_categorical": False,
                                   "dense": "all", "dense_exclude": [], "multi_hot": [],
-                                  "max_list_len": 4, "pretrained": []})
+                                  "max_list_len": 4, "pretrained": [], "history_len": 6})
     days = [d for d in store.days if d <= 13]
     enc = Encoder.fit_days(store, days, sel)
     train = StreamedRows(store, enc, days, True, prefetch=False).materialize()
     valid = StreamedRows(store, enc, [14], True, prefetch=False).materialize()
     seed_everything(7, 1, True)
     bags, tables = enc.side_tables(store)
-    inputs = InputLayer(enc.cat_cardinalities, 4, len(sel.dense), bags, tables)
+    inputs = InputLayer(enc.cat_cardinalities, 4, len(sel.dense), bags, tables,
+                        history=enc.history_field(), history_dim=4)     # the history block too
     model = build_model("mmoe", inputs, list(ACTIONS), {"n_experts": 3, "expert_dims": [16, 8],
                                                          "tower_dims": [8], "dropout": 0.0})
     model.core.towers.set_output_bias(train.label_means())

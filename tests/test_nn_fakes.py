@@ -167,7 +167,8 @@ def small_nn_config(arch: str = "mmoe", **train) -> dict:
     cfg = load_defaults()
     nn = cfg["nn"]
     nn["threads"] = 1
-    nn["embedding"].update({"dim": 4, "bag_dim": 4})
+    nn["embedding"].update({"dim": 4, "bag_dim": 4, "history_dim": 4})
+    nn["features"]["history_len"] = 8
     nn["train"].update({"batch_size": 256, "epochs": 2, "progress": False, "lr": 0.01, **train})
     nn["sb"].update({"bottom_dims": [16, 8], "tower_dims": [4]})
     nn["mmoe"].update({"n_experts": 3, "expert_dims": [16, 8], "tower_dims": [4]})

@@ -152,6 +152,7 @@ def test_history_changes_the_net_input_width(store):
     cfg, _, enc = _encoder(store)
     with_h = build_net("sb", enc, store, cfg["nn"])
     cfg0 = small_nn_config("sb")
+    cfg0["nn"]["features"]["history_len"] = 0
     sel0 = select_features(store, cfg0["nn"]["features"])
     enc0 = Encoder.fit(store.load_days([d for d in store.days if d <= 13], sel0.columns()), store, sel0)
     without = build_net("sb", enc0, store, cfg0["nn"])

@@ -194,6 +194,10 @@ class EncodedArrays:
         assert self.labels is not None
         return self.labels.float().mean(0).tolist()
 
+    def aux_means(self) -> list[float] | None:
+        """Means of the engagement targets (None without them): the regression towers' start."""
+        return None if self.aux is None else self.aux.double().mean(0).tolist()
+
     # -- the row-source interface the trainer reads (shared with StreamedRows)
     def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
         """One shuffled pass: ``ceil(len / batch_size)`` batches."""
@@ -641,6 +645,13 @@ class StreamedRows:
 
     def labels_frame(self) -> pd.DataFrame:
         return pd.DataFrame(unpack_labels(self.labels_bits), columns=list(ACTIONS))
+
+    def aux_means(self) -> list[float] | None:
+        if self.aux is None:
+            return None
+        parts = [self.aux[d] for d in self.days]
+        n = sum(len(p) for p in parts)
+        return (sum(p.astype(np.float64).sum(0) for p in parts) / max(n, 1)).tolist()
 
     def label_means(self) -> list[float]:
         bits = self.labels_bits

@@ -95,11 +95,13 @@ class EqualSteps:
     """One rank's training rows with the step count every rank shares (the trainer's row
     source: ``epoch_batches`` yields exactly ``steps_per_epoch`` batches)."""
 
-    def __init__(self, source, shard_rows: Sequence[int], global_rows: int, label_means: list[float]):
+    def __init__(self, source, shard_rows: Sequence[int], global_rows: int, label_means: list[float],
+                 aux_means: list[float] | None = None):
         self.source = source
         self.shard_rows = [int(n) for n in shard_rows]
         self.global_rows = int(global_rows)
         self._label_means = label_means
+        self._aux_means = aux_means
         self.labels = getattr(source, "labels", None)
         self.packed = getattr(source, "packed", None)
 
@@ -111,6 +113,9 @@ class EqualSteps:
 
     def label_means(self) -> list[float]:
         return self._label_means
+
+    def aux_means(self) -> list[float] | None:
+        return self._aux_means
 
     def epoch_batches(self, batch_size: int, generator: torch.Generator):
         return itertools.islice(self.source.epoch_batches(batch_size, generator),
@@ -293,7 +298,7 @@ def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int,
     full.encoder = mine.encoder = enc
     source = mine if plan.train_streamed else mine.materialize()
     shard_rows = [sum(sizes[k] for k in s) for s in shards]
-    train = EqualSteps(source, shard_rows, full.n, full.label_means())
+    train = EqualSteps(source, shard_rows, full.n, full.label_means(), full.aux_means())
     # evaluation day: contiguous runs of blocks; the full rows' ids (and labels) on rank 0 only
     efull = StreamedRows(store, enc, [eval_day], labels_eval and spec.rank == 0, buffer_rows, prefetch,
                          ids=spec.rank == 0)
@@ -323,7 +328,7 @@ def _new_trainer(arch, enc, store, cfg, train, spec: RankSpec):
     seed = int(cfg["_net_seed"])
     seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
-    model.set_output_bias(train.label_means())
+    model.set_output_bias(train.label_means(), train.aux_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     device_ids = [torch.device(nn_cfg["train"]["device"]).index] if spec.backend == "nccl" else None

@@ -71,7 +71,7 @@ class HistoryAttention(nn.Module):
         self.dim = int(dim)
         self.register_buffer("feeds", field.feeds.to(torch.int32), persistent=False)
         self.register_buffer("bits", field.bits.to(torch.uint8), persistent=False)
-        self.register_buffer("length", field.length.to(torch.int16), persistent=False)
+        self.register_buffer("length", field.length.to(torch.int32), persistent=False)   # gloo broadcasts no int16
         self.item = nn.Embedding(int(field.n_feed_rows), self.dim)
         nn.init.normal_(self.item.weight, std=0.05)
         with torch.no_grad():

@@ -6,6 +6,7 @@ A *core* maps the input vector ``[B, input_dim]`` to one logit per task ``[B, T]
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -164,19 +165,21 @@ class MultiTaskNet(nn.Module):
         self.aux = [t.name for t in self.tasks if t.role == "aux"]
         self.n_aux = len(self.aux)
 
-    def set_output_bias(self, rates: Sequence[float]) -> None:
+    def set_output_bias(self, rates: Sequence[float], aux_means: Sequence[float] | None = None) -> None:
         """Start every binary tower at its task's base rate (a funnel tower at its later
-        action's), the regression towers at 0."""
+        action's) and every regression tower at its target's mean (0 when not given)."""
         rates = dict(zip(self.actions, rates))
+        means = dict(zip(self.aux, aux_means if aux_means is not None else [0.0] * self.n_aux))
+        logit = lambda p: math.log(min(max(p, 1e-6), 1 - 1e-6) / (1 - min(max(p, 1e-6), 1 - 1e-6)))  # noqa: E731
         start = []
         for t in self.tasks:
             if t.role == "action":
-                start.append(rates[t.name])
+                start.append(logit(rates[t.name]))
             elif t.role == "funnel":
-                start.append(rates[t.name.split("|")[0]])
+                start.append(logit(rates[t.name.split("|")[0]]))
             else:
-                start.append(0.5)                 # logit 0.5 = 0: a zero start for a regression
-        self.core.towers.set_output_bias(start)
+                start.append(float(means[t.name]))
+        self.core.towers.set_bias(start)
 
     def forward(self, batch: dict[str, Tensor], with_aux: bool = False):
         """Logits of the actions ``[B, T]``; with ``with_aux`` also the auxiliary regression

@@ -92,7 +92,12 @@ class TowerBank(nn.Module):
         """Start every tower at its task's base rate (logit of the positive rate), so the first
         steps learn ranking instead of the intercept of a 0.04%-positive task."""
         p = torch.as_tensor(list(rates), dtype=self.out.bias.dtype).clamp(1e-6, 1 - 1e-6)
-        self.out.bias.copy_(torch.log(p / (1 - p)).view(self.n_tasks, 1))
+        self.set_bias(torch.log(p / (1 - p)).tolist())
+
+    @torch.no_grad()
+    def set_bias(self, values: Sequence[float]) -> None:
+        """Every tower's output bias, as given (logits of binary tasks, means of regressions)."""
+        self.out.bias.copy_(torch.as_tensor(list(values), dtype=self.out.bias.dtype).view(self.n_tasks, 1))
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``[B, in]`` (every tower sees it) or ``[B, n_tasks, in]``."""

@@ -256,7 +256,7 @@ def new_trainer(arch: str, enc: Encoder, store, cfg: dict,
     seed_everything(seed, nn_cfg["threads"], bool(nn_cfg["deterministic"]))
     model = build_net(arch, enc, store, nn_cfg)
     if train is not None:
-        model.set_output_bias(train.label_means())
+        model.set_output_bias(train.label_means(), train.aux_means())
     balancer = build_balancer(nn_cfg["loss"])
     tcfg = TrainConfig.from_dict({**nn_cfg["train"], "seed": seed})
     return Trainer(model, balancer, tcfg, aux_weight=float(nn_cfg["aux"]["weight"]))

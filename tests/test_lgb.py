@@ -597,3 +597,25 @@ def test_action_rows_read_through_the_kept_blocks_equal_rows_read_again(fake_fit
     assert kept.keep_all and not again.keep_all and len(a) == len(b) == len(idx)
     np.testing.assert_array_equal(a[0:len(a)], b[0:len(b)])
     np.testing.assert_array_equal(a[0:len(a)], kept[0:len(kept)][idx])
+
+
+def test_a_part_read_in_batches_equals_the_part_read_whole(tiny_root_3_buckets, monkeypatch):
+    """Day 14 and the test rows are read part by part, each part a batch of rows at a time into
+    its place (the part's table is never held whole): the same matrix as each part read whole,
+    with batches that cut across the parts' row groups."""
+    from wbdc.config import resolve_argv
+    from wbdc.features.store import FeatureStore
+    from wbdc.lgb import StoreRows, feature_spec, load_day_rows
+    from wbdc.paths import Paths
+    fs = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    settings = LgbSettings.from_config(resolve_argv(["--preset", "tiny", "--seed", "7"]))
+    names = feature_spec(fs, settings).names
+    monkeypatch.setattr(StoreRows, "READ_ROWS", 97)
+    for d in (14, 15):
+        rows, keys = load_day_rows(fs, d, names, settings, cache_bytes=0)
+        n_parts = len(fs.parts(d))
+        whole = np.concatenate([fs.read_part(d, p, names)[names].to_numpy(np.float32)
+                                for p in range(n_parts)])
+        assert n_parts == 3 and all(len(b.rows) > 97 for b in rows.X.blocks)
+        np.testing.assert_array_equal(rows.X[0:len(rows.X)], whole)
+        assert len(keys) == len(whole)

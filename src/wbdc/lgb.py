@@ -258,7 +258,19 @@ class StoreRows(lgb.Sequence):
             return X
         b = self.blocks[i]
         if b.part is not None:
-            X = self.fs.read_part(b.day, b.part, self.features)[self.features].to_numpy(np.float32)
+            # a whole part (day 14, the test rows), a batch at a time into its place: the part's
+            # table is never held whole (at the final round's size a part is ~1M rows)
+            X = np.empty((len(b.rows), len(self.features)), np.float32)
+            at = 0
+            for df in self.fs.iter_part(b.day, b.part, self.features, batch_rows=self.READ_ROWS):
+                k = len(df)
+                if at + k > len(X) or not np.array_equal(df["row"].to_numpy(np.int64), b.rows[at:at + k]):
+                    raise InputError(f"day {b.day} part {b.part}: rows differ from the part's listing")
+                X[at:at + k] = df[self.features].to_numpy(np.float32)
+                at += k
+                del df
+            if at != len(X):
+                raise InputError(f"day {b.day} part {b.part}: {at} of {len(X)} rows read")
         else:
             # the sampled rows written straight into their place, a batch of a part at a time:
             # no decoded part, no concatenation, no reordering copy (the block is the only matrix)

@@ -184,6 +184,12 @@ class FeatureStore:
         """Part ``index`` of day ``d`` (``parts(d)[index]``): key columns, ``columns`` and ``row``."""
         return next(self._read_part(d, self.parts(d)[index], self._wanted(columns)))
 
+    def iter_part(self, d: int, index: int, columns: Sequence[str] | None = None,
+                  batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+        """Part ``index`` of day ``d`` in chunks of at most ``batch_rows`` rows, in the part's
+        order (``read_part`` without holding the whole part's table)."""
+        yield from self._read_part(d, self.parts(d)[index], self._wanted(columns), batch_rows)
+
     def iter_day(self, d: int, columns: Sequence[str] | None = None,
                  batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
         """Day ``d`` one part (user bucket) at a time, or in chunks of at most ``batch_rows``

@@ -1,6 +1,8 @@
 """Blend: simplex search, per-user ranks, weight recovery, held-out score, the blend stage."""
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import warnings
 from pathlib import Path
@@ -426,8 +428,11 @@ def test_blend_stage_end_to_end(fake_root, world):
     assert s["online"] is None
     assert set(s["blend_weights"]) == set(ACTIONS)
     assert set(s["blend_method"].values()) <= {"prob", "rank"}
+    # the default scope is shared: one weight vector, never worse than a single model on the
+    # weighted score it was fitted on (per action it may be; blend.scope=action guarantees that)
+    assert s["insample"]["blend"]["weighted"] >= max(m["weighted"] for m in s["insample"]["models"].values())
     for a in ACTIONS:
-        assert s["insample"]["blend"][a] >= max(m[a] for m in s["insample"]["models"].values())
+        assert s["blend_weights"][a] == s["blend_weights"][ACTIONS[0]]
         assert s["blend_weights"][a]["good"] >= 0.8
     # the oracle is the truth's own uAUC, recomputed here
     labels = _labels(world)
@@ -549,11 +554,13 @@ def test_weights_match_a_brute_force_interior_optimum(tmp_path):
         assert fit.weights.actions[a].in_sample == pytest.approx(max(scores), abs=1e-6)
 
 
-def test_each_half_is_fitted_on_its_own_users_only(fake_root, world):
+@pytest.mark.parametrize("scope", ["action", "shared"])
+def test_each_half_is_fitted_on_its_own_users_only(fake_root, world, scope):
     """Scrambling the labels of half B's users leaves half A's weights (and A's chosen input)
-    unchanged, and vice versa: a half never sees the other half's labels."""
+    unchanged, and vice versa: a half never sees the other half's labels (either scope)."""
     labels, ms = _modelset(fake_root, world)
-    fit = fit_blend(labels, ms, SMALL, progress=False)
+    settings = dataclasses.replace(SMALL, scope=scope)
+    fit = fit_blend(labels, ms, settings, progress=False)
     halves = split_halves(SMALL.seed, groups=group_by_user(labels["userid"].to_numpy()))
     rng = np.random.default_rng(9)
     for scrambled, kept in (("B", "A"), ("A", "B")):
@@ -561,7 +568,7 @@ def test_each_half_is_fitted_on_its_own_users_only(fake_root, world):
         other = labels.copy()
         for a in ACTIONS:
             other.loc[rows, a] = rng.permutation(other.loc[rows, a].to_numpy())
-        refit = fit_blend(other, ms, SMALL, progress=False)
+        refit = fit_blend(other, ms, settings, progress=False)
         for a in ACTIONS:
             b0, b1 = fit.weights.actions[a], refit.weights.actions[a]
             assert b1.half_method[kept] == b0.half_method[kept]
@@ -571,3 +578,38 @@ def test_each_half_is_fitted_on_its_own_users_only(fake_root, world):
                       != fit.weights.actions[a].half_weights[m][scrambled]
                       for a in ACTIONS for m in SMALL.methods)
         assert changed > 0      # the scrambled half did see its own (new) labels
+
+
+def test_shared_scope_fits_one_weight_vector_on_the_weighted_score(fake_root, world):
+    """blend.scope=shared: every action gets the same weights (on each half and in the refit),
+    fitted on the weighted uAUC: in sample, the blend's weighted score is at least every single
+    model's (the search starts from every vertex), and it equals the score of that one vector
+    recomputed from the predictions."""
+    labels, ms = _modelset(fake_root, world)
+    shared = fit_blend(labels, ms, dataclasses.replace(SMALL, scope="shared"), progress=False)
+    first = shared.weights.actions[ACTIONS[0]]
+    for a in ACTIONS:
+        b = shared.weights.actions[a]
+        assert b.weights == first.weights and b.method == first.method
+        for m in SMALL.methods:
+            assert b.half_weights[m] == first.half_weights[m]
+    blend = wu(labels, shared.offline)
+    for n in ms.names:
+        assert blend["weighted"] >= wu(labels, ms.frame(n))["weighted"] - 1e-12, n
+    w = np.asarray([first.weights[n] for n in ms.names], np.float32)
+    x = {a: ms.column(a) for a in ACTIONS}
+    if first.method == "rank":
+        from wbdc.blend import rank_columns
+        g = group_by_user(labels["userid"].to_numpy())
+        x = {a: rank_columns(x[a], g) for a in ACTIONS}
+    again = wu(labels, {a: np.clip(x[a] @ w, 0, 1) for a in ACTIONS})
+    assert again["weighted"] == pytest.approx(blend["weighted"], abs=1e-9)
+
+
+def test_blend_scope_is_checked():
+    """A scope the blend does not know is refused by the config check, in one line naming the key."""
+    from wbdc.config import resolve_argv
+    with pytest.raises((SystemExit, ValueError)) as e:
+        BlendSettings.from_config(resolve_argv(["--set", "blend.scope=global"]))
+    msg = str(e.value)
+    assert "blend.scope" in msg and "\n" not in msg.strip()

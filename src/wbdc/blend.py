@@ -1,9 +1,10 @@
-"""Blend model predictions per action by validated weighted uAUC.
+"""Blend model predictions by validated weighted uAUC.
 
-The weighted score is a weighted sum of per-action uAUCs, so each action is blended on its own:
-non-negative weights summing to 1 over the models, found by a derivative-free search on the
-simplex (:func:`simplex_search`; uAUC is a step function of the weights).  Two inputs are
-tried per action:
+Non-negative weights summing to 1 over the models, found by a derivative-free search on the
+simplex (:func:`simplex_search`; uAUC is a step function of the weights).  ``scope``:
+``shared`` fits one weight vector for every action on the weighted uAUC (the competition's
+score); ``action`` fits each action on its own uAUC (seven times the free weights, which the
+few users of the rare actions overfit).  Two inputs are tried:
 
 * ``prob``: the models' probabilities as they are;
 * ``rank``: each model's per-user percentile ranks (:func:`per_user_pct_rank`).  uAUC only
@@ -38,9 +39,10 @@ import pyarrow.parquet as pq
 from .io import InputError
 from .metrics import (HALF_PRED_FILES, HALVES, Halves, UAUCWarning, UserGroups, group_by_user,
                       split_halves, uauc, user_codes)
-from .schema import ACTIONS
+from .schema import ACTION_WEIGHTS, ACTIONS
 
 METHODS = ("prob", "rank")
+SCOPES = ("shared", "action")
 KEYS = ("userid", "feedid")
 PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet",
               **{f"offline_sel_{h.lower()}": f for h, f in HALF_PRED_FILES.items()}}
@@ -64,6 +66,7 @@ class BlendSettings:
     grid_units: int
     start_step: int
     max_evals: int
+    scope: str = "action"      # action: weights per action; shared: one vector on the weighted uAUC
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "BlendSettings":
@@ -77,7 +80,9 @@ class BlendSettings:
         s = cls(methods=methods, seed=int(cfg["data"]["seed"]),
                 grid_units=int(search["grid_units"]),
                 start_step=int(search["start_step_units"]),
-                max_evals=int(search["max_evals"]))
+                max_evals=int(search["max_evals"]), scope=str(b["scope"]))
+        if s.scope not in SCOPES:
+            raise ValueError(f"blend.scope: {s.scope!r} is not one of {list(SCOPES)}")
         if s.grid_units < 1 or not 1 <= s.start_step <= s.grid_units or s.max_evals < 1:
             raise ValueError("blend.search: need grid_units >= 1, 1 <= start_step_units <= "
                              f"grid_units and max_evals >= 1 (got {s.grid_units}, "
@@ -396,11 +401,53 @@ def _half_score(x: np.ndarray, sub: _Subset | None) -> float:
     return float("nan") if sub is None else _quiet_uauc(sub.y, x[sub.rows], sub.groups)
 
 
+def _action_x(preds: ModelSet, a: str, method: str, groups: UserGroups) -> np.ndarray:
+    """The blend input of action ``a``: the models' probabilities or their per-user ranks."""
+    x = preds.column(a)
+    return x if method == "prob" else rank_columns(x, groups)
+
+
+def _fit_shared(xs: Mapping[str, np.ndarray], subs: Mapping[str, "_Subset | None"], n_models: int,
+                s: BlendSettings) -> SearchResult:
+    """One weight vector for every action, maximising the weighted uAUC (the competition's
+    score: ACTION_WEIGHTS over the actions that can be scored).  ``xs[a]``: action ``a``'s
+    input restricted to ``subs[a].rows``."""
+    scored = [a for a in ACTIONS if subs.get(a) is not None]
+    if not scored:
+        return SearchResult(np.asarray(_even_split(s.grid_units, n_models), np.float64)
+                            / s.grid_units, float("nan"), 0)
+    total = sum(ACTION_WEIGHTS[a] for a in scored)
+
+    def score(w: np.ndarray) -> float:
+        w32 = w.astype(np.float32)
+        return sum(ACTION_WEIGHTS[a] * _quiet_uauc(subs[a].y, xs[a] @ w32, subs[a].groups)
+                   for a in scored) / total
+
+    return simplex_search(score, n_models, grid_units=s.grid_units, start_step=s.start_step,
+                          max_evals=s.max_evals)
+
+
+def _fits(preds: ModelSet, subs: Mapping[str, Mapping[str, "_Subset | None"]], key: str, method: str,
+          groups: UserGroups, n_models: int, s: BlendSettings) -> dict[str, SearchResult]:
+    """Per action, the weights fitted on the users ``key`` (a half or "all") of one input:
+    an own search per action (scope ``action``) or one search shared by all (``shared``)."""
+    if s.scope == "action":
+        return {a: _fit(_action_x(preds, a, method, groups), subs[a][key], n_models, s) for a in ACTIONS}
+    xs = {a: np.ascontiguousarray(_action_x(preds, a, method, groups)[subs[a][key].rows])
+          for a in ACTIONS if subs[a][key] is not None}
+    shared = _fit_shared(xs, {a: subs[a][key] for a in ACTIONS}, n_models, s)
+    return {a: shared for a in ACTIONS}
+
+
 def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
               groups: UserGroups | None = None, progress: bool = True,
               half_preds: Mapping[str, ModelSet] | None = None,
               halves: Halves | None = None) -> BlendFit:
-    """Fit per-action blend weights on ``labels`` (userid, feedid, 7 actions; rows of ``preds``).
+    """Fit blend weights on ``labels`` (userid, feedid, 7 actions; rows of ``preds``).
+
+    ``settings.scope``: ``action`` fits each action's weights on its own uAUC; ``shared`` fits
+    one weight vector for all actions on the weighted uAUC (7 times fewer free weights: the
+    per-action fit overfits the few users of the rare actions).
 
     Honest (held-out) blend, per user half H: the models' predictions chosen on H
     (``half_preds[H]``, e.g. LightGBM at H's best iteration; ``preds`` itself for a model with
@@ -408,8 +455,8 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
     and the input that fits H better is kept; that blend scores the other half.  Nothing seen
     by the scored half's labels enters its predictions.
 
-    Online blend: the input with the better cross-fitted score (per input, the mean of its two
-    out-of-half uAUCs) is refitted on all users over ``preds`` (the in-sample blend).
+    Online blend: the input with the better cross-fitted score (per action, or on the weighted
+    score when shared) is refitted on all users over ``preds`` (the in-sample blend).
     ``halves``: the shared user halves (default: ``settings.seed`` over ``labels``).
     """
     userids = labels["userid"].to_numpy()
@@ -427,63 +474,83 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
     all_users = np.ones(groups.n_users, bool)
     m = len(preds.names)
     names = list(preds.names)
-    blends: dict[str, ActionBlend] = {}
+    subs: dict[str, dict[str, _Subset | None]] = {}
+    for a in ACTIONS:
+        y = labels[a].to_numpy().astype(np.int8)
+        subs[a] = {"all": _subset(user_code, y, all_users, userids),
+                   **{h: _subset(user_code, y, halves.user_mask(h), userids) for h in HALVES}}
+    steps = [(method, h) for method in settings.methods for h in HALVES]
+    it = steps
+    if progress:
+        from tqdm import tqdm
+        it = tqdm(steps, desc=f"blend ({settings.scope})", unit="fit", file=sys.stderr)
+    fitted: dict[str, dict[str, dict[str, SearchResult]]] = {mth: {} for mth in settings.methods}
+    for method, h in it:     # method -> half -> action -> weights fitted on that half
+        fitted[method][h] = _fits(half_preds[h], subs, h, method, groups, m, settings)
+
     offline = preds.keys.copy()
     heldout = preds.keys.copy()
     chosen = {h: preds.keys.copy() for h in HALVES}
-    it = ACTIONS
-    if progress:
-        from tqdm import tqdm
-        it = tqdm(ACTIONS, desc="blend", unit="action", file=sys.stderr)
-    for a in it:
-        y = labels[a].to_numpy().astype(np.int8)
-        subs = {"all": _subset(user_code, y, all_users, userids),
-                **{h: _subset(user_code, y, halves.user_mask(h), userids) for h in HALVES}}
-        half_x = {h: half_preds[h].column(a) for h in HALVES}
+    half_method: dict[str, dict[str, str]] = {}
+    by_method: dict[str, dict[str, float]] = {}
+    honest: dict[str, float] = {}
+    for a in ACTIONS:
         out_of_half: dict[str, dict[str, float]] = {}   # method -> half -> score on the other
-        fitted: dict[str, dict[str, SearchResult]] = {}
         blended: dict[str, dict[str, np.ndarray]] = {}
-        evals = 0
         for method in settings.methods:
-            fitted[method], blended[method], out_of_half[method] = {}, {}, {}
+            blended[method], out_of_half[method] = {}, {}
             for h in HALVES:
-                x = half_x[h] if method == "prob" else rank_columns(half_x[h], groups)
-                f = _fit(x, subs[h], m, settings)
-                evals += f.evals
-                fitted[method][h] = f
-                blended[method][h] = np.clip(x @ f.weights.astype(np.float32), 0.0, 1.0)
-                out_of_half[method][h] = _half_score(blended[method][h], subs[Halves.other(h)])
+                x = _action_x(half_preds[h], a, method, groups)
+                blended[method][h] = np.clip(x @ fitted[method][h][a].weights.astype(np.float32), 0.0, 1.0)
+                out_of_half[method][h] = _half_score(blended[method][h], subs[a][Halves.other(h)])
         # each half keeps the input that fits *it* better (ties: the first listed)
-        half_method = {}
+        half_method[a] = {}
         for h in HALVES:
             best = settings.methods[0]
             for mth in settings.methods[1:]:
-                if fitted[mth][h].score > fitted[best][h].score:
+                if fitted[mth][h][a].score > fitted[best][h][a].score:
                     best = mth
-            half_method[h] = best
+            half_method[a][h] = best
             chosen[h][a] = blended[best][h]
             heldout.loc[halves.row_mask(Halves.other(h)), a] = blended[best][h][
                 halves.row_mask(Halves.other(h))]
-        honest = _nanmean2(out_of_half[half_method["A"]]["A"], out_of_half[half_method["B"]]["B"])
-        by_method = {mth: _nanmean2(v["A"], v["B"]) for mth, v in out_of_half.items()}
-        # the online blend: the input with the better cross-fitted score, refitted on everyone
+        honest[a] = _nanmean2(out_of_half[half_method[a]["A"]]["A"], out_of_half[half_method[a]["B"]]["B"])
+        by_method[a] = {mth: _nanmean2(v["A"], v["B"]) for mth, v in out_of_half.items()}
+        del blended
+
+    # the online blend: the input with the better cross-fitted score, refitted on everyone
+    def better(score_of) -> str:
         method = settings.methods[0]
         for mth in settings.methods[1:]:
-            if by_method[mth] > by_method[method]:
+            if score_of(mth) > score_of(method):
                 method = mth
-        raw = preds.column(a)
-        x_all = raw if method == "prob" else rank_columns(raw, groups)
-        full = _fit(x_all, subs["all"], m, settings)
-        evals += full.evals
-        offline[a] = np.clip(x_all @ full.weights.astype(np.float32), 0.0, 1.0)
+        return method
+
+    if settings.scope == "shared":
+        def weighted(mth: str) -> float:
+            vals = [(ACTION_WEIGHTS[a], by_method[a][mth]) for a in ACTIONS if not np.isnan(by_method[a][mth])]
+            return sum(w * v for w, v in vals) / sum(w for w, _ in vals) if vals else -np.inf
+        shared_method = better(weighted)
+        online_method = {a: shared_method for a in ACTIONS}
+        full = _fits(preds, subs, "all", shared_method, groups, m, settings)
+    else:
+        online_method = {a: better(lambda mth, a=a: by_method[a][mth]) for a in ACTIONS}
+        full = {a: _fit(_action_x(preds, a, online_method[a], groups), subs[a]["all"], m, settings)
+                for a in ACTIONS}
+    blends: dict[str, ActionBlend] = {}
+    for a in ACTIONS:
+        method = online_method[a]
+        x_all = _action_x(preds, a, method, groups)
+        offline[a] = np.clip(x_all @ full[a].weights.astype(np.float32), 0.0, 1.0)
+        in_sample = full[a].score if settings.scope == "action" else _half_score(offline[a].to_numpy(), subs[a]["all"])
         blends[a] = ActionBlend(
-            method=method, weights=dict(zip(names, map(float, full.weights))),
-            in_sample=_nan_to_none(full.score), heldout=_nan_to_none(honest),
-            heldout_by_method={k: _nan_to_none(v) for k, v in by_method.items()},
-            half_weights={mth: {h: dict(zip(names, map(float, fitted[mth][h].weights)))
+            method=method, weights=dict(zip(names, map(float, full[a].weights))),
+            in_sample=_nan_to_none(in_sample), heldout=_nan_to_none(honest[a]),
+            heldout_by_method={k: _nan_to_none(v) for k, v in by_method[a].items()},
+            half_weights={mth: {h: dict(zip(names, map(float, fitted[mth][h][a].weights)))
                                 for h in HALVES} for mth in settings.methods},
-            half_method=half_method, evals=evals)
-        del blended, half_x
+            half_method=half_method[a],
+            evals=(full[a].evals + sum(fitted[mth][h][a].evals for mth in settings.methods for h in HALVES)))
     for frame in (offline, heldout, *chosen.values()):
         for a in ACTIONS:
             frame[a] = frame[a].astype(np.float32)

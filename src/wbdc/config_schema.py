@@ -306,6 +306,7 @@ class SubmitConfig:
 class BlendConfig:
     models: Union[list[str], None]
     methods: list[Literal["prob", "rank"]]
+    scope: Literal["shared", "action"]
     search: BlendSearch
     submit: SubmitConfig
 

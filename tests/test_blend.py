@@ -411,7 +411,8 @@ def test_load_day_labels_keeps_stored_order(fake_root, world):
 # ------------------------------------------------------------------------------ stage
 
 def test_blend_stage_end_to_end(fake_root, world):
-    r = run_stage("blend.py", fake_root, "--no-progress", "--set", "blend.search.max_evals=40")
+    r = run_stage("blend.py", fake_root, "--no-progress", "--set", "blend.search.max_evals=40",
+                  "--set", "blend.scope=shared")
     ens = fake_root / "ensemble"
     for f in ("pred_offline.parquet", "pred_online.parquet", "blend_weights.json", "scores.json",
               "report.md", "config.json", "run_info_blend.json", "uauc_by_model.png",
@@ -428,8 +429,8 @@ def test_blend_stage_end_to_end(fake_root, world):
     assert s["online"] is None
     assert set(s["blend_weights"]) == set(ACTIONS)
     assert set(s["blend_method"].values()) <= {"prob", "rank"}
-    # the default scope is shared: one weight vector, never worse than a single model on the
-    # weighted score it was fitted on (per action it may be; blend.scope=action guarantees that)
+    # scope shared: one weight vector, never worse than a single model on the weighted score it
+    # was fitted on (per action it may be; blend.scope=action guarantees that)
     assert s["insample"]["blend"]["weighted"] >= max(m["weighted"] for m in s["insample"]["models"].values())
     for a in ACTIONS:
         assert s["blend_weights"][a] == s["blend_weights"][ACTIONS[0]]
@@ -613,3 +614,42 @@ def test_blend_scope_is_checked():
         BlendSettings.from_config(resolve_argv(["--set", "blend.scope=global"]))
     msg = str(e.value)
     assert "blend.scope" in msg and "\n" not in msg.strip()
+
+
+def test_equal_scope_is_the_plain_mean_of_the_models_but_the_excluded(fake_root, world):
+    """blend.scope=equal (the default): no weights are fitted; the blend is the mean of every
+    model not in blend.equal_exclude, and its held-out score is the cross-fitted score of that
+    mean over the models' half-chosen predictions (the input, prob or rank, chosen per half)."""
+    labels, ms = _modelset(fake_root, world)
+    settings = dataclasses.replace(SMALL, scope="equal", equal_exclude=("noise_b",))
+    halves = split_halves(SMALL.seed, groups=group_by_user(labels["userid"].to_numpy()))
+    hs = _half_sets(fake_root, labels, ms.names)
+    fit = fit_blend(labels, ms, settings, progress=False, half_preds=hs, halves=halves)
+    want = {n: (0.0 if n == "noise_b" else 0.5) for n in ms.names}
+    for a in ACTIONS:
+        b = fit.weights.actions[a]
+        assert b.weights == pytest.approx(want)
+        for m in SMALL.methods:
+            for h in HALVES:
+                assert b.half_weights[m][h] == pytest.approx(want)
+    w = np.asarray([want[n] for n in ms.names], np.float32)
+    for h in HALVES:
+        method = fit.weights.actions[ACTIONS[0]].half_method[h]
+        for a in ACTIONS:
+            x = hs[h].column(a)
+            if method == "rank":
+                from wbdc.blend import rank_columns
+                x = rank_columns(x, halves.groups)
+            np.testing.assert_allclose(fit.half_preds[h][a].to_numpy(), np.clip(x @ w, 0, 1), rtol=0, atol=1e-7)
+    cf = crossfit_scores(labels, fit.half_preds["A"], fit.half_preds["B"], halves)
+    for a in ACTIONS:
+        assert fit.weights.actions[a].heldout == pytest.approx(cf[a], abs=1e-9)
+    # every model excluded: the mean of all of them
+    every = fit_blend(labels, ms, dataclasses.replace(settings, equal_exclude=tuple(ms.names)), progress=False)
+    assert every.weights.actions["like"].weights == pytest.approx({n: 1 / 3 for n in ms.names})
+
+
+def test_default_scope_is_equal_without_the_baseline():
+    from wbdc.config import resolve_argv
+    s = BlendSettings.from_config(resolve_argv([]))
+    assert s.scope == "equal" and s.equal_exclude == ("popularity",)

@@ -2,9 +2,13 @@
 
 Non-negative weights summing to 1 over the models, found by a derivative-free search on the
 simplex (:func:`simplex_search`; uAUC is a step function of the weights).  ``scope``:
-``shared`` fits one weight vector for every action on the weighted uAUC (the competition's
-score); ``action`` fits each action on its own uAUC (seven times the free weights, which the
-few users of the rare actions overfit).  Two inputs are tried:
+``equal`` fits nothing: the plain mean of the models (the baselines of ``equal_exclude`` left
+out), the only choice on day 14 being the input below; ``shared`` fits one weight vector for
+every action on the weighted uAUC (the competition's score); ``action`` fits each action on its
+own uAUC (seven times the free weights, which the few users of the rare actions overfit).  With
+a few strong models of about the same score, the fitted weights did not carry over from one
+user half to the other, and the plain mean scored higher held out (README, "Scores").  Two
+inputs are tried:
 
 * ``prob``: the models' probabilities as they are;
 * ``rank``: each model's per-user percentile ranks (:func:`per_user_pct_rank`).  uAUC only
@@ -42,7 +46,7 @@ from .metrics import (HALF_PRED_FILES, HALVES, Halves, UAUCWarning, UserGroups, 
 from .schema import ACTION_WEIGHTS, ACTIONS
 
 METHODS = ("prob", "rank")
-SCOPES = ("shared", "action")
+SCOPES = ("equal", "shared", "action")
 KEYS = ("userid", "feedid")
 PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet",
               **{f"offline_sel_{h.lower()}": f for h, f in HALF_PRED_FILES.items()}}
@@ -66,7 +70,9 @@ class BlendSettings:
     grid_units: int
     start_step: int
     max_evals: int
-    scope: str = "action"      # action: weights per action; shared: one vector on the weighted uAUC
+    scope: str = "action"      # action: weights per action; shared: one vector on the weighted uAUC;
+                               # equal: the plain mean of the models not in ``equal_exclude``
+    equal_exclude: tuple[str, ...] = ()
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "BlendSettings":
@@ -80,7 +86,8 @@ class BlendSettings:
         s = cls(methods=methods, seed=int(cfg["data"]["seed"]),
                 grid_units=int(search["grid_units"]),
                 start_step=int(search["start_step_units"]),
-                max_evals=int(search["max_evals"]), scope=str(b["scope"]))
+                max_evals=int(search["max_evals"]), scope=str(b["scope"]),
+                equal_exclude=tuple(b["equal_exclude"] or ()))
         if s.scope not in SCOPES:
             raise ValueError(f"blend.scope: {s.scope!r} is not one of {list(SCOPES)}")
         if s.grid_units < 1 or not 1 <= s.start_step <= s.grid_units or s.max_evals < 1:
@@ -407,35 +414,53 @@ def _action_x(preds: ModelSet, a: str, method: str, groups: UserGroups) -> np.nd
     return x if method == "prob" else rank_columns(x, groups)
 
 
+def _weighted_score(xs: Mapping[str, np.ndarray], subs: Mapping[str, "_Subset | None"],
+                    w: np.ndarray) -> float:
+    """The weighted uAUC (ACTION_WEIGHTS over the actions that can be scored) of the mix ``w``;
+    ``xs[a]``: action ``a``'s input restricted to ``subs[a].rows``.  NaN if none can be scored."""
+    scored = [a for a in ACTIONS if subs.get(a) is not None]
+    if not scored:
+        return float("nan")
+    w32 = np.asarray(w, np.float32)
+    return sum(ACTION_WEIGHTS[a] * _quiet_uauc(subs[a].y, xs[a] @ w32, subs[a].groups)
+               for a in scored) / sum(ACTION_WEIGHTS[a] for a in scored)
+
+
 def _fit_shared(xs: Mapping[str, np.ndarray], subs: Mapping[str, "_Subset | None"], n_models: int,
                 s: BlendSettings) -> SearchResult:
     """One weight vector for every action, maximising the weighted uAUC (the competition's
-    score: ACTION_WEIGHTS over the actions that can be scored).  ``xs[a]``: action ``a``'s
-    input restricted to ``subs[a].rows``."""
-    scored = [a for a in ACTIONS if subs.get(a) is not None]
-    if not scored:
+    score).  ``xs[a]``: action ``a``'s input restricted to ``subs[a].rows``."""
+    if not any(subs.get(a) is not None for a in ACTIONS):
         return SearchResult(np.asarray(_even_split(s.grid_units, n_models), np.float64)
                             / s.grid_units, float("nan"), 0)
-    total = sum(ACTION_WEIGHTS[a] for a in scored)
+    return simplex_search(lambda w: _weighted_score(xs, subs, w), n_models, grid_units=s.grid_units,
+                          start_step=s.start_step, max_evals=s.max_evals)
 
-    def score(w: np.ndarray) -> float:
-        w32 = w.astype(np.float32)
-        return sum(ACTION_WEIGHTS[a] * _quiet_uauc(subs[a].y, xs[a] @ w32, subs[a].groups)
-                   for a in scored) / total
 
-    return simplex_search(score, n_models, grid_units=s.grid_units, start_step=s.start_step,
-                          max_evals=s.max_evals)
+def equal_weights(names: Sequence[str], exclude: Sequence[str]) -> np.ndarray:
+    """Scope ``equal``: the same weight for every model not in ``exclude`` (every model when
+    that would leave none)."""
+    keep = np.asarray([n not in set(exclude) for n in names], np.float64)
+    if not keep.any():
+        keep[:] = 1.0
+    return keep / keep.sum()
 
 
 def _fits(preds: ModelSet, subs: Mapping[str, Mapping[str, "_Subset | None"]], key: str, method: str,
           groups: UserGroups, n_models: int, s: BlendSettings) -> dict[str, SearchResult]:
     """Per action, the weights fitted on the users ``key`` (a half or "all") of one input:
-    an own search per action (scope ``action``) or one search shared by all (``shared``)."""
+    an own search per action (scope ``action``), one search shared by all (``shared``), or no
+    search (``equal``: the plain mean; its weighted score on ``key`` still picks the input)."""
     if s.scope == "action":
         return {a: _fit(_action_x(preds, a, method, groups), subs[a][key], n_models, s) for a in ACTIONS}
     xs = {a: np.ascontiguousarray(_action_x(preds, a, method, groups)[subs[a][key].rows])
           for a in ACTIONS if subs[a][key] is not None}
-    shared = _fit_shared(xs, {a: subs[a][key] for a in ACTIONS}, n_models, s)
+    if s.scope == "equal":
+        w = equal_weights(preds.names, s.equal_exclude)
+        score = _weighted_score(xs, {a: subs[a][key] for a in ACTIONS}, w)
+        shared = SearchResult(w, score, 1)
+    else:
+        shared = _fit_shared(xs, {a: subs[a][key] for a in ACTIONS}, n_models, s)
     return {a: shared for a in ACTIONS}
 
 
@@ -526,7 +551,7 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
                 method = mth
         return method
 
-    if settings.scope == "shared":
+    if settings.scope != "action":
         def weighted(mth: str) -> float:
             vals = [(ACTION_WEIGHTS[a], by_method[a][mth]) for a in ACTIONS if not np.isnan(by_method[a][mth])]
             return sum(w * v for w, v in vals) / sum(w for w, _ in vals) if vals else -np.inf

@@ -306,7 +306,8 @@ class SubmitConfig:
 class BlendConfig:
     models: Union[list[str], None]
     methods: list[Literal["prob", "rank"]]
-    scope: Literal["shared", "action"]
+    scope: Literal["equal", "shared", "action"]
+    equal_exclude: Union[list[str], None]
     search: BlendSearch
     submit: SubmitConfig
 

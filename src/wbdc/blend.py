@@ -7,7 +7,8 @@ out), the only choice on day 14 being the input below; ``shared`` fits one weigh
 every action on the weighted uAUC (the competition's score); ``action`` fits each action on its
 own uAUC (seven times the free weights, which the few users of the rare actions overfit).  With
 a few strong models of about the same score, the fitted weights did not carry over from one
-user half to the other, and the plain mean scored higher held out (README, "Scores").  Two
+user half to the other, and the plain mean scored higher held out (README, "The blend:
+fitted weights or the plain mean").  Two
 inputs are tried:
 
 * ``prob``: the models' probabilities as they are;
@@ -472,7 +473,8 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
 
     ``settings.scope``: ``action`` fits each action's weights on its own uAUC; ``shared`` fits
     one weight vector for all actions on the weighted uAUC (7 times fewer free weights: the
-    per-action fit overfits the few users of the rare actions).
+    per-action fit overfits the few users of the rare actions); ``equal`` fits no weights (the
+    mean of the models not in ``settings.equal_exclude``), only the input.
 
     Honest (held-out) blend, per user half H: the models' predictions chosen on H
     (``half_preds[H]``, e.g. LightGBM at H's best iteration; ``preds`` itself for a model with
@@ -480,8 +482,8 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
     and the input that fits H better is kept; that blend scores the other half.  Nothing seen
     by the scored half's labels enters its predictions.
 
-    Online blend: the input with the better cross-fitted score (per action, or on the weighted
-    score when shared) is refitted on all users over ``preds`` (the in-sample blend).
+    Online blend: the input with the better cross-fitted score (per action for ``action``, on
+    the weighted score otherwise) is refitted on all users over ``preds`` (the in-sample blend).
     ``halves``: the shared user halves (default: ``settings.seed`` over ``labels``).
     """
     userids = labels["userid"].to_numpy()

@@ -234,7 +234,7 @@ def test_make_synthetic_and_score_accept_the_list(two, tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [
         "error: no TRUTH given: the real test labels are not public; pass a truth CSV "
-        "(userid, feedid and the action labels)"]
+        "(userid, feedid and the action labels) or set data.truth_dir"]
 
 
 @pytest.mark.parametrize("parts", [1, 7])

@@ -18,7 +18,7 @@ from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.io import InputError, write_json  # noqa: E402
 from wbdc.paths import Paths  # noqa: E402
-from wbdc.prepare import is_up_to_date, prepare, resolve_source  # noqa: E402
+from wbdc.prepare import TRUTH_FILES, is_up_to_date, prepare, resolve_source  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
 
 
@@ -39,8 +39,13 @@ def main() -> int:
                     else "pass folders holding user_action.csv, feed_info.csv, feed_embeddings.csv, "
                          f"{src.test_file}")
             raise InputError(f"{d}: data folder missing; {hint}")
+    if src.truth_dir is not None and cfg["data"].get("data_dir"):
+        missing = [f for f in TRUTH_FILES if not (src.truth_dir / f).is_file()]
+        if missing:
+            raise InputError(f"{src.truth_dir}: data.truth_dir lacks {', '.join(missing)} "
+                             "(expected the true probabilities in this project's layout)")
     out = paths.prepared
-    if not args.force and is_up_to_date(out, src.raw_dirs, src.test_file):
+    if not args.force and is_up_to_date(out, src.raw_dirs, src.test_file, src.truth_dir):
         print(f"[prepare] {out} is up to date with {src.label}; nothing to do", file=sys.stderr)
         return 0
     print(f"[prepare] reading {src.label} (test file {src.test_file})", file=sys.stderr)

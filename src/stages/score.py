@@ -33,8 +33,10 @@ from wbdc.scoring import score_files  # noqa: E402
 def default_truth(cfg: dict, root: str) -> Path:
     data = cfg["data"]
     if data.get("data_dir"):
+        if data.get("truth_dir"):
+            return Path(data["truth_dir"]) / "test_truth.csv"
         raise InputError("no TRUTH given: the real test labels are not public; "
-                         "pass a truth CSV (userid, feedid and the action labels)")
+                         "pass a truth CSV (userid, feedid and the action labels) or set data.truth_dir")
     return Paths.at(root).world_of(data) / "truth" / "test_truth.csv"
 
 

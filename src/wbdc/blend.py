@@ -606,10 +606,16 @@ def load_day_labels(actions_path: str | Path, day: int) -> pd.DataFrame:
 
 
 def align_truth(truth: pd.DataFrame, keys: pd.DataFrame, name: str) -> pd.DataFrame:
-    """``truth`` checked to hold one row per ``keys`` row in order (userid, feedid, actions)."""
+    """``truth`` checked to hold one row per ``keys`` row in order (userid, feedid, actions).
+
+    A truth file written for the raw day-14 rows (a world whose user_action.csv repeats some
+    (userid, feedid) pairs) is first de-duplicated as prepare de-duplicates the actions:
+    the last row of each pair is kept."""
     missing = [c for c in [*KEYS, *ACTIONS] if c not in truth.columns]
     if missing:
         raise InputError(f"{name}: missing columns {', '.join(missing)}")
+    if len(truth) > len(keys) and truth.duplicated(list(KEYS)).any():
+        truth = truth.drop_duplicates(list(KEYS), keep="last")
     if len(truth) != len(keys):
         raise InputError(f"{name}: {len(truth):,} rows but expected {len(keys):,}")
     bad = ((truth["userid"].to_numpy() != keys["userid"].to_numpy())

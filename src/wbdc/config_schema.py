@@ -34,6 +34,7 @@ class DataConfig:
     preset: Preset
     seed: int
     null_world: bool
+    truth_dir: Union[str, None]              # day14_prob.csv + test_truth.csv for data_dir folders
     memory_gb: Union[float, Literal["auto"]]
 
 

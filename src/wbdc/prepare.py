@@ -753,7 +753,7 @@ def write_test(lay: Layout, feed_ids: np.ndarray, path: Path, block_bytes: int =
 
 # ------------------------------------------------------------------------------- stage
 
-def is_up_to_date(out_dir: Path, raw_dirs, test_file: str) -> bool:
+def is_up_to_date(out_dir: Path, raw_dirs, test_file: str, truth_dir: str | Path | None = None) -> bool:
     meta_path = Path(out_dir) / "meta.json"
     if not all((Path(out_dir) / f).exists() for f in PREPARED_FILES):
         return False
@@ -762,9 +762,11 @@ def is_up_to_date(out_dir: Path, raw_dirs, test_file: str) -> bool:
     except InputError:
         return False
     meta = json.loads(meta_path.read_text())
+    truth = str(Path(truth_dir).resolve()) if truth_dir is not None else None
     return (meta.get("version") == PREPARE_VERSION
             and meta.get("test_file") == test_file
-            and meta.get("input_digests") == digests)
+            and meta.get("input_digests") == digests
+            and meta.get("truth_dir") == truth)
 
 
 def prepare(raw_dirs, out_dir: str | Path, test_file: str = "test_a.csv",
@@ -816,11 +818,15 @@ def load_meta(prepared_dir: str | Path) -> dict:
     return json.loads(p.read_text())
 
 
+#: what a truth folder holds (the synthetic world's truth/, or data.truth_dir)
+TRUTH_FILES = ("day14_prob.csv", "test_truth.csv")
+
+
 @dataclass
 class Source:
     raw_dirs: list[Path]
     test_file: str
-    truth_dir: Path | None  # set only for the synthetic world
+    truth_dir: Path | None  # the synthetic world's, or data.truth_dir for --data-dir folders
 
     @property
     def label(self) -> str:
@@ -828,13 +834,16 @@ class Source:
 
 
 def resolve_source(cfg: dict, paths) -> Source:
-    """The raw folder(s) the config points at: ``data.data_dir`` (a list) or the synthetic world."""
+    """The raw folder(s) the config points at: ``data.data_dir`` (a list) or the synthetic world,
+    with the folder of true probabilities (the synthetic world's ``truth/``, or ``data.truth_dir``
+    for folders given with ``data_dir``: a world written elsewhere in this project's layout)."""
     from .config import data_dirs
 
     data = cfg["data"]
     test_file = data.get("test_file") or "test_a.csv"
     dirs = data_dirs(data.get("data_dir"))
     if dirs:
-        return Source([Path(d) for d in dirs], test_file, None)
+        truth = data.get("truth_dir")
+        return Source([Path(d) for d in dirs], test_file, Path(truth) if truth else None)
     world = paths.world_of(data)         # the null world has its own folder
     return Source([world / "wechat_algo_data1"], test_file, world / "truth")

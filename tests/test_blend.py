@@ -20,7 +20,8 @@ from wbdc.schema import ACTIONS
 
 from conftest import run_stage
 
-SMALL = BlendSettings(methods=("prob", "rank"), seed=3, grid_units=20, start_step=4, max_evals=60)
+SMALL = BlendSettings(methods=("prob", "rank"), seed=3, grid_units=20, start_step=4, max_evals=60,
+                      scope="action", equal_exclude=())
 
 
 # ------------------------------------------------------------------------------ fake artifact root
@@ -323,7 +324,8 @@ def test_rank_and_prob_blending_both_work(tmp_path, world):
     root = write_root(tmp_path, world, models)
     labels, ms = _modelset(root, world)
     fits = {m: fit_blend(labels, ms, BlendSettings(methods=(m,), seed=3, grid_units=20,
-                                                   start_step=4, max_evals=60), progress=False)
+                                                   start_step=4, max_evals=60, scope="action",
+                                                   equal_exclude=()), progress=False)
             for m in ("prob", "rank")}
     both = fit_blend(labels, ms, SMALL, progress=False)
     singles = [wu(labels, ms.frame(n))["weighted"] for n in ms.names]
@@ -539,7 +541,8 @@ def test_weights_match_a_brute_force_interior_optimum(tmp_path):
               for name, var in (("a", 0.3), ("b", 0.7))}
     root = write_root(tmp_path, w, models)
     labels, ms = _modelset(root, w)
-    settings = BlendSettings(methods=("prob",), seed=3, grid_units=20, start_step=4, max_evals=200)
+    settings = BlendSettings(methods=("prob",), seed=3, grid_units=20, start_step=4, max_evals=200,
+                             scope="action", equal_exclude=())
     fit = fit_blend(labels, ms, settings, progress=False)
     users = labels["userid"].to_numpy()
     grid = np.arange(settings.grid_units + 1) / settings.grid_units

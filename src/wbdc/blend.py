@@ -71,9 +71,9 @@ class BlendSettings:
     grid_units: int
     start_step: int
     max_evals: int
-    scope: str = "action"      # action: weights per action; shared: one vector on the weighted uAUC;
+    scope: str                 # action: weights per action; shared: one vector on the weighted uAUC;
                                # equal: the plain mean of the models not in ``equal_exclude``
-    equal_exclude: tuple[str, ...] = ()
+    equal_exclude: tuple[str, ...]
 
     @classmethod
     def from_config(cls, cfg: Mapping) -> "BlendSettings":

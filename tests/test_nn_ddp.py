@@ -105,6 +105,24 @@ def test_a_cluster_without_workers_is_one_line():
         run_distributed(NoWorkers(), "/nonexistent", "mmoe", cfg, "offline")
 
 
+def test_a_rank_stuck_after_the_others_finished_is_named(dask_client):
+    """A rank still running long after another finished (they share the last collective, so it
+    is stuck) ends the wait with a one-line ClusterError naming it, not a hang."""
+    import time
+
+    from wbdc.cluster import ClusterError, worker_addresses
+    from wbdc.nn.distributed import _wait_ranks
+
+    addrs = worker_addresses(dask_client)
+    futs = [dask_client.submit(time.sleep, s, workers=[a], allow_other_workers=False, pure=False)
+            for s, a in zip((0, 8), addrs)]   # a running task cannot be stopped: keep it short
+    t = time.monotonic()
+    with pytest.raises(ClusterError, match=r"^DDP rank\(s\) 1 still running 1 s after"):
+        _wait_ranks(dask_client, futs, addrs, poll_s=0.2, straggler_s=1)
+    assert time.monotonic() - t < 6
+    assert futs[1].status == "cancelled"
+
+
 # ------------------------------------------------------------------------------ DDP = one process
 
 def _fit(root: str, rank: int, world: int, master: str | None, steps_epochs: float):
@@ -182,7 +200,7 @@ def test_two_ddp_ranks_follow_one_process_step_for_step(tiny_root, dask_client):
     import test_nn_ddp
     from wbdc.cluster import worker_addresses
     from wbdc.metrics import weighted_uauc
-    from wbdc.nn.distributed import _free_port, _host
+    from wbdc.nn.distributed import _free_port, _host, _wait_ranks
 
     cloudpickle.register_pickle_by_value(test_nn_ddp)
     addrs = worker_addresses(dask_client)
@@ -191,8 +209,11 @@ def test_two_ddp_ranks_follow_one_process_step_for_step(tiny_root, dask_client):
     master = f"tcp://{_host(addrs[0])}:{port}"
     futs = [dask_client.submit(_fit, str(tiny_root), r, 2, master, 2.0, workers=[a],
                                allow_other_workers=False, pure=False) for r, a in enumerate(addrs)]
-    ddp = futs[0].result(timeout=150)
-    futs[1].result(timeout=30)
+    # the stage's own wait: both ranks, with a clear error if a rank fails, its worker leaves or
+    # it is still running long after the other finished
+    _wait_ranks(dask_client, futs, addrs, straggler_s=240)
+    ddp = futs[0].result()
+    assert futs[1].result() is None
     one = _fit(str(tiny_root), 0, 1, None, 2.0)
     labels = _store(tiny_root).load_labels(14)
     userid = _store(tiny_root).load_day(14, columns=[])["userid"].to_numpy()

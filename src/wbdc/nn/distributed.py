@@ -450,13 +450,17 @@ def _host(address: str) -> str:
     return host.strip("[]")
 
 
-def _wait_ranks(client, futures, addrs: list[str], poll_s: float = 2.0) -> None:
+def _wait_ranks(client, futures, addrs: list[str], poll_s: float = 2.0,
+                straggler_s: float | None = None) -> None:
     """Wait for every rank; on the first failed rank raise its error at once (the others stop
     at their next collective's timeout), and raise when a rank's worker left the cluster (its
-    task, pinned to that worker, would otherwise wait forever)."""
+    task, pinned to that worker, would otherwise wait forever). With ``straggler_s``: once one
+    rank has finished, the others must finish within that many seconds (they share its last
+    collective, so only a stuck rank is slower), else a ``ClusterError`` names them."""
     from distributed import wait
     from distributed import TimeoutError as DaskTimeout
     pending = list(futures)
+    first_done = None
     while pending:
         try:
             wait(pending, timeout=poll_s, return_when="FIRST_COMPLETED")
@@ -469,6 +473,13 @@ def _wait_ranks(client, futures, addrs: list[str], poll_s: float = 2.0) -> None:
                         g.cancel()
                 f.result()
         pending = [f for f in pending if f.status == "pending"]
+        if pending and len(pending) < len(futures):
+            first_done = first_done or time.monotonic()
+            if straggler_s is not None and time.monotonic() - first_done > straggler_s:
+                client.cancel(futures)
+                ranks = ", ".join(str(futures.index(f)) for f in pending)
+                raise ClusterError(f"DDP rank(s) {ranks} still running {straggler_s:.0f} s after another "
+                                   "rank finished (stuck? see the worker logs); rerun")
         if pending:
             alive = set(client.scheduler_info()["workers"])
             gone = [a for a in addrs if a not in alive]
@@ -521,7 +532,7 @@ def run_distributed(client, root: str | Path, arch: str, cfg: dict, mode: str,
                                      workers=[a], allow_other_workers=False, pure=False, retries=0))
     if log:
         log(f"{arch} {mode}: {world} DDP rank(s) ({backend}) on {', '.join(addrs)}; rendezvous {master}")
-    _wait_ranks(client, futures, addrs)
+    _wait_ranks(client, futures, addrs, straggler_s=2 * float(cfg["nn"]["distributed"]["timeout_s"]))
     res = futures[0].result()
     res.distributed = {"world_size": world, "backend": backend, "workers": addrs,
                        "lr": float(cfg["nn"]["train"]["lr"]) * {"none": 1.0, "sqrt": math.sqrt(world),

@@ -195,13 +195,13 @@ def _check(value: Any, tp: Any, key: str, where: str) -> Any:
 def check_section(values: dict, cls: type, prefix: str, where: str = "", complete: bool = True) -> dict:
     """Check a mapping against a dataclass; with ``complete`` every declared key must be there."""
     hints = _hints(cls)
-    extra_ok = _open_keys(cls)
-    out = {}
+    extra_ok = None          # the open keys, read only when an undeclared key needs them (lightgbm's
+    out = {}                 # table costs a second of imports in every stage and stamp check)
     for k, v in values.items():
         key = f"{prefix}.{k}" if prefix else str(k)
         if k in hints:
             out[k] = check_value(v, hints[k], key, where)
-        elif k in extra_ok:
+        elif k in (extra_ok := _open_keys(cls) if extra_ok is None else extra_ok):
             out[k] = v
         else:
             raise _unknown(key, where)

@@ -10,12 +10,14 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
-import numpy as np
-import pandas as pd
+if TYPE_CHECKING:        # numpy and pandas are imported where used: the stamp checks of run_all.sh
+    import numpy as np   # import this module and nothing heavy
+    import pandas as pd
 
 
 class InputError(ValueError):
@@ -85,17 +87,19 @@ def write_csv(df: pd.DataFrame, path: str | os.PathLike, **kwargs: Any) -> None:
 
 
 def write_npy(arr: np.ndarray, path: str | os.PathLike) -> None:
+    import numpy as np
     with atomic_path(path) as tmp:
         with open(tmp, "wb") as fh:
             np.save(fh, arr)
 
 
 def _json_default(o: Any) -> Any:
-    if isinstance(o, (np.integer,)):
+    np = sys.modules.get("numpy")      # a numpy value implies numpy is loaded
+    if np is not None and isinstance(o, (np.integer,)):
         return int(o)
-    if isinstance(o, (np.floating,)):
+    if np is not None and isinstance(o, (np.floating,)):
         return float(o)
-    if isinstance(o, np.ndarray):
+    if np is not None and isinstance(o, np.ndarray):
         return o.tolist()
     if isinstance(o, Path):
         return str(o)

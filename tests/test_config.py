@@ -80,9 +80,22 @@ def test_bad_set_is_a_one_line_error_naming_the_key(assignment, message):
 def test_lightgbm_params_accept_any_lightgbm_parameter_and_nothing_else():
     cfg = resolve_argv(["--set", "lgb.params.min_data_in_leaf=7", "--set", "lgb.params.lambda_l2=0.5"])
     assert cfg["lgb"]["params"]["min_data_in_leaf"] == 7 and cfg["lgb"]["params"]["lambda_l2"] == 0.5
+    # undeclared names LightGBM knows (a parameter and an alias) pass through LightGBM's own table
+    cfg = resolve_argv(["--set", "lgb.params.min_sum_hessian_in_leaf=0.01", "--set", "lgb.params.subsample_freq=2"])
+    assert cfg["lgb"]["params"]["min_sum_hessian_in_leaf"] == 0.01 and cfg["lgb"]["params"]["subsample_freq"] == 2
     with pytest.raises(ConfigError, match=r"unknown key lgb\.params\.num_leafs; did you mean "
                                           r"lgb\.params\.num_leaves\?"):
         resolve_argv(["--set", "lgb.params.num_leafs=7"])
+
+
+def test_resolving_the_defaults_imports_neither_lightgbm_nor_pandas():
+    """run_all.sh resolves the config in a stamp check before and after every stage: the defaults
+    (every lgb.params key declared) must not pay for lightgbm's or pandas' imports."""
+    code = ("import sys; sys.path.insert(0, 'src'); from wbdc.config import resolve_argv; resolve_argv([]); "
+            "import wbdc.pipeline, wbdc.cli; print(sorted(m for m in ('lightgbm', 'pandas', 'torch') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[1],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]", out
 
 
 def test_a_partial_section_keeps_its_other_keys():

@@ -81,3 +81,33 @@ def test_score_reads_the_test_truth_of_truth_dir(tmp_path):
     cfg["data"]["truth_dir"] = None
     with pytest.raises(InputError, match="set data.truth_dir"):
         score.default_truth(cfg, str(tmp_path))
+
+
+def test_a_bad_truth_file_fails_the_blend_in_one_line_and_keeps_its_previous_files(tiny_run, tmp_path):
+    """The oracle's truth file is read before the blend writes anything: a bad one stops the
+    stage with a one-line error naming the file, and the previous run's files stay as they were."""
+    import shutil
+
+    from conftest import RUN_ALL_SEED
+
+    root = tmp_path / "root"
+    shutil.copytree(tiny_run[0], root, symlinks=True)
+    bad = tmp_path / "truth"
+    bad.mkdir()
+    (bad / "day14_prob.csv").write_text("userid,feedid\n1,2\n")
+    meta_f = root / "data" / "prepared" / "meta.json"
+    meta = json.loads(meta_f.read_text())
+    assert meta["synthetic"] and meta["truth_dir"]
+    meta_f.write_text(json.dumps({**meta, "truth_dir": str(bad)}))
+    ens = root / "ensemble"
+    before = {f.name: f.read_bytes() for f in ens.iterdir() if f.is_file()}
+    assert {"pred_offline.parquet", "pred_online.parquet", "scores.json", "blend_weights.json"} <= set(before)
+    r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "blend.py"), "--root", str(root),
+                        "--preset", "tiny", "--seed", RUN_ALL_SEED, "--no-progress",
+                        "--set", "blend.scope=shared", "--set", "blend.search.max_evals=20"],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0
+    last = r.stderr.strip().splitlines()[-1]
+    assert str(bad / "day14_prob.csv") in last and "missing columns" in last, r.stderr[-2000:]
+    after = {f.name: f.read_bytes() for f in ens.iterdir() if f.is_file()}
+    assert after == before

@@ -134,15 +134,8 @@ def main(argv=None) -> int:
         blend_online = (fit.weights.apply(online, group_by_user(test["userid"].to_numpy()))
                         if with_online else None)
 
-        write_parquet(fit.offline, out / "pred_offline.parquet")
-        for h, f in HALF_PRED_FILES.items():
-            write_parquet(fit.half_preds[h], out / f)
-        if blend_online is not None:
-            write_parquet(blend_online, out / "pred_online.parquet")
-        elif (out / "pred_online.parquet").exists():
-            (out / "pred_online.parquet").unlink()  # stale: fitted with other weights
-        write_json({**fit.weights.to_json(), "settings": vars(settings) | {"methods": list(settings.methods)}},
-                   out / "blend_weights.json")
+        # every score (the oracle's reads a truth file that may be bad) before any file is written,
+        # so a failure leaves the previous run's files as they were
         scores = empty_scores()
         scores.update(
             models=models,
@@ -153,6 +146,15 @@ def main(argv=None) -> int:
                            for a in ACTIONS},
             blend_method={a: fit.weights.actions[a].method for a in ACTIONS},
         )
+        write_parquet(fit.offline, out / "pred_offline.parquet")
+        for h, f in HALF_PRED_FILES.items():
+            write_parquet(fit.half_preds[h], out / f)
+        if blend_online is not None:
+            write_parquet(blend_online, out / "pred_online.parquet")
+        elif (out / "pred_online.parquet").exists():
+            (out / "pred_online.parquet").unlink()  # stale: fitted with other weights
+        write_json({**fit.weights.to_json(), "settings": vars(settings) | {"methods": list(settings.methods)}},
+                   out / "blend_weights.json")
         write_json(scores, out / "scores.json")
         write_json(cfg, out / "config.json")
         for msg in dict.fromkeys(caught):

@@ -562,6 +562,72 @@ def test_streamed_dataset_trains_the_model_of_the_in_memory_matrix(fake_fit):
     assert models[0] == models[1]
 
 
+@pytest.mark.parametrize("sample_cnt,min_leaf", [(500, 20), (300, 50), (2000, 20)])
+def test_bins_of_the_sampled_rows_alone_train_the_model_of_every_row_binned(sample_cnt, min_leaf):
+    """The bin reference built from the rows LightGBM samples (fewer than the rows: nothing else
+    is binned; with 2,000 of 12,521 rows the pre-filter would count, so every row is binned) is
+    the one of the Dataset of every row (the same Sequence binned whole, as before): each
+    action's model is the same, tree for tree."""
+    import dataclasses
+
+    from wbdc.lgb import _dataset, action_dataset, bin_reference, train_booster
+    fs = FakeStore()
+    s0 = fast_settings()
+    settings = dataclasses.replace(s0, params={**s0.params, "bin_construct_sample_cnt": sample_cnt,
+                                               "min_data_in_leaf": min_leaf})
+    data = load_fit_data(fs, settings, progress=False)
+    assert len(data.rows) > 4 * sample_cnt          # the sample is a small part of the rows
+    whole = bin_reference(_dataset(data.rows.X, len(data.rows), data.spec, settings.params),
+                          data.rows.X, data.spec, settings.params)
+    assert data.base.num_data() == 1 and data.base.params["min_data_in_leaf"] == min_leaf
+    for a in ("read_comment", "follow"):
+        models = [train_booster(settings.params,
+                                action_dataset([data.rows.X], data.rows.labels, data.rows.u, a,
+                                               settings.neg_rate[a], data.spec, settings.params, ref),
+                                15, progress=False).model_to_string()
+                  for ref in (whole, data.base)]
+        assert models[0] == models[1]
+
+
+def test_the_sampled_reference_keeps_the_pre_filter_of_every_row():
+    """LightGBM's pre-filter drops a feature no split leaves min_data_in_leaf (20 for a Sequence)
+    rows on both sides of, counted on the sample scaled to the rows: with 500 sampled of 20,000
+    rows the count is 0, so a column set in 1% of the rows is kept; the bins of the 500 sampled
+    rows alone keep it too (pre-filter off), where with the filter on they would drop it."""
+    import lightgbm as lgb
+    from wbdc.lgb import FeatureSpec, _dataset, bin_reference, sample_reference
+
+    class ArrayRows(lgb.Sequence):
+        batch_size = 4096
+
+        def __init__(self, a):
+            self.a = a
+
+        def __len__(self):
+            return len(self.a)
+
+        def __getitem__(self, i):
+            return self.a[i]
+
+        def take(self, idx):
+            return ArrayRows(self.a[idx])
+
+    rng = np.random.default_rng(0)
+    n = 20_000
+    a = np.zeros((n, 2), np.float64)
+    a[:, 0] = rng.normal(size=n)
+    a[rng.random(n) < 0.01, 1] = 1.0
+    X = ArrayRows(a)
+    spec = FeatureSpec(["dense", "rare"], [])
+    params = {"bin_construct_sample_cnt": 500, "seed": 1, "verbosity": -1, "num_threads": 1}
+    whole = bin_reference(_dataset(X, n, spec, params), X, spec, params)
+    sampled = sample_reference(X, spec, params)
+    filtered = _dataset(X.take(np.arange(500)), 500, spec, params)
+    bins = [[ds.feature_num_bin(i) for i in range(2)] for ds in (whole, sampled, filtered)]
+    assert bins[0] == bins[1] and bins[0][1] == 2
+    assert bins[2][1] < 2           # the check can fail: with the filter on the column is dropped
+
+
 def test_lightgbm_on_three_buckets_equals_one(tiny_root, tiny_root_3_buckets):
     """The tiny preset's store in one part per day and in three user buckets (session
     fixtures), read without any cache: the same day-14 and test predictions."""

@@ -22,8 +22,8 @@ read at all -- is only ``max(rate)`` of the negatives plus the positives.
 Training memory: no float matrix of all rows is built.  The union of the kept rows of all
 actions is handed to LightGBM as a ``Sequence`` over the feature store (:class:`StoreRows`: one
 block per day, read from the day's parts and put in the day's row order when LightGBM asks for
-it) and binned once into a ``Dataset``; its bin mappers are kept in a one-row reference Dataset
-(:func:`bin_reference`) and the full one is freed.  Each action then bins only the rows it keeps
+it); the rows LightGBM samples for its bin bounds are binned alone (:func:`sample_reference`)
+and their bin mappers kept in a one-row reference Dataset (:func:`bin_reference`).  Each action then bins only the rows it keeps
 against that reference (:func:`action_dataset`): the same bins and the same binned rows as a
 ``subset`` of the full Dataset, but only one action's rows are held at a time (the online refit
 likewise, with day 14's sampled rows appended).  Day 14 is binned against the reference from its
@@ -559,8 +559,7 @@ def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes:
                                 "run the features stage (src/stages/features.py)")
     rows = load_rows(fs, days, spec.names, settings, cache_bytes=cache_bytes)
     valid_rows, valid_keys = load_day_rows(fs, VALID_DAY, spec.names, settings, cache_bytes=cache_bytes)
-    base = bin_reference(_dataset(rows.X, len(rows), spec, settings.params, progress=progress,
-                                  desc="bin train days"), rows.X, spec, settings.params)
+    base = sample_reference(rows.X, spec, settings.params, progress=progress, desc="bin train days")
     groups = group_by_user(valid_keys["userid"].to_numpy())
     return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
                    split_halves(settings.halves_seed, groups=groups), cache_bytes)
@@ -577,8 +576,42 @@ def bin_reference(full: lgb.Dataset, X, spec: FeatureSpec, params: dict) -> lgb.
     return ref
 
 
+#: LightGBM's default min_data_in_leaf: the one its pre-filter counts with when a Dataset is built
+#: from a Sequence (the Python package passes only its Dataset parameters, and min_data_in_leaf is
+#: not one of them)
+LGB_DATASET_MIN_DATA_IN_LEAF = 20
+
+
+def sample_reference(X, spec: FeatureSpec, params: dict, progress: bool = False,
+                     desc: str = "bin") -> lgb.Dataset:
+    """:func:`bin_reference` of the Dataset of every row of ``X``, without binning every row.
+
+    LightGBM draws its bin bounds and feature groups from a seeded sample of
+    ``bin_construct_sample_cnt`` rows (200,000 by default); binning the other rows too, only to
+    keep the bounds, cost the training union's whole binned size at the peak (about 1.1 GB at
+    `full`, ten times that at the final round's size).  Here the rows LightGBM would sample are
+    binned alone: the same sample values and sample count.  The one input that knew the number of
+    rows is the pre-filter's count, ``min_data_in_leaf x sample // rows``; once the rows are more
+    than ``min_data_in_leaf`` times the sample that count is 0 (nothing is filtered but constant
+    features), which the sample alone gives with ``feature_pre_filter`` off.  Below that (under
+    4M rows by default) every row is binned as before.  The bins and the models are those of the
+    whole Dataset (tests)."""
+    n = len(X)
+    dparams = _dataset_params(params)
+    # the indices LightGBM's own Sequence path draws (lightgbm is pinned: a private helper)
+    idx = np.sort(lgb.Dataset(np.zeros((1, 1)), params=dparams)._create_sample_indices(n).astype(np.int64))
+    if len(idx) >= n or LGB_DATASET_MIN_DATA_IN_LEAF * len(idx) // n > 0:
+        return bin_reference(_dataset(X, n, spec, params, progress=progress, desc=desc), X, spec, params)
+    sub = _take(X, idx)
+    sample = _dataset(sub, len(idx), spec, {**params, "feature_pre_filter": False},
+                      progress=progress, desc=f"{desc} ({len(idx):,} sampled of {n:,})")
+    sample.params = dict(dparams)          # later Datasets inherit the real parameters
+    return bin_reference(sample, sub, spec, params)
+
+
 def _take(X, idx: np.ndarray):
-    return X.take(idx) if isinstance(X, StoreRows) else np.asarray(X)[idx]
+    """Rows ``idx`` of a matrix, or of a sequence that can cut itself (``take``)."""
+    return np.asarray(X)[idx] if isinstance(X, np.ndarray) or not hasattr(X, "take") else X.take(idx)
 
 
 def action_dataset(Xs: Sequence, labels: np.ndarray, u: np.ndarray, action: str, rate: float,
@@ -677,6 +710,8 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
         best[a] = int(booster.best_iteration)
         for h in HALVES:
             half_best[h][a] = half_best_iteration(metrics.get(f"uauc_{h}", []), best[a])
+        booster.free_dataset()             # this action's binned rows go before day 14 is read
+        del train_ds
         raw = data.valid_rows.X.predict(booster, [best[a], *(half_best[h][a] for h in HALVES)])
         preds[a] = finish_predictions(raw[best[a]], settings, a)
         for h in HALVES:
@@ -688,9 +723,7 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
         hist.append(pd.DataFrame({"action": a, "round": np.arange(1, n_hist + 1),
                                   **{k: metrics.get(k, [np.nan] * n_hist)
                                      for k in ("uauc", "uauc_A", "uauc_B")}}))
-        booster.free_dataset()
         boosters[a] = booster
-        del train_ds
     labels = labels_frame(data.valid_rows.labels, actions)
     insample = weighted_uauc(labels, preds, groups=data.groups)
     scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], data.halves)
@@ -762,9 +795,9 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
                                   data.spec, settings.params, data.base, progress, f"bin {a} days 1-14")
         booster = train_booster(settings.params, train_ds, rounds[a],
                                 desc=f"{a} online", progress=progress)
+        booster.free_dataset()             # the binned rows go before the test parts are read
         del train_ds
         preds[a] = finish_predictions(test.X.predict(booster, [rounds[a]])[rounds[a]], settings, a)
-        booster.free_dataset()
         boosters[a] = booster
     preds = preds.iloc[np.argsort(test.X.day_order(), kind="stable")].reset_index(drop=True)
     return OnlineResult(boosters, rounds, preds, n_on)

@@ -685,3 +685,23 @@ def test_a_part_read_in_batches_equals_the_part_read_whole(tiny_root_3_buckets, 
         assert n_parts == 3 and all(len(b.rows) > 97 for b in rows.X.blocks)
         np.testing.assert_array_equal(rows.X[0:len(rows.X)], whole)
         assert len(keys) == len(whole)
+
+
+def test_packed_labels_unpack_to_the_label_table(tiny_root):
+    """LightGBM reads the labels one byte per row in one pass (no whole-file label table):
+    unpacked, they are the store's label columns, day by day, on the tiny preset and a store
+    without ``packed_labels``."""
+    from wbdc.features.store import FeatureStore
+    from wbdc.lgb import _label_bits, _unpack
+    from wbdc.paths import Paths
+    fs = FeatureStore(Paths.at(tiny_root))
+    days = [d for d in fs.days if d <= 14]
+    bits = _label_bits(fs, days)
+    fake = FakeStore()
+    fake_bits = _label_bits(fake, [2, 14])
+    assert fake_bits[14].dtype == np.uint8
+    for store, got, ds in ((fs, bits, days), (fake, fake_bits, [2, 14])):
+        for d in ds:
+            want = store.load_labels(d)[list(ACTIONS)].to_numpy(np.int8)
+            np.testing.assert_array_equal(_unpack(got[d]), want)
+            assert want.any()

@@ -342,9 +342,31 @@ class TrainRows:
         return len(self.day)
 
 
+_BITS = np.arange(len(ACTIONS), dtype=np.uint8)
+
+
+def _label_bits(fs, days: Sequence[int]) -> dict[int, np.ndarray]:
+    """The labels of ``days`` as one byte per row (bit i = ``ACTIONS[i]``), each day in its row
+    order, from one batched pass over the prepared actions (``FeatureStore.packed_labels``): no
+    table of every day's labels is held (``load_labels`` keeps one, about 1.5 GB at the final
+    round's size, for the whole run).  A store without ``packed_labels`` packs ``load_labels``."""
+    days = [int(d) for d in days]
+    if hasattr(fs, "packed_labels"):
+        return fs.packed_labels(days)
+    out = {}
+    for d in days:
+        m = fs.load_labels(d)[list(ACTIONS)].to_numpy(np.uint8) & 1
+        out[d] = np.bitwise_or.reduce(m << _BITS, axis=1).astype(np.uint8) if len(m) else np.zeros(0, np.uint8)
+    return out
+
+
+def _unpack(bits: np.ndarray) -> np.ndarray:
+    """One byte per row -> the int8 label matrix (rows x 7, ACTIONS order)."""
+    return ((bits[:, None] >> _BITS) & 1).astype(np.int8)
+
+
 def _label_matrix(fs, d: int) -> np.ndarray:
-    lab = fs.load_labels(d)
-    return lab[list(ACTIONS)].to_numpy(np.int8)
+    return _unpack(_label_bits(fs, [d])[int(d)])
 
 
 def union_mask(labels: np.ndarray, u: np.ndarray, rates: Mapping[str, float],
@@ -365,8 +387,9 @@ def load_rows(fs, days: Sequence[int], features: Sequence[str], settings: LgbSet
     hence the bins and every model) of a one-action run equal those of the full run.
     """
     blocks, labels, day, us = [], [], [], []
+    bits = _label_bits(fs, days)
     for d in days:
-        lab = _label_matrix(fs, d)
+        lab = _unpack(bits.pop(int(d)))
         u = row_uniforms(d, len(lab), settings.seed)
         idx = np.flatnonzero(union_mask(lab, u, settings.neg_rate, ACTIONS)) if sample else np.arange(len(lab))
         blocks.append(Block(d, idx))

@@ -134,3 +134,17 @@ def test_missing_features_is_a_one_line_error(tmp_path):
 def test_help_names_the_architectures():
     r = subprocess.run([sys.executable, str(STAGE), "--help"], capture_output=True, text=True)
     assert r.returncode == 0 and "--arch {sb,omoe,mmoe,ple}" in r.stdout and "--mode" in r.stdout
+
+
+def test_every_model_stage_takes_no_progress():
+    """benchmarks/bench_cluster.py (and any script) passes --no-progress to every heavy stage:
+    each accepts it (train_nn maps it to nn.train.progress=false)."""
+    import importlib.util
+    for name in ("features.py", "train_lgb.py", "train_nn.py"):
+        r = subprocess.run([sys.executable, str(STAGE.parent / name), "--help"], capture_output=True, text=True)
+        assert r.returncode == 0 and "--no-progress" in r.stdout, name
+    spec = importlib.util.spec_from_file_location("train_nn_stage", STAGE)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.parse_args(["--arch", "mmoe", "--no-progress"]).no_progress
+    assert not mod.parse_args(["--arch", "mmoe"]).no_progress

@@ -53,6 +53,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="maximum offline epochs (default: nn.train.epochs)")
     p.add_argument("--online-epochs", type=float, default=None,
                    help="online epochs (default: nn.online.epochs, else the offline best epoch)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (nn.train.progress=false)")
     add_common_args(p)
     return p.parse_args(argv)
 
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         cfg["nn"]["train"]["epochs"] = args.epochs
     if args.online_epochs is not None:
         cfg["nn"]["online"]["epochs"] = args.online_epochs
+    if args.no_progress:
+        cfg["nn"]["train"]["progress"] = False
     paths = Paths.at(args.root)
     out = paths.model(args.arch)
     scores_path = out / "scores.json"

@@ -45,8 +45,10 @@ from typing import Iterable, Iterator, Mapping, Sequence
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 from tqdm.auto import tqdm
 
+from .features.store import pack_actions, unpack_labels
 from .io import InputError, atomic_path, write_csv, write_parquet
 from .metrics import (HALF_PRED_FILES, HALVES, Halves, UserGroups, crossfit_scores, group_by_user,
                       split_halves, uauc, uauc_by_half, weighted_uauc)
@@ -342,9 +344,6 @@ class TrainRows:
         return len(self.day)
 
 
-_BITS = np.arange(len(ACTIONS), dtype=np.uint8)
-
-
 def _label_bits(fs, days: Sequence[int]) -> dict[int, np.ndarray]:
     """The labels of ``days`` as one byte per row (bit i = ``ACTIONS[i]``), each day in its row
     order, from one batched pass over the prepared actions (``FeatureStore.packed_labels``): no
@@ -353,16 +352,13 @@ def _label_bits(fs, days: Sequence[int]) -> dict[int, np.ndarray]:
     days = [int(d) for d in days]
     if hasattr(fs, "packed_labels"):
         return fs.packed_labels(days)
-    out = {}
-    for d in days:
-        m = fs.load_labels(d)[list(ACTIONS)].to_numpy(np.uint8) & 1
-        out[d] = np.bitwise_or.reduce(m << _BITS, axis=1).astype(np.uint8) if len(m) else np.zeros(0, np.uint8)
-    return out
+    return {d: pack_actions(pa.Table.from_pandas(fs.load_labels(d)[list(ACTIONS)], preserve_index=False))
+            for d in days}
 
 
 def _unpack(bits: np.ndarray) -> np.ndarray:
     """One byte per row -> the int8 label matrix (rows x 7, ACTIONS order)."""
-    return ((bits[:, None] >> _BITS) & 1).astype(np.int8)
+    return unpack_labels(bits).view(np.int8)
 
 
 def _label_matrix(fs, d: int) -> np.ndarray:
@@ -796,7 +792,8 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     ``settings.round_scaling`` (see :func:`online_rounds`).
     """
     # day 14's sampled rows in the day's order, as the in-memory refit took them
-    lab14 = _label_matrix(fs, VALID_DAY)
+    lab14 = np.empty_like(data.valid_rows.labels)        # day 14's labels, already read: in day order
+    lab14[data.valid_order] = data.valid_rows.labels
     u14 = row_uniforms(VALID_DAY, len(lab14), settings.seed)
     extra = np.flatnonzero(union_mask(lab14, u14, settings.neg_rate, ACTIONS))
     labels = np.concatenate([data.rows.labels, lab14[extra]])

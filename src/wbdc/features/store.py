@@ -76,12 +76,18 @@ def user_part_file(d: int, b: int) -> str:
     return f"users/{day_dir(d)}/part-{b:02d}.parquet"
 
 
-def _pack_actions(batch) -> np.ndarray:
-    """One byte per row of a record batch holding the 7 action columns: bit i = ``ACTIONS[i]``."""
+def pack_actions(batch) -> np.ndarray:
+    """One byte per row of a record batch (or table) holding the 7 action columns: bit i =
+    ``ACTIONS[i]``."""
     bits = np.zeros(batch.num_rows, np.uint8)
     for i, a in enumerate(ACTIONS):
         bits |= (batch.column(a).to_numpy().astype(np.uint8) & 1) << i
     return bits
+
+
+def unpack_labels(bits: np.ndarray) -> np.ndarray:
+    """uint8 [N, 7] (ACTIONS order) from one byte per row (:func:`pack_actions`)."""
+    return ((bits[:, None] >> np.arange(len(ACTIONS), dtype=np.uint8)) & 1).astype(np.uint8)
 
 
 class FeatureStore:
@@ -282,7 +288,7 @@ class FeatureStore:
             users.append(batch.column("userid").to_numpy()[keep].astype(np.int32))
             feeds.append(batch.column("feedid").to_numpy()[keep].astype(np.int32))
             dates.append(date[keep].astype(np.int8))
-            bits.append(_pack_actions(batch)[keep])
+            bits.append(pack_actions(batch)[keep])
         if not users:
             return (np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.int8),
                     np.zeros(0, np.uint8))
@@ -347,7 +353,7 @@ class FeatureStore:
         """The labels of ``days`` (<= 14) as one byte per row, bit i = ``ACTIONS[i]``, in each
         day's row order, read from the prepared actions in batches (7x smaller than
         ``load_labels`` and never the whole file in memory): 73M rows take 73 MB."""
-        return self._by_label_day(days, ACTIONS, _pack_actions, np.zeros(0, np.uint8), "label",
+        return self._by_label_day(days, ACTIONS, pack_actions, np.zeros(0, np.uint8), "label",
                                   batch_rows)
 
     # ------------------------------------------------------------------ pretrained / side tables

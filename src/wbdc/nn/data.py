@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..features.store import unpack_labels  # noqa: F401  (re-exported: the nets' label reader)
 from ..schema import ACTIONS
 from .history import HistoryTable, build_history
 from .inputs import BagField, HistoryField, PretrainedTable
@@ -566,11 +567,6 @@ class Encoder:
 
 
 # ------------------------------------------------------------------------------ streamed rows
-
-def unpack_labels(bits: np.ndarray) -> np.ndarray:
-    """uint8 [N, T] from the one-byte-per-row labels of ``FeatureStore.packed_labels``."""
-    return ((bits[:, None] >> np.arange(len(ACTIONS), dtype=np.uint8)) & 1).astype(np.uint8)
-
 
 class StreamedRows:
     """The rows of some days read from the feature store block by block, never all at once.

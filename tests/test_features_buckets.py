@@ -103,6 +103,39 @@ def test_parts_hold_disjoint_user_ranges_and_row_keys_map_back(builds):
             assert len(labels.iloc[part[ROW_KEY].to_numpy()]) == len(part)
 
 
+def test_a_slice_of_a_day_reads_the_row_groups_that_can_hold_it(builds, tiny_root_3_buckets, monkeypatch):
+    """``iter_rows(d, first, last)`` yields every row of the slice (with rows of the same row
+    groups beside them), reading only the groups whose ``row`` statistics overlap it: in the tiny
+    world (as in the official files) a day's rows are in user order, so a slice inside one part
+    reads that part alone; where the day interleaves the buckets (``builds``) every part holds
+    some of it; a file without statistics is read whole."""
+    interleaved = builds[3]
+    n = interleaved.n_rows(14)
+    row = np.concatenate([c[ROW_KEY].to_numpy() for c in interleaved.iter_rows(14, 5, 6, columns=[])])
+    assert {5, 6} <= set(row.tolist()) and len(row) == n
+    fs = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    for d in (2, 14, 15):
+        n = fs.n_rows(d)
+        for i in range(len(fs.parts(d))):          # the statistics are the groups' own keys
+            got = fs.row_ranges(d, i)
+            keys = [g[ROW_KEY].to_numpy() for g in (fs.read_row_group(d, i, k, columns=[])
+                                                  for k in range(len(fs.row_groups(d, i))))]
+            assert got.tolist() == [[int(k.min()), int(k.max())] for k in keys]
+        inner = fs.row_ranges(d, 1)[0]
+        for first, last in ((0, n - 1), (int(inner[0]) + 2, int(inner[0]) + 9), (n - 3, n - 1)):
+            chunks = list(fs.iter_rows(d, first, last, columns=["user_all_count"], batch_rows=5))
+            row = np.concatenate([c[ROW_KEY].to_numpy() for c in chunks])
+            inside = row[(row >= first) & (row <= last)]
+            assert sorted(inside.tolist()) == list(range(first, last + 1))
+            assert max(len(c) for c in chunks) <= 5 and len(set(row.tolist())) == len(row)
+            if last - first < 10:
+                assert len(row) < n / 2            # the other parts were not read
+        monkeypatch.setattr(fs, "row_ranges", lambda d, i: None)
+        row = np.concatenate([c[ROW_KEY].to_numpy() for c in fs.iter_rows(d, 3, 4, columns=[])])
+        assert len(row) == n
+        monkeypatch.undo()
+
+
 def test_bucket_edges_balance_rows_and_cover_every_user():
     rows = np.r_[np.full(100, 10), np.full(100, 30)]       # users 100..199 carry 3x the rows
     edges = bucket_edges(rows, 4)

@@ -687,6 +687,36 @@ def test_a_part_read_in_batches_equals_the_part_read_whole(tiny_root_3_buckets, 
         assert len(keys) == len(whole)
 
 
+def test_days_decoded_in_pieces_train_the_models_of_whole_days(tiny_root_3_buckets, monkeypatch):
+    """A day's sampled rows are decoded a piece at a time (``PIECE_ROWS`` consecutive rows, each
+    read from the row groups that can hold it), not the whole day's sample at once: the same
+    sequence of rows, so the same bins, models and day-14 predictions as whole days."""
+    from wbdc.config import resolve_argv
+    from wbdc.features.store import FeatureStore
+    from wbdc.lgb import StoreRows
+    from wbdc.paths import Paths
+    fs = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    cfg = resolve_argv(["--preset", "tiny", "--seed", "7", "--set", "lgb.num_boost_round=12",
+                        "--set", "lgb.early_stopping_rounds=4"])
+    settings = LgbSettings.from_config(cfg)
+    runs, real = [], fs.iter_rows
+    for piece in (1 << 30, 97):
+        monkeypatch.setattr(StoreRows, "PIECE_ROWS", piece)
+        read = []
+        monkeypatch.setattr(fs, "iter_rows", lambda *a, **k: (read.append(len(df)) or df for df in real(*a, **k)))
+        data = load_fit_data(fs, settings, progress=False, cache_bytes=0)
+        off = fit_offline(data, settings, ["read_comment", "like"], progress=False)
+        runs.append((data.rows.X, off, sum(read)))
+    (whole, a, read_whole), (pieces, b, read_pieces) = runs
+    assert len(pieces.blocks) > 2 * len(whole.blocks) and max(len(x.rows) for x in pieces.blocks) <= 97
+    np.testing.assert_array_equal(whole[0:len(whole)], pieces[0:len(pieces)])
+    assert a.boosters["like"].model_to_string() == b.boosters["like"].model_to_string()
+    pd.testing.assert_frame_equal(a.preds, b.preds, check_exact=True)
+    assert a.scores == b.scores
+    # each piece reads its own rows' groups: far less than every piece reading the whole day
+    assert read_pieces < len(pieces.blocks) / len(whole.blocks) * read_whole / 2
+
+
 def test_packed_labels_unpack_to_the_label_table(tiny_root):
     """LightGBM reads the labels one byte per row in one pass (no whole-file label table):
     unpacked, they are the store's label columns, day by day, on the tiny preset and a store

@@ -28,7 +28,9 @@ against that reference (:func:`action_dataset`): the same bins and the same binn
 ``subset`` of the full Dataset, but only one action's rows are held at a time (the online refit
 likewise, with day 14's sampled rows appended).  Day 14 is binned against the reference from its
 parts (the validation set) and predicted part by part; the test rows too.  Memory: one action's
-binned rows (one byte per feature and row), day 14 binned, and one decoded block; the blocks are
+binned rows (one to four bytes per feature and row), day 14 binned, and one decoded block (a
+day's sampled rows are cut into pieces of ``StoreRows.PIECE_ROWS`` rows, each read from the row
+groups that can hold it: ``FeatureStore.iter_rows``); the blocks are
 kept in memory instead when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the
 stage), so small data is read once; otherwise each action reads its rows from the store again.
 The models equal those of the float matrix of the same rows, tree for tree (tests).
@@ -200,6 +202,17 @@ def day_parts(fs, d: int, columns: Sequence[str], batch_rows: int | None = None)
         yield df.assign(row=np.arange(len(df), dtype=np.int64))
 
 
+def day_rows(fs, d: int, first: int, last: int, columns: Sequence[str],
+             batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    """Batches holding (at least) the rows of day ``d`` at positions ``first..last``, with the
+    ``row`` key: the row groups that can hold them (``FeatureStore.iter_rows``), or the whole
+    day from a store that cannot say (:func:`day_parts`)."""
+    if hasattr(fs, "iter_rows"):
+        yield from fs.iter_rows(d, first, last, columns=list(columns), batch_rows=batch_rows or 65_536)
+    else:
+        yield from day_parts(fs, d, columns, batch_rows)
+
+
 @dataclass(frozen=True)
 class Block:
     """Rows of one day read together: ``part`` None = the day's rows ``keep`` (ascending row
@@ -218,13 +231,26 @@ class StoreRows(lgb.Sequence):
 
     batch_size = 65_536
     READ_ROWS = 65_536           # rows of a part decoded at a time when gathering a day's sample
+    #: a day's sampled rows are decoded this many at a time (consecutive pieces of the day's
+    #: block, each read from the row groups that hold it): about 200 MB at 192 features, where a
+    #: whole day's sample of the final round's size is about 0.9 GB
+    PIECE_ROWS = 262_144
 
     def __init__(self, fs, features: Sequence[str], blocks: list[Block], cache_bytes: float = 0.0):
-        self.fs, self.features, self.blocks = fs, list(features), blocks
-        self.offsets = np.cumsum([0, *(len(b.rows) for b in blocks)])
+        self.fs, self.features = fs, list(features)
+        self.blocks = [p for b in blocks for p in self._pieces(b)]
+        self.offsets = np.cumsum([0, *(len(b.rows) for b in self.blocks)])
         self.keep_all = self.offsets[-1] * len(self.features) * 4 <= cache_bytes
         self._cache: dict[int, np.ndarray] = {}
         self.on_read = None              # progress callback: rows of each block decoded
+
+    def _pieces(self, b: Block) -> list[Block]:
+        """A day block cut into consecutive pieces of at most ``PIECE_ROWS`` rows (the same rows
+        in the same order, so LightGBM sees the same sequence); parts stay whole."""
+        n, k = len(b.rows), max(1, int(self.PIECE_ROWS))
+        if b.part is not None or n <= k:
+            return [b]
+        return [Block(b.day, b.rows[i:i + k]) for i in range(0, n, k)]
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
@@ -281,7 +307,8 @@ class StoreRows(lgb.Sequence):
                 raise ValueError("a day block's rows must be ascending day positions")
             X = np.empty((n, len(self.features)), np.float32)
             found = 0
-            for df in day_parts(self.fs, b.day, self.features, batch_rows=self.READ_ROWS):
+            first, last = (int(b.rows[0]), int(b.rows[-1])) if n else (0, -1)
+            for df in day_rows(self.fs, b.day, first, last, self.features, batch_rows=self.READ_ROWS):
                 r = df["row"].to_numpy(np.int64)
                 pos = np.searchsorted(b.rows, r)
                 hit = pos < n

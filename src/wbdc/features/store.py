@@ -102,6 +102,7 @@ class FeatureStore:
         self.manifest: dict = read_json(mpath)
         self._col = {c["name"]: c for c in self.manifest["columns"]}
         self._labels: pd.DataFrame | None = None
+        self._ranges: dict[tuple[int, int], np.ndarray | None] = {}
 
     # ------------------------------------------------------------------ description
     @property
@@ -150,17 +151,18 @@ class FeatureStore:
         self._check_day(d)
         return list(self.manifest["day_tables"][str(int(d))]["parts"])
 
-    def _read_part(self, d: int, part: dict, wanted: list[str], batch_rows: int | None = None) -> Iterator[pd.DataFrame]:
+    def _read_part(self, d: int, part: dict, wanted: list[str], batch_rows: int | None = None,
+                   row_groups: Sequence[int] | None = None) -> Iterator[pd.DataFrame]:
         own = [c for c in wanted if self._col[c]["table"] == "day"]
         own = list(dict.fromkeys([*KEY_COLUMNS, *own, ROW_KEY]))
         user_cols = [c for c in wanted if self._col[c]["table"] == "users"]
         order = list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))
         side = self._users(d, part.get("users"), user_cols) if user_cols else None
-        if batch_rows is None:
+        if batch_rows is None and row_groups is None:
             frames = [pq.read_table(self.dir / part["file"], columns=own, partitioning=None).to_pandas()]
         else:
             frames = (b.to_pandas() for b in pq.ParquetFile(self.dir / part["file"]).iter_batches(
-                batch_size=int(batch_rows), columns=own))
+                batch_size=int(batch_rows or ROW_GROUP_ROWS), row_groups=row_groups, columns=own))
         for df in frames:
             if side is not None:
                 df = self._join_users(df, d, side, user_cols)
@@ -185,6 +187,42 @@ class FeatureStore:
         if user_cols:
             df = self._join_users(df, d, self._users(d, part.get("users"), user_cols), user_cols)
         return df[list(dict.fromkeys([*KEY_COLUMNS, *wanted, ROW_KEY]))]
+
+    def row_ranges(self, d: int, index: int) -> np.ndarray | None:
+        """The first and last ``row`` key of each parquet row group of part ``index`` of day
+        ``d`` (an int64 array, groups x 2), from the file's statistics; None when a group has
+        none (then every group may hold any row)."""
+        key = (int(d), int(index))
+        if key not in self._ranges:
+            meta = pq.ParquetFile(self.dir / self.parts(d)[index]["file"]).metadata
+            col = meta.schema.names.index(ROW_KEY)
+            out = []
+            for g in range(meta.num_row_groups):
+                st = meta.row_group(g).column(col).statistics
+                if st is None or not st.has_min_max:
+                    out = None
+                    break
+                out.append((st.min, st.max))
+            self._ranges[key] = None if out is None else np.asarray(out, np.int64).reshape(-1, 2)
+        return self._ranges[key]
+
+    def iter_rows(self, d: int, first: int, last: int, columns: Sequence[str] | None = None,
+                  batch_rows: int = 65_536) -> Iterator[pd.DataFrame]:
+        """The rows of day ``d`` whose ``row`` key lies in ``[first, last]``, part by part in
+        batches of at most ``batch_rows`` rows, with the ``row`` key: only the row groups whose
+        keys can fall in the range are read, and they may hold rows outside it (the caller
+        keeps the rows it wants by their key).  A day's slice of rows thus costs about its share
+        of the day, whether the day's order follows the buckets or interleaves them."""
+        wanted = self._wanted(columns)
+        for i, part in enumerate(self.parts(d)):
+            ranges = self.row_ranges(d, i)
+            if ranges is None:
+                groups = None
+            else:
+                groups = np.flatnonzero((ranges[:, 0] <= last) & (ranges[:, 1] >= first)).tolist()
+                if not groups:
+                    continue
+            yield from self._read_part(d, part, wanted, batch_rows, groups)
 
     def read_part(self, d: int, index: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Part ``index`` of day ``d`` (``parts(d)[index]``): key columns, ``columns`` and ``row``."""

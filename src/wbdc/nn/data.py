@@ -403,11 +403,22 @@ class Encoder:
 
     @classmethod
     def fit_days(cls, store, days: Sequence[int], selection: FeatureSelection,
-                 max_list_len: int = 16, dense_dtype: str = "float32") -> "Encoder":
-        """Fit in one streaming pass over the days' parts (one user bucket of one day at a time)."""
+                 max_list_len: int = 16, dense_dtype: str = "float32", progress: bool = False) -> "Encoder":
+        """Fit in one streaming pass over the days' parts (one user bucket of one day at a time;
+        ``progress``: a bar of the rows read, on stderr)."""
+        import sys
+
+        from tqdm.auto import tqdm
         cols = selection.columns()
-        return cls.fit((df for d in days for df in store.iter_day(d, columns=cols)), store,
-                       selection, max_list_len, dense_dtype)
+        total = sum(store.n_rows(d) for d in days) if progress else 0
+        with tqdm(total=total, desc="fit the encoder", unit="row", unit_scale=True, file=sys.stderr,
+                  disable=not progress) as bar:
+            def frames():
+                for d in days:
+                    for df in store.iter_day(d, columns=cols):
+                        yield df
+                        bar.update(len(df))
+            return cls.fit(frames(), store, selection, max_list_len, dense_dtype)
 
 
     # -- shapes

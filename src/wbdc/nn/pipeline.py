@@ -240,7 +240,8 @@ def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection, pla
     second pass encodes them; streamed: read block by block while training)."""
     t0 = time.perf_counter()
     fcfg = cfg["nn"]["features"]
-    enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]))
+    enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]),
+                           progress=bool(cfg["nn"]["train"]["progress"]))
     arrays = load_rows(store, enc, days, True, plan.train_streamed, plan, cfg,
                        aux=list(cfg["nn"]["aux"]["tasks"]))
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "

@@ -538,6 +538,8 @@ def test_store_rows_read_like_the_matrix_they_stand_for(fake_fit):
         np.testing.assert_array_equal(seq[len(X) - 2], X[-2])
         pred = seq.predict(off.boosters["like"], [5])[5]
         np.testing.assert_array_equal(pred, off.boosters["like"].predict(X, num_iteration=5))
+        # after a pass the last decoded block is not held on, unless every block is kept
+        assert (len(seq._cache) == 0) == (cache == 0) and len(seq._cache) in (0, len(seq.blocks))
 
 
 def test_streamed_dataset_trains_the_model_of_the_in_memory_matrix(fake_fit):

@@ -350,7 +350,16 @@ class StoreRows(lgb.Sequence):
             X = self.read(i)
             for it in out:
                 out[it][self.offsets[i]:self.offsets[i + 1]] = booster.predict(X, num_iteration=it)
+            del X
+        self.release()
         return out
+
+    def release(self) -> None:
+        """Drop the decoded block kept from the last read (a whole part of day 14 or of the test
+        rows: ~0.7 GB at the final round's size), unless every block is kept: called after each
+        pass, so it is not held while the next Dataset is binned or trained."""
+        if not self.keep_all:
+            self._cache.clear()
 
     def day_order(self) -> np.ndarray:
         """Position in the day of each row (single-day sequences)."""
@@ -598,6 +607,7 @@ def _dataset(X, n: int, spec: FeatureSpec, params: dict, reference=None, progres
         for x in seqs:
             if isinstance(x, StoreRows):
                 x.on_read = None
+                x.release()
     return ds
 
 

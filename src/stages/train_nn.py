@@ -26,6 +26,7 @@ Settings: configs/nn.yaml (override with --set nn.<key>=<value>).
 from __future__ import annotations
 
 import argparse
+import gc
 import sys
 from pathlib import Path
 
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.features.store import FeatureStore
     from wbdc.metrics import HALF_PRED_FILES
     from wbdc.nn.diagnostics import write_gate_diagnostics
-    from wbdc.cluster import client_for
+    from wbdc.cluster import client_for, worker_peaks_mb
     from wbdc.nn.pipeline import (average_offline, average_online, net_seed, run_offline, run_online,
                                   save_checkpoint, seed_configs)
 
@@ -163,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
                   f"cross-fitted over the user halves (in-sample {res.fit.best_score:.6f}; "
                   f"best epoch {res.fit.best_epoch:g} of {res.fit.epochs_run:g}, "
                   f"{res.fit.samples_per_s:,.0f} rows/s)", file=sys.stderr)
+            # written: the offline nets, their day-14 predictions (three frames of every day-14
+            # row) and selection states are not held while the online refit trains (~1.5 GB at
+            # the final round's size)
+            del res, runs
+            gc.collect()
         if args.mode == "offline":   # online files of an earlier fit would not match this one
             for stale in ("pred_online.parquet", "checkpoint_online.pt",
                           *(p.name for p in out.glob("checkpoint_online_seed*.pt"))):
@@ -190,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{online_epochs:g} epochs, {len(res.preds):,} test rows predicted",
                   file=sys.stderr)
         write_json(scores, scores_path)
+        if client is not None:           # the ranks ran in the workers: their peaks (a report)
+            run.info["worker_peaks_mb"] = worker_peaks_mb(client)
     return 0
 
 

@@ -252,6 +252,10 @@ def test_ddp_stage_writes_what_one_process_writes(ddp_runs):
             "pred_online.parquet", "scores.json", "checkpoint_offline.pt", "checkpoint_online.pt",
             "gates.csv"} <= names(m_ddp)
     assert "DistributedDataParallel over 2 ranks (gloo)" in r.stderr
+    info = json.loads((m_ddp / "run_info_train_nn_mmoe.json").read_text())
+    peaks = info["worker_peaks_mb"]                    # the ranks' workers (bench_cluster reads them)
+    assert len(peaks) == 2 and all(v > 100 for v in peaks.values())
+    assert "worker_peaks_mb" not in json.loads((m_one / "run_info_train_nn_mmoe.json").read_text())
     s_one = json.loads((m_one / "scores.json").read_text())
     s_ddp = json.loads((m_ddp / "scores.json").read_text())
     assert set(s_ddp) - set(s_one) == {"distributed"} and s_ddp["distributed"]["world_size"] == 2

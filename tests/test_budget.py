@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from wbdc.budget import (MEASURED_AT_FULL, BudgetError, check_budget, estimate_gb, memory_budget_gb,
-                         total_ram_gb)
+from wbdc.budget import (LGB_FINAL_MB, LGB_FINAL_ROWS, LGB_FIT_DAYS, LGB_FIT_RATE, LGB_FULL_MB,
+                         LGB_FULL_ROWS, BudgetError, check_lgb, lgb_binned_rows, lgb_estimate_gb,
+                         memory_budget_gb, total_ram_gb)
 from wbdc.config import resolve_argv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -22,24 +23,25 @@ def test_auto_is_half_the_ram_and_numbers_are_taken_as_given():
         memory_budget_gb(resolve_argv(["--set", "data.memory_gb=0"]))
 
 
-def test_estimate_is_the_measured_full_peak_scaled_by_rows():
-    peak, rows = MEASURED_AT_FULL["train_lgb"]
-    assert estimate_gb("train_lgb", rows) == pytest.approx(peak / 1024)
-    assert estimate_gb("train_lgb", 10 * rows) == pytest.approx(10 * peak / 1024)
+def test_the_lightgbm_estimate_passes_through_the_measured_runs():
+    for rows, mb in ((LGB_FULL_ROWS, LGB_FULL_MB), (LGB_FINAL_ROWS, LGB_FINAL_MB)):
+        assert lgb_estimate_gb(rows, LGB_FIT_DAYS, LGB_FIT_RATE) * 1024 == pytest.approx(mb)
+    # more negatives kept, more rows binned at once
+    assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 1.0) > 2 * lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2)
+    assert lgb_binned_rows(14_000, 14, 0.5) == pytest.approx(1_000 * (1 + 0.5 * 13))
 
 
-def test_final_size_is_refused_in_one_line_with_the_figure_it_needs():
-    cfg = resolve_argv(["--set", "data.memory_gb=8"])
-    final_rows = 73_175_511 + 4_252_097
-    for stage in MEASURED_AT_FULL:
-        with pytest.raises(BudgetError) as e:
-            check_budget(stage, cfg, final_rows)
-        msg = str(e.value)
-        assert "\n" not in msg and msg.startswith(f"{stage}: needs about ")
-        assert f"{estimate_gb(stage, final_rows):.1f} GB" in msg and "budget of 8.0 GB" in msg
-    # the full preset fits an 8 GB budget
-    for stage, (_, rows) in MEASURED_AT_FULL.items():
-        assert check_budget(stage, cfg, rows) < 8
+def test_final_size_fits_8_gb_and_a_bigger_sample_is_refused_in_one_line():
+    cfg = resolve_argv(["--preset", "final", "--set", "data.memory_gb=8"])
+    assert check_lgb(cfg, LGB_FINAL_ROWS, 14) < 8         # measured within 8 GB
+    assert check_lgb(cfg, LGB_FULL_ROWS, 14) < 4
+    cfg["lgb"]["neg_rate"] = {**cfg["lgb"]["neg_rate"], "like": 1.0}
+    with pytest.raises(BudgetError) as e:
+        check_lgb(cfg, LGB_FINAL_ROWS, 14)
+    msg = str(e.value)
+    need = lgb_estimate_gb(LGB_FINAL_ROWS, 14, 1.0)
+    assert "\n" not in msg and msg.startswith(f"train_lgb: needs about {need:.1f} GB for 73,120,760 ")
+    assert "lgb.neg_rate up to 1" in msg and "budget of 8.0 GB" in msg
 
 
 def test_stage_stops_before_any_work(tiny_root, tmp_path):

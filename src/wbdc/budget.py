@@ -4,11 +4,12 @@ start.
 ``data.memory_gb: auto`` is half the machine's RAM.  prepare streams (its peak does not grow with
 the input); features cuts its rows into user buckets sized from the budget (``choose_buckets``);
 the nets hold their encoded rows in memory when they fit and stream them from the feature store
-in shuffle buffers when not (``wbdc.nn.pipeline.plan_rows``).  LightGBM still holds its sampled
-rows in memory, so its peak grows linearly with the number of exposure rows.  Before any work,
-it estimates its peak from the prepared row count and a per-row cost measured at the `full` preset
-(README, "Pipeline time and memory") and stops with a one-line error giving the figure it needs
-when that is over the budget, instead of running out of memory an hour in.
+in shuffle buffers when not (``wbdc.nn.pipeline.plan_rows``).  LightGBM holds one action's sampled
+rows and day 14 binned, so its peak grows with the number of rows and the negative sampling
+rate.  Before any work, it estimates its peak from the prepared row count (a fixed part plus a
+per-row cost fitted to measured runs at the `full` and `final` presets, README "LightGBM from
+the store") and stops with a one-line error giving the figure it needs when that is over the
+budget, instead of running out of memory an hour in.
 """
 from __future__ import annotations
 
@@ -16,11 +17,40 @@ import math
 
 from .io import InputError
 
-#: stage -> (peak MB, exposure rows) measured at the `full` preset (7,344,328 action rows plus
-#: 423,143 test rows; README "Pipeline time and memory").  The estimate scales the peak linearly.
-MEASURED_AT_FULL: dict[str, tuple[float, int]] = {
-    "train_lgb": (4_994.0, 7_767_471),
-}
+#: LightGBM (``wbdc.lgb``) holds at its peak the binned rows of one action's training sample
+#: (the largest: ``max(lgb.neg_rate)`` of the training days' negatives, and their positives) and
+#: of day 14 (the validation set), one decoded piece of feature rows, and what does not grow with
+#: the rows (the interpreter, libraries, the labels one byte per row).  The estimate is a fixed
+#: part plus a cost per binned row (rows counted from the prepared row count, days of equal
+#: size): the line through two measured runs of the stage, one action (read_comment, rate 0.2),
+#: offline and online (README "LightGBM from the store"): `full` (7,344,328 action rows; 1.89M
+#: binned rows by this count) 2,468 MB and `final` (73,120,760 action rows; 18.8M binned rows)
+#: 7,525 MB, i.e. about 1.9 GB plus 314 bytes per binned row (the `full` run predates the
+#: boosters' compaction, so the fixed part errs high).  The decoded blocks kept in memory on top
+#: (``cache_bytes`` in the stage) are sized from what this estimate leaves of the budget.
+LGB_FULL_MB, LGB_FULL_ROWS = 2_468.0, 7_344_328
+LGB_FINAL_MB, LGB_FINAL_ROWS = 7_525.0, 73_120_760
+LGB_FIT_DAYS, LGB_FIT_RATE = 14, 0.2
+
+
+def lgb_binned_rows(n_actions: int, n_days: int, max_rate: float) -> float:
+    """Rows LightGBM holds binned at its peak: day 14 and ``max_rate`` of the other days (the
+    positives are in the fitted per-row cost)."""
+    per_day = n_actions / max(1, n_days)
+    return per_day * (1.0 + float(max_rate) * max(0, n_days - 1))
+
+
+def _lgb_fit() -> tuple[float, float]:
+    """(fixed MB, MB per binned row) through the two measured runs."""
+    x0 = lgb_binned_rows(LGB_FULL_ROWS, LGB_FIT_DAYS, LGB_FIT_RATE)
+    x1 = lgb_binned_rows(LGB_FINAL_ROWS, LGB_FIT_DAYS, LGB_FIT_RATE)
+    slope = (LGB_FINAL_MB - LGB_FULL_MB) / (x1 - x0)
+    return LGB_FULL_MB - slope * x0, slope
+
+
+def lgb_estimate_gb(n_actions: int, n_days: int, max_rate: float) -> float:
+    fixed, per_row = _lgb_fit()
+    return (fixed + per_row * lgb_binned_rows(n_actions, n_days, max_rate)) / 1024
 
 
 class BudgetError(InputError):
@@ -43,35 +73,37 @@ def memory_budget_gb(cfg: dict) -> float:
     return value
 
 
-def estimate_gb(stage: str, exposure_rows: int) -> float:
-    peak_mb, rows = MEASURED_AT_FULL[stage]
-    return peak_mb / 1024 * exposure_rows / rows
-
-
-def check_budget(stage: str, cfg: dict, exposure_rows: int) -> float:
-    """Raise :class:`BudgetError` when ``stage``'s estimated peak for ``exposure_rows`` rows is
-    over the budget; return the estimate (GB) otherwise."""
-    need = estimate_gb(stage, exposure_rows)
+def check_lgb(cfg: dict, n_actions: int, n_days: int) -> float:
+    """Raise :class:`BudgetError` when LightGBM's estimated peak for ``n_actions`` labelled rows
+    over ``n_days`` days (at the largest ``lgb.neg_rate``) is over the budget; return the
+    estimate (GB) otherwise."""
+    rates = cfg["lgb"]["neg_rate"]
+    max_rate = max(float(v) for v in rates.values()) if rates else 1.0
+    need = lgb_estimate_gb(n_actions, n_days, max_rate)
     budget = memory_budget_gb(cfg)
     if need > budget:
+        fixed, per_row = _lgb_fit()
         raise BudgetError(
-            f"{stage}: needs about {need:.1f} GB for {exposure_rows:,} exposure rows (measured "
-            f"{MEASURED_AT_FULL[stage][0] / MEASURED_AT_FULL[stage][1] * 2**20:.0f} bytes per row), "
-            f"over the memory budget of {budget:.1f} GB (data.memory_gb); this stage holds its "
-            f"rows in memory: raise data.memory_gb if the machine has the RAM")
+            f"train_lgb: needs about {need:.1f} GB for {n_actions:,} labelled rows at "
+            f"lgb.neg_rate up to {max_rate:g} ({lgb_binned_rows(n_actions, n_days, max_rate) / 1e6:.1f}M "
+            f"rows binned at once, about {per_row * 2**20:.0f} bytes each, measured), over the memory "
+            f"budget of {budget:.1f} GB (data.memory_gb); lower lgb.neg_rate, or raise "
+            f"data.memory_gb if the machine has the RAM")
     return need
 
 
 def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
-    """:func:`check_budget` with the row counts of ``data/prepared/meta.json`` (nothing to check,
-    None, when it is missing: the stage then names what to run first)."""
+    """:func:`check_lgb` with the row and day counts of ``data/prepared/meta.json`` (nothing to
+    check, None, when it is missing: the stage then names what to run first)."""
     from pathlib import Path
 
     from .prepare import load_meta
+    if stage != "train_lgb":
+        raise ValueError(f"no memory estimate for stage {stage!r}")
     if not (Path(prepared_dir) / "meta.json").exists():
         return None
     meta = load_meta(prepared_dir)
-    return check_budget(stage, cfg, int(meta["n_actions"]) + int(meta["n_test"]))
+    return check_lgb(cfg, int(meta["n_actions"]), len(meta.get("days") or range(LGB_FIT_DAYS)))
 
 
 #: The bucketed features build (wbdc.features.build): its peak is in pass B, which holds one

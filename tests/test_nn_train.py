@@ -203,6 +203,21 @@ def test_shared_bottom_has_no_gate_report(store, tmp_path):
     assert g.empty and write_gate_diagnostics(g, tmp_path) == []
 
 
+def test_gate_means_over_the_first_rows_only(store):
+    """``max_rows``: the gate means of the first whole batches holding that many rows, the same
+    as the means over those rows alone; without it, every row."""
+    _, _, _, valid, trainer = _setup(store, "ple")
+    n = len(valid)
+    every = gate_means(trainer.model, valid, batch_size=100)
+    assert every.attrs["rows"] == n and n > 300
+    head = gate_means(trainer.model, valid, batch_size=100, max_rows=250)   # 3 batches: 300 rows
+    alone = gate_means(trainer.model, valid.take(torch.arange(300)), batch_size=100)
+    assert head.attrs["rows"] == 300
+    slots = [c for c in head.columns if c not in ("level", "action")]
+    np.testing.assert_allclose(head[slots].to_numpy(), alone[slots].to_numpy(), rtol=1e-12)
+    assert not np.allclose(head[slots].to_numpy(), every[slots].to_numpy(), rtol=0, atol=1e-9)
+
+
 def test_sparse_adam_trains_and_leaves_rows_outside_the_batch_alone(store):
     _, _, train, _, trainer = _setup(store, "sb", sparse=True)
     emb = trainer.model.inputs.cat_embedding

@@ -254,6 +254,7 @@ class AuxSection:
 @dataclass
 class GatesConfig:
     all_levels: bool
+    max_rows: Union[int, None]
 
 
 @dataclass

@@ -22,8 +22,10 @@ from .trainer import model_device, to_device
 
 @torch.no_grad()
 def gate_means(model: nn.Module, data: EncodedArrays | StreamedRows, batch_size: int = 16384,
-               actions: Sequence[str] = ACTIONS) -> pd.DataFrame:
-    """Mean task-gate weight per (level, action, expert slot) over the rows of ``data``.
+               actions: Sequence[str] = ACTIONS, max_rows: int | None = None) -> pd.DataFrame:
+    """Mean task-gate weight per (level, action, expert slot) over the rows of ``data`` (its
+    first batches holding ``max_rows`` rows, when given: a diagnostic needs no full pass over a
+    day of millions of rows).  ``attrs["rows"]``: the rows averaged.
 
     One row per level and action; columns ``level``, ``action`` and the slots of
     ``CGCLevel.expert_names()`` (own experts first, then shared ones).  Empty for models
@@ -37,22 +39,28 @@ def gate_means(model: nn.Module, data: EncodedArrays | StreamedRows, batch_size:
     model.eval()
     for lv in levels:
         lv.keep_gates = True
+    seen = 0
     try:
         for _, batch in data.ordered_batches(batch_size):
+            if max_rows is not None and seen >= max_rows:
+                break
             model(to_device(batch, model_device(model)))
             for s, lv in zip(sums, levels):
                 s += lv.last_gates.double().sum(0).cpu()
+            seen += int(levels[0].last_gates.shape[0])
     finally:
         for lv in levels:
             lv.keep_gates = False
             lv.last_gates = lv.last_shared_gate = None
     frames = []
     for i, (s, lv) in enumerate(zip(sums, levels)):
-        f = pd.DataFrame((s / max(len(data), 1)).numpy(), columns=lv.expert_names())
+        f = pd.DataFrame((s / max(seen, 1)).numpy(), columns=lv.expert_names())
         f.insert(0, "action", list(actions)[: lv.n_tasks])
         f.insert(0, "level", i + 1)
         frames.append(f)
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["rows"] = seen
+    return out
 
 
 def plot_gate_heatmap(gates: pd.DataFrame, path: str | Path, title: str = "") -> None:

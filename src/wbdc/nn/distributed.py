@@ -343,11 +343,11 @@ def _throughput(fit) -> None:
     fit.samples_per_s = samples / fit.train_seconds if fit.train_seconds > 0 else float("nan")
 
 
-def _combined_gates(trainer, valid) -> pd.DataFrame | None:
+def _combined_gates(trainer, valid, max_rows: int | None = None) -> pd.DataFrame | None:
     from .diagnostics import gate_means
     g = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
-                   trainer.model.task_names())
-    parts = _all_gather((g, len(valid)))
+                   trainer.model.task_names(), max_rows)
+    parts = _all_gather((g, int(g.attrs.get("rows", len(valid)))))
     if g.empty:
         return g
     total = sum(n for _, n in parts)
@@ -378,7 +378,7 @@ def _offline(store, arch: str, cfg: dict, spec: RankSpec):
     fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid, score)
     _throughput(fit)
     t1 = time.perf_counter()
-    gates = _combined_gates(trainer, valid)
+    gates = _combined_gates(trainer, valid, nn_cfg["gates"]["max_rows"])
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)
     if spec.rank != 0:
         return None

@@ -283,7 +283,7 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
                       make_score_fn(valid, int(cfg["data"]["seed"])))
     t1 = time.perf_counter()
     gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,
-                       trainer.model.task_names())
+                       trainer.model.task_names(), nn_cfg["gates"]["max_rows"])
     if not nn_cfg["gates"]["all_levels"] and not gates.empty:
         gates = gates[gates["level"] == gates["level"].max()].reset_index(drop=True)
     preds = fit.best_preds if fit.best_preds is not None else trainer.predict(valid)

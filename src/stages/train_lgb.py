@@ -37,7 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from wbdc.budget import check_prepared, memory_budget_gb  # noqa: E402
+from wbdc.budget import check_lgb_prepared, memory_budget_gb  # noqa: E402
 from wbdc.cluster import client_for, worker_addresses, worker_peaks_mb  # noqa: E402
 from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
@@ -156,7 +156,7 @@ def main() -> int:
     cfg["lgb"]["actions"] = actions
     cfg["lgb"]["params"] = dict(settings.params)      # effective: seed and threads filled in
     paths = Paths.at(args.root)
-    need_gb = check_prepared("train_lgb", cfg, paths.prepared) or 0.0   # before any work: fits data.memory_gb?
+    need_gb = check_lgb_prepared(cfg, paths.prepared) or 0.0   # before any work: fits data.memory_gb?
     fs = FeatureStore(paths)
     out = paths.model("lgb")
     progress = not args.no_progress

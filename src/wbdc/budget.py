@@ -92,14 +92,12 @@ def check_lgb(cfg: dict, n_actions: int, n_days: int) -> float:
     return need
 
 
-def check_prepared(stage: str, cfg: dict, prepared_dir) -> float | None:
+def check_lgb_prepared(cfg: dict, prepared_dir) -> float | None:
     """:func:`check_lgb` with the row and day counts of ``data/prepared/meta.json`` (nothing to
     check, None, when it is missing: the stage then names what to run first)."""
     from pathlib import Path
 
     from .prepare import load_meta
-    if stage != "train_lgb":
-        raise ValueError(f"no memory estimate for stage {stage!r}")
     if not (Path(prepared_dir) / "meta.json").exists():
         return None
     meta = load_meta(prepared_dir)

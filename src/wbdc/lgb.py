@@ -208,7 +208,7 @@ def day_rows(fs, d: int, first: int, last: int, columns: Sequence[str],
     ``row`` key: the row groups that can hold them (``FeatureStore.iter_rows``), or the whole
     day from a store that cannot say (:func:`day_parts`)."""
     if hasattr(fs, "iter_rows"):
-        yield from fs.iter_rows(d, first, last, columns=list(columns), batch_rows=batch_rows or 65_536)
+        yield from fs.iter_rows(d, first, last, list(columns), *([batch_rows] if batch_rows else []))
     else:
         yield from day_parts(fs, d, columns, batch_rows)
 

@@ -5,7 +5,8 @@ Both get the same encoded rows of the feature store under --root (training days 
 on day 14): the sparse ids (one 16-d embedding each), the multi-hot fields (mean-pooled), the
 standardised dense columns and the pretrained vectors (ours: frozen lookup tables; DeepCTR: the
 same vectors expanded per row as dense inputs), 8 experts (128, 64), linear softmax gates,
-towers (32,), Adam at the same learning rate, batch 4096, the same number of epochs.  Reported:
+towers (32,), Adam at the same learning rate, batch 4096, the same number of epochs, each model
+in a fresh process of its own (as the stage trains one net per process).  Reported:
 training rows/s (training loop only) and the day-14 weighted uAUC.  DeepCTR-Torch is not in the
 project venv: it runs in a separate interpreter (--deepctr-python), see
 benchmarks/requirements-bench.txt for the install lines.
@@ -133,13 +134,11 @@ def train_flops_per_row(model) -> float:
 
 # ============================================================================ part: compare
 
-def part_compare(args) -> dict:
-    _setup_path()
-    import torch
+def _compare_rows(args):
+    """The encoder, training rows (days <= 13), day-14 rows and score function of the store."""
     from wbdc.features.store import FeatureStore
     from wbdc.nn.data import select_features, Encoder
-    from wbdc.nn.pipeline import new_trainer, make_score_fn
-    from wbdc.nn.trainer import available_threads
+    from wbdc.nn.pipeline import make_score_fn
     from wbdc.paths import Paths
 
     cfg = _nn_config(args)
@@ -151,29 +150,58 @@ def part_compare(args) -> dict:
     enc = Encoder.fit_days(store, days, sel, int(nn["features"]["max_list_len"]), "float32")
     train = enc.encode_days(store, days, labels=True)
     valid = enc.encode_days(store, [14], labels=True)
-    score = make_score_fn(valid)
+    return cfg, store, sel, enc, train, valid, make_score_fn(valid)
+
+
+def ours_worker(args, out: Path) -> None:
+    """One of our MMoE variants (``--precisions`` holds one value) trained in this fresh process:
+    each variant starts from the same clean allocator and thread pools, as the stage does (a
+    second model trained in the same process ran up to 25% slower, whichever came first)."""
+    _setup_path()
+    from wbdc.nn.pipeline import new_trainer
+
+    cfg, store, _, enc, train, valid, score = _compare_rows(args)
+    cfg["nn"]["train"]["precision"] = args.precisions
+    trainer = new_trainer("mmoe", enc, store, cfg, train)
+    fit = trainer.fit(train, float(args.epochs))
+    peak = matmul_peak_gflops(trainer.precision)
+    scores = score(trainer.predict(valid))
+    out.write_text(json.dumps({
+        "model": "ours MMoE" + ("" if args.precisions == "fp32" else f" {args.precisions}"),
+        "gflops": train_flops_per_row(trainer.model) * fit.samples_per_s / 1e9, "peak_gflops": peak,
+        "precision": trainer.precision, "rows_per_s": fit.samples_per_s, "train_s": fit.train_seconds,
+        "rows_per_cpu_s": fit.samples / fit.cpu_seconds,
+        "scores": {k: float(v) for k, v in scores.items()},
+        "n_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)}))
+
+
+def part_compare(args) -> dict:
+    _setup_path()
+    from wbdc.nn.trainer import available_threads
+
+    cfg, store, sel, enc, train, valid, score = _compare_rows(args)
+    nn = cfg["nn"]
     threads = available_threads()
     print(f"[bench_nn] {len(train):,} training rows, {len(valid):,} day-14 rows, "
           f"{len(sel.categorical)} ids, {len(sel.dense)} dense, {len(sel.bags)} multi-hot, "
           f"{len(sel.pretrained)} pretrained; {threads} threads", file=sys.stderr)
 
-    # ours, at fp32 (the default) and with the bf16 forward pass (nn.train.precision)
+    # ours, at fp32 (the default) and with the bf16 forward pass (nn.train.precision), each in
+    # a fresh process like DeepCTR's
     variants = []
     if args.precisions is None:
         from wbdc.nn.trainer import cpu_has_native_bf16
         args.precisions = "fp32,bf16" if cpu_has_native_bf16() else "fp32"
     for precision in args.precisions.split(","):
-        nn["train"]["precision"] = precision
-        trainer = new_trainer("mmoe", enc, store, cfg, train)
-        fit = trainer.fit(train, float(args.epochs))
-        peak = matmul_peak_gflops(trainer.precision)
-        achieved = train_flops_per_row(trainer.model) * fit.samples_per_s / 1e9
-        variants.append({"model": "ours MMoE" + ("" if precision == "fp32" else f" {precision}"),
-                         "gflops": achieved, "peak_gflops": peak, "precision": trainer.precision,
-                         "rows_per_s": fit.samples_per_s, "train_s": fit.train_seconds,
-                         "rows_per_cpu_s": fit.samples / fit.cpu_seconds,
-                         "scores": score(trainer.predict(valid)),
-                         "n_params": sum(p.numel() for p in trainer.model.parameters() if p.requires_grad)})
+        with tempfile.TemporaryDirectory(prefix="bench_nn_ours_") as tmp:
+            res_path = Path(tmp) / "result.json"
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--root", args.root,
+                   "--epochs", str(args.epochs), "--seed", str(args.seed), "--precisions", precision,
+                   "--ours-worker", str(res_path)]
+            r = subprocess.run(cmd, capture_output=True, text=True)
+            if r.returncode != 0:
+                raise SystemExit(f"our MMoE ({precision}) failed:\n{r.stderr[-3000:]}")
+            variants.append(json.loads(res_path.read_text()))
     ours = variants[0]
 
     # DeepCTR-Torch on the same encoded rows
@@ -201,7 +229,6 @@ def part_compare(args) -> dict:
         if not spec["dense_blocks"]["dense"]:
             del spec["dense_blocks"]["dense"]
         (work / "spec.json").write_text(json.dumps(spec))
-        del trainer
         cmd = [args.deepctr_python, str(Path(__file__).resolve()), "--deepctr-worker", str(work)]
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
@@ -364,9 +391,13 @@ def main() -> None:
                    help="interpreter that has deepctr-torch installed (default: %(default)s)")
     p.add_argument("--json", default=None, help="also write the results to this JSON file")
     p.add_argument("--deepctr-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--ours-worker", default=None, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.deepctr_worker:
         deepctr_worker(Path(args.deepctr_worker))
+        return
+    if args.ours_worker:
+        ours_worker(args, Path(args.ours_worker))
         return
     out = {}
     if args.part in ("compare", "all"):

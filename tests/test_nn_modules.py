@@ -26,6 +26,44 @@ def test_batched_linear_equals_a_loop_of_linear_maps():
     torch.testing.assert_close(lin(x3), ref3)
     with pytest.raises(ValueError, match="expected 3 members"):
         lin(torch.randn(6, 2, 5))
+    # member-major: [n, B, in] -> [n, B, out], member i reads x[i]
+    torch.testing.assert_close(lin.members(x3.transpose(0, 1).contiguous()), ref3.transpose(0, 1))
+    with pytest.raises(ValueError, match="members"):
+        lin.members(x3)
+
+
+def _member_mlp(layers, e, h, last_relu=True):
+    for k, layer in enumerate(layers):
+        h = h @ layer.weight[e] + layer.bias[e]
+        if last_relu or k < len(layers) - 1:
+            h = torch.relu(h)
+    return h
+
+
+def test_banks_equal_a_loop_over_members_for_shared_and_per_member_inputs():
+    bank = ExpertBank(4, 10, [8, 6, 5])
+    x2, x3 = torch.randn(7, 10), torch.randn(7, 4, 10)
+    torch.testing.assert_close(bank(x2), torch.stack([_member_mlp(bank.layers, e, x2) for e in range(4)], 1))
+    torch.testing.assert_close(bank(x3), torch.stack([_member_mlp(bank.layers, e, x3[:, e]) for e in range(4)], 1))
+    torch.testing.assert_close(bank.members(x3.transpose(0, 1).contiguous()), bank(x3).transpose(0, 1))
+    towers = TowerBank(T, 6, [5, 4])
+    layers = [*towers.hidden, towers.out]
+    y2, y3 = torch.randn(7, 6), torch.randn(7, T, 6)
+    torch.testing.assert_close(towers(y2), torch.stack(
+        [_member_mlp(layers, t, y2, last_relu=False).squeeze(-1) for t in range(T)], 1))
+    torch.testing.assert_close(towers(y3), torch.stack(
+        [_member_mlp(layers, t, y3[:, t], last_relu=False).squeeze(-1) for t in range(T)], 1))
+
+
+def test_bf16_autocast_keeps_the_banks_activations_in_bf16():
+    """The bias is added inside the product: a separate fp32 ``+ bias`` would promote every
+    hidden activation back to fp32 under autocast (twice the bytes for each ReLU and copy)."""
+    bank, towers = ExpertBank(4, 10, [8, 6]), TowerBank(T, 6, [5])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h = bank(torch.randn(3, 10))
+        assert h.dtype == torch.bfloat16
+        assert bank.layers[0](torch.randn(3, 10)).dtype == torch.bfloat16
+        assert towers(h[:, :1].expand(3, T, 6)).dtype == torch.bfloat16
 
 
 def test_bank_output_dims_are_declared():
@@ -142,3 +180,58 @@ def test_gradients_reach_every_expert_and_gate():
     core(torch.randn(64, 12)).sum().backward()
     for name, p in core.named_parameters():
         assert p.grad is not None and p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("make", [
+    lambda: SharedBottom(12, T, [16, 8], [4]),
+    lambda: MMoE(12, T, 3, [16, 8], [4]),
+    lambda: PLE(12, T, 2, 1, 2, [10, 6], [4]),
+])
+def test_input_gradient_of_the_constant_columns_is_skipped_and_nothing_else_changes(make):
+    """``grad_cols`` on the layers reading the input: the same outputs and parameter gradients,
+    the learned columns' input gradient unchanged, the constant columns' never computed."""
+    torch.manual_seed(3)
+    full = make()
+    split = make()
+    split.load_state_dict(full.state_dict())
+    layers = split.input_linears()
+    assert layers and all(isinstance(m, BatchedLinear) for m in layers)
+    for m in layers:
+        m.grad_cols = 5
+    learned = torch.randn(9, 5, requires_grad=True)
+    const = torch.randn(9, 7)
+    grads = []
+    for core in (full, split):
+        x = torch.cat([learned, const], 1)
+        out = core(x)
+        (out * torch.arange(1, T + 1)).sum().backward()
+        grads.append((out.detach(), learned.grad.clone(), {n: p.grad.clone() for n, p in core.named_parameters()}))
+        learned.grad = None
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    torch.testing.assert_close(grads[0][1], grads[1][1])
+    for name, g in grads[0][2].items():
+        torch.testing.assert_close(g, grads[1][2][name], msg=name)
+    # the split really leaves the constant columns out of the graph
+    x = torch.cat([learned, const.requires_grad_()], 1)
+    split(x).sum().backward()
+    assert const.grad is None or torch.count_nonzero(const.grad) == 0
+
+
+@pytest.mark.parametrize("trainable", [False, True])
+def test_input_layer_puts_the_learned_columns_first(trainable):
+    from wbdc.nn.inputs import BagField, InputLayer, PretrainedTable
+    bags = [BagField("tags", torch.tensor([[0, 0], [1, 2], [3, 0]]), 4, key_slot=0)]
+    tables = [PretrainedTable("vec", torch.randn(3, 4), key_slot=0)]
+    layer = InputLayer([5, 6], 3, n_dense=2, bags=bags, pretrained=tables, bag_dim=2,
+                       pretrained_trainable=trainable)
+    batch = {"cat": torch.tensor([[1, 2], [3, 4]]), "keys": torch.tensor([[1], [2]]),
+             "dense": torch.randn(2, 2)}
+    x = layer(batch)
+    k = layer.grad_cols
+    assert x.shape[1] == layer.output_dim == 2 * 3 + 2 + 4 + 2
+    assert k == 2 * 3 + 2 + (4 if trainable else 0)
+    params = [p for p in layer.parameters() if p.requires_grad]
+    after = torch.autograd.grad(x[:, k:].sum(), params, allow_unused=True, retain_graph=True)
+    assert all(g is None or torch.count_nonzero(g) == 0 for g in after)
+    before = torch.autograd.grad(x[:, :k].sum(), params, allow_unused=True)
+    assert all(g is not None and torch.count_nonzero(g) > 0 for g in before)

@@ -104,7 +104,7 @@ class HistoryAttention(nn.Module):
 
 
 class InputLayer(nn.Module):
-    """Concatenates ``[cat embeddings | pooled bags | pretrained vectors | dense]``.
+    """Concatenates ``[cat embeddings | pooled bags | history | pretrained vectors | dense]``.
 
     All sparse id columns share one embedding table (offset per column) so a batch costs one
     lookup and yields one sparse gradient.
@@ -146,11 +146,18 @@ class InputLayer(nn.Module):
             self.history_tables = [i for i, p in enumerate(pretrained) if p.key_slot == history.feed_slot]
             self.history = HistoryAttention(history, history_dim,
                                             [int(pretrained[i].matrix.shape[1]) for i in self.history_tables])
-        self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim
-                           + sum(int(p.matrix.shape[1]) for p in pretrained) + self.n_dense
-                           + (self.history.output_dim if self.history is not None else 0))
+        history_dim = self.history.output_dim if self.history is not None else 0
+        pretrained_dim = sum(int(p.matrix.shape[1]) for p in pretrained)
+        self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
+                           + pretrained_dim + self.n_dense)
+        #: the leading output columns that carry a gradient (the learned tables); the rest
+        #: (frozen pretrained vectors, dense features) are constants
+        self.grad_cols = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
+                          + (pretrained_dim if pretrained_trainable else 0))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
+        """``[cat embeddings | pooled bags | history | pretrained | dense]``: the learned columns
+        first (``grad_cols``), so the layers reading this vector can skip the constants' gradient."""
         parts = []
         if self.n_cat:
             cat = batch["cat"]
@@ -160,11 +167,11 @@ class InputLayer(nn.Module):
         for i, bag in enumerate(self.bags):
             lists = getattr(self, f"bag_lists_{i}")
             parts.append(bag(lists.index_select(0, keys[:, self.bag_slots[i]])))
+        if self.history is not None:
+            tables = [self.pretrained[i].weight for i in self.history_tables]
+            parts.append(self.history(keys, tables).to(self.cat_embedding.weight.dtype))
         for slot, table in zip(self.pretrained_slots, self.pretrained):
             parts.append(table(keys[:, slot]))
         if self.n_dense:
             parts.append(batch["dense"])
-        if self.history is not None:
-            tables = [self.pretrained[i].weight for i in self.history_tables]
-            parts.append(self.history(keys, tables).to(parts[-1].dtype))
         return torch.cat(parts, dim=1)

@@ -26,6 +26,11 @@ class SharedBottom(nn.Module):
         self.bottom = ExpertBank(1, input_dim, bottom_dims, dropout)
         self.towers = TowerBank(n_tasks, self.bottom.output_dim, tower_dims, dropout)
 
+    def input_linears(self) -> list[nn.Module]:
+        """The layers that read the input vector (``MultiTaskNet`` tells them which columns
+        need an input gradient)."""
+        return [self.bottom.layers[0]]
+
     def forward(self, x: Tensor) -> Tensor:
         return self.towers(self.bottom(x).squeeze(1))
 
@@ -40,6 +45,9 @@ class OMoE(nn.Module):
         self.experts = ExpertBank(n_experts, input_dim, expert_dims, dropout)
         self.gate = GateBank(1, input_dim, n_experts)
         self.towers = TowerBank(n_tasks, self.experts.output_dim, tower_dims, dropout)
+
+    def input_linears(self) -> list[nn.Module]:
+        return [self.experts.layers[0], self.gate.linear]
 
     def forward(self, x: Tensor) -> Tensor:
         mixed = torch.bmm(self.gate(x), self.experts(x)).squeeze(1)     # [B, 1, E] x [B, E, h]
@@ -59,6 +67,9 @@ class CGC(nn.Module):
     @property
     def levels(self) -> list[CGCLevel]:
         return [self.level]
+
+    def input_linears(self) -> list[nn.Module]:
+        return self.level.input_linears()
 
     def forward(self, x: Tensor) -> Tensor:
         task_out, _ = self.level(x, x)
@@ -91,6 +102,9 @@ class PLE(nn.Module):
             dim = level.output_dim
         self.levels = nn.ModuleList(levels)
         self.towers = TowerBank(n_tasks, dim, tower_dims, dropout)
+
+    def input_linears(self) -> list[nn.Module]:
+        return self.levels[0].input_linears()
 
     def forward(self, x: Tensor) -> Tensor:
         task_in, shared_in = x, x
@@ -164,6 +178,11 @@ class MultiTaskNet(nn.Module):
         self.n_tasks = len(self.actions)
         self.aux = [t.name for t in self.tasks if t.role == "aux"]
         self.n_aux = len(self.aux)
+        # the input vector's constant columns (dense features, frozen vectors) need no gradient
+        grad_cols = getattr(inputs, "grad_cols", None)
+        if grad_cols is not None and hasattr(core, "input_linears"):
+            for layer in core.input_linears():
+                layer.grad_cols = int(grad_cols)
 
     def set_output_bias(self, rates: Sequence[float], aux_means: Sequence[float] | None = None) -> None:
         """Start every binary tower at its task's base rate (a funnel tower at its later

@@ -25,6 +25,10 @@ class BatchedLinear(nn.Module):
     def __init__(self, n: int, in_dim: int, out_dim: int):
         super().__init__()
         self.n, self.in_dim, self.out_dim = n, in_dim, out_dim
+        #: on a layer reading the net's input vector: only its first ``grad_cols`` columns (the
+        #: embeddings) need an input gradient, the rest are constants (dense features, frozen
+        #: vectors); None = every column (``MultiTaskNet`` sets it from the input layer)
+        self.grad_cols: int | None = None
         self.weight = nn.Parameter(torch.empty(n, in_dim, out_dim))
         self.bias = nn.Parameter(torch.empty(n, out_dim))
         self.reset_parameters()
@@ -36,16 +40,32 @@ class BatchedLinear(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor) -> Tensor:
+        # the bias goes into the product (addmm / baddbmm): under bf16 autocast the output stays
+        # bf16 (a separate ``+ bias`` in fp32 would promote every activation back to fp32)
         if x.dim() == 2:
             w = self.weight.permute(1, 0, 2).reshape(self.in_dim, self.n * self.out_dim)
-            y = (x @ w).view(x.shape[0], self.n, self.out_dim)
-        elif x.dim() == 3:
+            k = self.grad_cols
+            if k is None or not x.requires_grad or k >= self.in_dim:
+                y = torch.addmm(self.bias.reshape(-1), x, w)
+            else:
+                # two products summed: the backward pass then computes the input gradient of
+                # the first k columns only (a third of the widest product's input gradient)
+                y = torch.addmm(self.bias.reshape(-1), x[:, k:].detach(), w[k:])
+                if k > 0:
+                    y = torch.addmm(y, x[:, :k], w[:k])
+            return y.view(x.shape[0], self.n, self.out_dim)
+        if x.dim() == 3:
             if x.shape[1] != self.n:
                 raise ValueError(f"BatchedLinear: expected {self.n} members, got input {tuple(x.shape)}")
-            y = torch.bmm(x.transpose(0, 1), self.weight).transpose(0, 1)
-        else:
-            raise ValueError(f"BatchedLinear: input must be [B, in] or [B, n, in], got {tuple(x.shape)}")
-        return y + self.bias
+            return torch.baddbmm(self.bias.unsqueeze(1), x.transpose(0, 1), self.weight).transpose(0, 1)
+        raise ValueError(f"BatchedLinear: input must be [B, in] or [B, n, in], got {tuple(x.shape)}")
+
+    def members(self, x: Tensor) -> Tensor:
+        """Member-major: ``[n, B, in] -> [n, B, out]`` (member ``i`` reads ``x[i]``), one batched
+        product whose operands are contiguous per member, forward and backward."""
+        if x.dim() != 3 or x.shape[0] != self.n:
+            raise ValueError(f"BatchedLinear.members: expected [{self.n}, B, {self.in_dim}], got {tuple(x.shape)}")
+        return torch.baddbmm(self.bias.unsqueeze(1), x, self.weight)
 
     def extra_repr(self) -> str:
         return f"n={self.n}, in_dim={self.in_dim}, out_dim={self.out_dim}"
@@ -67,9 +87,26 @@ class ExpertBank(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
 
     def forward(self, x: Tensor) -> Tensor:
-        for layer in self.layers:
-            x = self.dropout(torch.relu(layer(x)))
-        return x
+        """``[B, in]`` (every expert reads it) or ``[B, n, in]`` -> ``[B, n, out]`` (a view of
+        the member-major result)."""
+        if x.dim() == 2:
+            first, *rest = self.layers
+            h = self.dropout(torch.relu(first(x)))                      # [B, n, h1]: one GEMM
+            if not rest:
+                return h
+            # one copy to member-major [n, B, h1]: the later layers' batched products then read
+            # each expert's rows contiguously, forward and backward (no strided copies per layer)
+            return self._rest(h.transpose(0, 1).contiguous(), rest).transpose(0, 1)
+        return self.members(x.transpose(0, 1).contiguous()).transpose(0, 1)
+
+    def members(self, x: Tensor) -> Tensor:
+        """Member-major input ``[n, B, in]`` (expert ``i`` reads ``x[i]``) -> ``[n, B, out]``."""
+        return self._rest(x, self.layers)
+
+    def _rest(self, h: Tensor, layers) -> Tensor:
+        for layer in layers:
+            h = self.dropout(torch.relu(layer.members(h)))
+        return h
 
 
 class TowerBank(nn.Module):
@@ -101,9 +138,15 @@ class TowerBank(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """``x``: ``[B, in]`` (every tower sees it) or ``[B, n_tasks, in]``."""
-        for layer in self.hidden:
-            x = self.dropout(torch.relu(layer(x)))
-        return self.out(x).squeeze(-1)
+        layers = list(self.hidden)
+        if x.dim() == 2:
+            if not layers:
+                return self.out(x).squeeze(-1)
+            x = self.dropout(torch.relu(layers.pop(0)(x)))               # [B, T, h]: one GEMM
+        h = x.transpose(0, 1).contiguous()                               # member-major [T, B, h]
+        for layer in layers:
+            h = self.dropout(torch.relu(layer.members(h)))
+        return self.out.members(h).squeeze(-1).t()
 
 
 class GateBank(nn.Module):
@@ -158,6 +201,11 @@ class CGCLevel(nn.Module):
         self.keep_gates = False
         self.last_gates: Tensor | None = None
         self.last_shared_gate: Tensor | None = None
+
+    def input_linears(self) -> list[BatchedLinear]:
+        """The layers that read this level's 2-D input (the first level's: the net's input)."""
+        return [self.experts.layers[0], self.task_gates.linear,
+                *([self.shared_gate.linear] if self.shared_gate is not None else [])]
 
     def expert_names(self) -> list[str]:
         """Column names of one task's gate: its own experts first, then the shared ones."""

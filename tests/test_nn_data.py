@@ -204,3 +204,63 @@ def test_input_layer_concatenates_every_part():
     assert x[0, 6:9].tolist() == [6.0, 7.0, 8.0] and x[1, 6:9].tolist() == [0.0, 1.0, 2.0]
     assert x[:, 9].tolist() == [0.5, -1.0]
     assert not layer.pretrained[0].weight.requires_grad
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "int64", "int16", "uint8", "Int64", "bool"])
+@pytest.mark.parametrize("use_log", [False, True])
+def test_standardising_kernel_equals_the_numpy_expression(dtype, use_log):
+    """The one-pass kernel gives the float64 numpy expression's values (NaN -> 0, +-inf and far
+    values clipped, negatives floored before log1p), whatever the column's dtype."""
+    from wbdc.nn.data import DENSE_CLIP, _standardise
+    rng = np.random.default_rng(0)
+    raw = np.concatenate([rng.normal(3, 50, 500), [np.nan, np.inf, -np.inf, -5.0, 0.0, 1e12]])
+    if dtype in ("float64", "float32"):
+        s = pd.Series(raw.astype(dtype))
+    elif dtype == "Int64":
+        s = pd.Series(np.nan_to_num(raw, posinf=9, neginf=-9).round()).astype("Int64")
+        s[3] = pd.NA
+    elif dtype == "bool":
+        s = pd.Series(raw > 3)
+    else:
+        s = pd.Series(np.clip(np.nan_to_num(raw, posinf=100, neginf=-100), 0 if dtype == "uint8" else -100, 100)
+                      .round().astype(dtype))
+    mean, std = 2.5, 7.0
+    x = s.to_numpy(np.float64, na_value=np.nan)
+    if use_log:
+        x = np.log1p(np.maximum(x, 0.0))
+    want = np.clip(np.nan_to_num((x - mean) / std, nan=0.0, posinf=DENSE_CLIP, neginf=-DENSE_CLIP),
+                   -DENSE_CLIP, DENSE_CLIP)
+    col = s.to_numpy()
+    if col.dtype.kind not in "iuf":
+        col = s.to_numpy(np.float64, na_value=np.nan)
+    out = np.empty(len(s))
+    _standardise(col, use_log, mean, std, out)
+    # log1p of the C library vs numpy's vectorised one: at most an ulp of float64 apart, which
+    # the cast to the storage dtype (float16 by default) rounds away
+    np.testing.assert_allclose(out, want, rtol=1e-15, atol=1e-15)
+    np.testing.assert_array_equal(out.astype(np.float16), want.astype(np.float16))
+    if not use_log:
+        np.testing.assert_array_equal(out, want)
+
+
+def test_the_store_reopens_its_parts_after_pickling(tiny_root):
+    """A FeatureStore keeps the parts a thread read last open (one footer parse for a run of
+    row groups), never pickles them (a Dask worker opens its own), and reads the same rows
+    through them as through a fresh store."""
+    import pickle
+    from wbdc.features.store import OPEN_PARTS, FeatureStore
+    from wbdc.paths import Paths
+
+    fs = FeatureStore(Paths.at(tiny_root))
+    d = fs.days[-1]
+    first = fs.read_row_group(d, 0, 0)
+    again = fs.read_row_group(d, 0, 0)
+    assert len(fs._open.files) == 1
+    pd.testing.assert_frame_equal(first, again)
+    for i in range(len(fs.parts(d))):
+        fs.read_row_group(d, i, 0)
+    assert len(fs._open.files) == min(OPEN_PARTS, len(fs.parts(d)))
+    clone = pickle.loads(pickle.dumps(fs))
+    assert getattr(clone._open, "files", None) is None
+    pd.testing.assert_frame_equal(clone.read_row_group(d, 0, 0), first)
+    pd.testing.assert_frame_equal(FeatureStore(Paths.at(tiny_root)).read_row_group(d, 0, 0), first)

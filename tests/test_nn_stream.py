@@ -14,7 +14,7 @@ import torch
 from test_nn_fakes import FakeStore, small_nn_config
 from wbdc.budget import BudgetError
 from wbdc.nn.data import Encoder, StreamedRows, select_features, unpack_labels
-from wbdc.nn.pipeline import new_trainer, plan_rows
+from wbdc.nn.pipeline import MIN_BUFFERS, new_trainer, plan_rows
 from wbdc.nn.trainer import predict
 from wbdc.schema import ACTIONS
 
@@ -118,6 +118,10 @@ def test_plan_keeps_rows_in_memory_when_they_fit_and_streams_otherwise(fake):
     assert plan.train_streamed and plan.eval_streamed and plan.buffer_rows >= 16_384
     forced = {**cfg, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "stream"}}}
     assert plan_rows(store, forced, sel, TRAIN_DAYS, [14]).train_streamed
+    # an epoch is cut into at least MIN_BUFFERS buffers (prefetch overlaps), never below a block
+    n_train = sum(store.n_rows(d) for d in TRAIN_DAYS)
+    huge = {**forced, "nn": {**forced["nn"], "stream": {**forced["nn"]["stream"], "buffer_rows": 10**9}}}
+    assert plan_rows(store, huge, sel, TRAIN_DAYS, [14]).buffer_rows == max(16_384, -(-n_train // MIN_BUFFERS))
     mem = {**tight, "nn": {**cfg["nn"], "stream": {**cfg["nn"]["stream"], "mode": "memory"}}}
     with pytest.raises(BudgetError, match="nn.stream.mode=memory: .* over the memory budget"):
         plan_rows(store, mem, sel, TRAIN_DAYS, [14])

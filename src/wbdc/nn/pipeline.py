@@ -198,6 +198,9 @@ class RowsPlan:
 #: EVAL_SHARE and a shuffle buffer (held about three times over: the one training, the next one
 #: being read, the concatenation) takes at most BUFFER_SHARE.
 IN_MEMORY_SHARE, EVAL_SHARE, BUFFER_SHARE = 0.5, 0.25, 0.08
+#: A streamed epoch is cut into at least this many shuffle buffers, so reading and encoding the
+#: next one overlaps training on the current one (an epoch of one buffer reads it all first).
+MIN_BUFFERS = 4
 
 
 def plan_rows(store, cfg: dict, selection: FeatureSelection, train: Sequence[int],
@@ -222,7 +225,9 @@ def plan_rows(store, cfg: dict, selection: FeatureSelection, train: Sequence[int
                               f"use nn.stream.mode=auto or stream")
         return RowsPlan(False, False, int(scfg["buffer_rows"]), row_bytes, budget)
     cap = int(BUFFER_SHARE * budget * 2**30 / row_bytes)
-    buffer_rows = min(int(scfg["buffer_rows"]), max(ROW_GROUP_ROWS, cap))   # the budget never cuts below a block
+    per_epoch = -(-n_train // MIN_BUFFERS)
+    # the budget and the epoch's size never cut below a block
+    buffer_rows = min(int(scfg["buffer_rows"]), max(ROW_GROUP_ROWS, min(cap, per_epoch)))
     eval_streamed = n_eval * row_bytes / 2**30 > EVAL_SHARE * budget
     return RowsPlan(True, eval_streamed, buffer_rows, row_bytes, budget)
 

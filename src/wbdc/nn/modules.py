@@ -96,14 +96,15 @@ class ExpertBank(nn.Module):
                 return h
             # one copy to member-major [n, B, h1]: the later layers' batched products then read
             # each expert's rows contiguously, forward and backward (no strided copies per layer)
-            return self._rest(h.transpose(0, 1).contiguous(), rest).transpose(0, 1)
+            return self._member_layers(h.transpose(0, 1).contiguous(), rest).transpose(0, 1)
         return self.members(x.transpose(0, 1).contiguous()).transpose(0, 1)
 
     def members(self, x: Tensor) -> Tensor:
         """Member-major input ``[n, B, in]`` (expert ``i`` reads ``x[i]``) -> ``[n, B, out]``."""
-        return self._rest(x, self.layers)
+        return self._member_layers(x, self.layers)
 
-    def _rest(self, h: Tensor, layers) -> Tensor:
+    def _member_layers(self, h: Tensor, layers) -> Tensor:
+        """``layers`` applied member-major: ``[n, B, in] -> [n, B, out]``."""
         for layer in layers:
             h = self.dropout(torch.relu(layer.members(h)))
         return h

@@ -29,6 +29,10 @@ def test_the_lightgbm_estimate_passes_through_the_measured_runs():
     # more negatives kept, more rows binned at once
     assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 1.0) > 2 * lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2)
     assert lgb_binned_rows(14_000, 14, 0.5) == pytest.approx(1_000 * (1 + 0.5 * 13))
+    # lgb.max_train_rows caps the offline sample; the online refit adds day 14's share
+    assert lgb_binned_rows(14_000, 14, 0.5, 2_600) == pytest.approx(1_000 + 2_600 * 14 / 13)
+    assert lgb_binned_rows(14_000, 14, 0.5, 10**9) == lgb_binned_rows(14_000, 14, 0.5)
+    assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 1.0, 5_000_000) < lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2)
 
 
 def test_final_size_fits_8_gb_and_a_bigger_sample_is_refused_in_one_line():
@@ -36,6 +40,9 @@ def test_final_size_fits_8_gb_and_a_bigger_sample_is_refused_in_one_line():
     assert check_lgb(cfg, LGB_FINAL_ROWS, 14) < 8         # measured within 8 GB
     assert check_lgb(cfg, LGB_FULL_ROWS, 14) < 4
     cfg["lgb"]["neg_rate"] = {**cfg["lgb"]["neg_rate"], "like": 1.0}
+    assert cfg["lgb"]["max_train_rows"] is not None
+    assert check_lgb(cfg, LGB_FINAL_ROWS, 14) < 8         # every negative asked for, the cap binds
+    cfg["lgb"]["max_train_rows"] = None
     with pytest.raises(BudgetError) as e:
         check_lgb(cfg, LGB_FINAL_ROWS, 14)
     msg = str(e.value)

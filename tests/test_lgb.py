@@ -737,3 +737,67 @@ def test_packed_labels_unpack_to_the_label_table(tiny_root):
             want = store.load_labels(d)[list(ACTIONS)].to_numpy(np.int8)
             np.testing.assert_array_equal(_unpack(got[d]), want)
             assert want.any()
+
+
+# ------------------------------------------------------------------------------ lgb.max_train_rows
+
+def test_capped_rates_lower_only_the_samples_over_the_cap():
+    """An action's expected sample (every positive and ``rate`` of the negatives) is kept under
+    ``max_train_rows`` by lowering its rate; the others, and every rate without a cap, stay."""
+    from wbdc.lgb import MIN_CAPPED_RATE, capped_rates
+    rates = {a: (0.2 if i < 3 else 0.1) for i, a in enumerate(ACTIONS)}
+    pos = np.array([30_000, 25_000, 8_000, 4_000, 2_000, 500, 700])
+    n = 1_000_000
+    assert capped_rates(rates, pos, n, None) == rates
+    assert capped_rates(rates, pos, n, 10**9) == rates
+    got = capped_rates(rates, pos, n, 120_000)
+    for i, a in enumerate(ACTIONS):
+        want = pos[i] + rates[a] * (n - pos[i])
+        if want <= 120_000:
+            assert got[a] == rates[a]
+        else:
+            assert got[a] < rates[a]
+            assert 119_990 <= pos[i] + got[a] * (n - pos[i]) <= 120_000   # rounded down, 6 decimals
+    assert got["forward"] == 0.1 and got["read_comment"] < 0.1
+    # positives alone over the cap: all kept, and the floor of the negatives
+    assert capped_rates(rates, pos, n, 1_000)["read_comment"] == MIN_CAPPED_RATE
+
+
+def test_label_counts_count_each_actions_positives():
+    from wbdc.lgb import _label_bits, _unpack, label_counts
+    fake = FakeStore()
+    bits = _label_bits(fake, [2, 3, 14])
+    pos, n = label_counts(bits)
+    labels = np.concatenate([_unpack(bits[d]) for d in (2, 3, 14)])
+    assert n == len(labels) == 3 * 1500
+    np.testing.assert_array_equal(pos, labels.sum(0))
+
+
+def test_a_binding_cap_samples_trains_and_calibrates_at_the_lowered_rates():
+    """With ``lgb.max_train_rows`` below the big actions' samples the loaded rows are the union at
+    the lowered rates, each action trains on at most about the cap, and the predictions are
+    calibrated with the rate the rows were sampled at; the actions under the cap are untouched."""
+    fs = FakeStore()
+    base = fast_settings()
+    cap = 4_000
+    settings = fast_settings(max_train_rows=cap)
+    data = load_fit_data(fs, settings, progress=False)
+    eff = data.settings.neg_rate
+    lab = np.concatenate([fs.load_labels(d).to_numpy() for d in data.days])
+    for j, a in enumerate(ACTIONS):
+        pos = lab[:, j].sum()
+        expected = pos + base.neg_rate[a] * (len(lab) - pos)
+        assert (eff[a] < base.neg_rate[a]) == (expected > cap), a
+        assert pos + eff[a] * (len(lab) - pos) <= cap
+    assert eff["read_comment"] < base.neg_rate["read_comment"]
+    assert len(data.rows) == sum(union_mask(fs.load_labels(d).to_numpy(),
+                                            row_uniforms(d, 1500, settings.seed), eff, ACTIONS).sum()
+                                 for d in data.days)
+    off = fit_offline(data, data.settings, ["read_comment"], progress=False)
+    assert off.train_rows["read_comment"] <= cap * 1.05          # realised around the expectation
+    unc = load_fit_data(fs, base, progress=False)
+    assert off.train_rows["read_comment"] < 0.8 * len(action_rows(
+        unc.rows.labels, unc.rows.u, "read_comment", base.neg_rate["read_comment"]))
+    raw = np.array([0.5])
+    np.testing.assert_allclose(finish_predictions(raw, data.settings, "read_comment"),
+                               calibrate(raw, eff["read_comment"]).astype(np.float32))

@@ -286,3 +286,17 @@ def test_training_steps_through_the_grid_and_stops_early(tiny_root, dask_client)
                                                    pure=False) for p in data.parts[14]])
     np.testing.assert_array_equal(combine_user_aucs(again, halves["h"]).all, sc.all)
     data.close()
+
+
+def test_the_cluster_caps_the_rates_as_one_machine_does(tiny_root, dask_client):
+    """``lgb.max_train_rows`` lowers the same rates on the client of a cluster as on one machine
+    (both count the offline training days' labels)."""
+    from wbdc.lgb import load_fit_data
+    s = _settings("--set", "lgb.max_train_rows=3000")
+    fs = _store(tiny_root)
+    days = [d for d in fs.days if d < 14]
+    data = ClusterData(dask_client, fs, s, [*days, 14])
+    data.close()
+    one = load_fit_data(fs, s, progress=False).settings.neg_rate
+    assert data.settings.neg_rate == one
+    assert one["read_comment"] < s.neg_rate["read_comment"]

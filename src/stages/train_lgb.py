@@ -114,12 +114,13 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data = cluster_data(client, fs, settings, args.mode)
+    settings = data.settings                           # neg_rate capped by lgb.max_train_rows
     seconds["load"] = time.perf_counter() - t0
     workers = worker_addresses(client)
     train_days = [d for d in data.parts if d < 14]
     scores.update(actions=actions, features=len(data.spec.names), categorical=data.spec.categorical,
                   train_days=train_days, neg_rate={a: settings.neg_rate[a] for a in actions},
-                  calibrated=settings.calibrate,
+                  max_train_rows=settings.max_train_rows, calibrated=settings.calibrate,
                   distributed={"workers": len(workers), "library": "lightgbm.dask",
                                "round_selection": f"trained {settings.dask_eval_every} rounds at a time, "
                                                   "each step scored on day 14, stopped after "
@@ -191,11 +192,12 @@ def main() -> int:
         budget = memory_budget_gb(cfg)
         cache = max(0.0, min(budget / 4, budget - need_gb)) * 2**30
         data = load_fit_data(fs, settings, progress=progress, cache_bytes=cache)
+        settings = data.settings                       # neg_rate capped by lgb.max_train_rows
         seconds["load"] = time.perf_counter() - t0
         scores.update(actions=actions, features=len(data.spec.names),
                       categorical=data.spec.categorical, train_days=data.days,
                       neg_rate={a: settings.neg_rate[a] for a in actions},
-                      calibrated=settings.calibrate)
+                      max_train_rows=settings.max_train_rows, calibrated=settings.calibrate)
         fit_and_write(args, settings, out, scores, best, seconds,
                       lambda: fit_offline(data, settings, actions, progress=progress),
                       lambda b: fit_online(data, fs, settings, actions, best_iteration=b,

@@ -33,11 +33,16 @@ LGB_FINAL_MB, LGB_FINAL_ROWS = 7_525.0, 73_120_760
 LGB_FIT_DAYS, LGB_FIT_RATE = 14, 0.2
 
 
-def lgb_binned_rows(n_actions: int, n_days: int, max_rate: float) -> float:
+def lgb_binned_rows(n_actions: int, n_days: int, max_rate: float,
+                    max_train_rows: int | None = None) -> float:
     """Rows LightGBM holds binned at its peak: day 14 and ``max_rate`` of the other days (the
-    positives are in the fitted per-row cost)."""
+    positives are in the fitted per-row cost), the latter at most ``lgb.max_train_rows`` (the
+    offline cap; the online refit adds day 14's share at the same rate)."""
     per_day = n_actions / max(1, n_days)
-    return per_day * (1.0 + float(max_rate) * max(0, n_days - 1))
+    sample = float(max_rate) * max(0, n_days - 1) * per_day
+    if max_train_rows is not None and n_days > 1:
+        sample = min(sample, float(max_train_rows) * n_days / (n_days - 1))
+    return per_day + sample
 
 
 def _lgb_fit() -> tuple[float, float]:
@@ -48,9 +53,10 @@ def _lgb_fit() -> tuple[float, float]:
     return LGB_FULL_MB - slope * x0, slope
 
 
-def lgb_estimate_gb(n_actions: int, n_days: int, max_rate: float) -> float:
+def lgb_estimate_gb(n_actions: int, n_days: int, max_rate: float,
+                    max_train_rows: int | None = None) -> float:
     fixed, per_row = _lgb_fit()
-    return (fixed + per_row * lgb_binned_rows(n_actions, n_days, max_rate)) / 1024
+    return (fixed + per_row * lgb_binned_rows(n_actions, n_days, max_rate, max_train_rows)) / 1024
 
 
 class BudgetError(InputError):
@@ -75,19 +81,20 @@ def memory_budget_gb(cfg: dict) -> float:
 
 def check_lgb(cfg: dict, n_actions: int, n_days: int) -> float:
     """Raise :class:`BudgetError` when LightGBM's estimated peak for ``n_actions`` labelled rows
-    over ``n_days`` days (at the largest ``lgb.neg_rate``) is over the budget; return the
-    estimate (GB) otherwise."""
+    over ``n_days`` days (at the largest ``lgb.neg_rate``, the sample capped by
+    ``lgb.max_train_rows``) is over the budget; return the estimate (GB) otherwise."""
     rates = cfg["lgb"]["neg_rate"]
     max_rate = max(float(v) for v in rates.values()) if rates else 1.0
-    need = lgb_estimate_gb(n_actions, n_days, max_rate)
+    cap = cfg["lgb"].get("max_train_rows")
+    need = lgb_estimate_gb(n_actions, n_days, max_rate, cap)
     budget = memory_budget_gb(cfg)
     if need > budget:
-        fixed, per_row = _lgb_fit()
         raise BudgetError(
             f"train_lgb: needs about {need:.1f} GB for {n_actions:,} labelled rows at "
-            f"lgb.neg_rate up to {max_rate:g} ({lgb_binned_rows(n_actions, n_days, max_rate) / 1e6:.1f}M "
-            f"rows binned at once, about {per_row * 2**20:.0f} bytes each, measured), over the memory "
-            f"budget of {budget:.1f} GB (data.memory_gb); lower lgb.neg_rate, or raise "
+            f"lgb.neg_rate up to {max_rate:g} "
+            f"({lgb_binned_rows(n_actions, n_days, max_rate, cap) / 1e6:.1f}M rows binned at once, "
+            f"about {_lgb_fit()[1] * 2**20:.0f} bytes each, measured), over the memory budget of {budget:.1f} GB "
+            f"(data.memory_gb); lower lgb.neg_rate or lgb.max_train_rows, or raise "
             f"data.memory_gb if the machine has the RAM")
     return need
 

@@ -176,6 +176,7 @@ class LgbConfig:
     num_boost_round: int
     early_stopping_rounds: int
     dask_eval_every: int             # cluster runs: rounds between the day-14 grid points
+    max_train_rows: Union[int, None]  # neg_rate lowered so an action's sample stays under it
     params: LgbParams
 
 

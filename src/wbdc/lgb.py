@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator, Mapping, Sequence
 
@@ -78,6 +78,7 @@ class LgbSettings:
     first_day: int | None = None
     seed: int = 2021
     halves_seed: int = 2021        # data.seed: the day-14 user halves every model shares
+    max_train_rows: int | None = None   # an action's offline sample at most this many rows
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LgbSettings":
@@ -99,12 +100,16 @@ class LgbSettings:
         every = int(sec.get("dask_eval_every", 25))
         if every < 1:
             raise ValueError(f"lgb.dask_eval_every must be >= 1, got {every}")
+        cap = sec.get("max_train_rows")
+        if cap is not None and int(cap) < 1:
+            raise ValueError(f"lgb.max_train_rows must be >= 1 or null, got {cap}")
         return cls(params=params, neg_rate=rates, drop=tuple(sec["drop"]),
                    categorical=tuple(sec["categorical"]), calibrate=bool(sec["calibrate"]),
                    round_scaling=scaling, num_boost_round=int(sec["num_boost_round"]),
                    early_stopping_rounds=int(sec["early_stopping_rounds"]), dask_eval_every=every,
                    first_day=None if first is None else int(first), seed=seed,
-                   halves_seed=int(cfg["data"]["seed"]))
+                   halves_seed=int(cfg["data"]["seed"]),
+                   max_train_rows=None if cap is None else int(cap))
 
 
 def parse_actions(spec: str | Sequence[str] | None) -> list[str]:
@@ -165,6 +170,56 @@ def keep_mask(labels: np.ndarray, u: np.ndarray, rate: float) -> np.ndarray:
     if rate >= 1.0:
         return np.ones(len(labels), dtype=bool)
     return (labels != 0) | (u < rate)
+
+
+#: the lowest negative rate ``lgb.max_train_rows`` sets (when an action's positives alone
+#: exceed the cap, it keeps them all and this fraction of its negatives)
+MIN_CAPPED_RATE = 1e-3
+
+
+def label_counts(bits_by_day: Mapping[int, np.ndarray]) -> tuple[np.ndarray, int]:
+    """Positives per action (ACTIONS order) and the number of rows, over label bytes (one per
+    row, bit i = ``ACTIONS[i]``) of some days."""
+    hist = np.zeros(256, np.int64)
+    for bits in bits_by_day.values():
+        hist += np.bincount(np.asarray(bits, np.uint8), minlength=256)
+    values = np.arange(256)
+    pos = np.array([int(hist[(values >> i) & 1 == 1].sum()) for i in range(len(ACTIONS))], np.int64)
+    return pos, int(hist.sum())
+
+
+def capped_rates(rates: Mapping[str, float], positives: Sequence[int], n_rows: int,
+                 max_rows: int | None) -> dict[str, float]:
+    """``rates`` with each action's negative rate lowered, where needed, so that its expected
+    sample (every positive and ``rate`` of the negatives) holds at most ``max_rows`` rows.
+
+    The training rows grow with the data while what one more negative teaches does not: at the
+    final round's size a 0.2 rate keeps over 13M rows of read_comment, and LightGBM's time per
+    round and its binned rows grow with them.  The cap keeps the sample size, not the rate, fixed
+    as the data grows (below the cap nothing changes).  Rates are rounded down to 6 decimals;
+    the positives are always kept (at least :data:`MIN_CAPPED_RATE` of the negatives)."""
+    out = {a: float(r) for a, r in rates.items()}
+    if max_rows is None:
+        return out
+    for i, a in enumerate(ACTIONS):
+        if a not in out:
+            continue
+        pos = int(positives[i])
+        neg = int(n_rows) - pos
+        if neg <= 0 or pos + out[a] * neg <= max_rows:
+            continue
+        r = math.floor(max(0.0, (max_rows - pos) / neg) * 1e6) / 1e6
+        out[a] = min(out[a], max(MIN_CAPPED_RATE, r))
+    return out
+
+
+def cap_settings(settings: "LgbSettings", bits_by_day: Mapping[int, np.ndarray]) -> "LgbSettings":
+    """``settings`` with ``neg_rate`` capped by ``max_train_rows`` over the offline training
+    days' labels (:func:`capped_rates`); the online refit and the calibration use the same rates."""
+    if settings.max_train_rows is None:
+        return settings
+    pos, n = label_counts(bits_by_day)
+    return replace(settings, neg_rate=capped_rates(settings.neg_rate, pos, n, settings.max_train_rows))
 
 
 def calibrate(p: np.ndarray, rate: float) -> np.ndarray:
@@ -411,15 +466,17 @@ def union_mask(labels: np.ndarray, u: np.ndarray, rates: Mapping[str, float],
 
 
 def load_rows(fs, days: Sequence[int], features: Sequence[str], settings: LgbSettings,
-              sample: bool = True, cache_bytes: float = 0.0) -> TrainRows:
+              sample: bool = True, cache_bytes: float = 0.0,
+              bits: dict[int, np.ndarray] | None = None) -> TrainRows:
     """The rows of ``days`` some action keeps (every row without ``sample``), in (day, row)
     order, as a :class:`StoreRows` sequence (one block per day) with their labels in memory.
 
     The sample is the union over all 7 actions even when fewer are trained, so the rows (and
     hence the bins and every model) of a one-action run equal those of the full run.
+    ``bits``: the days' label bytes when already read (:func:`_label_bits`).
     """
     blocks, labels, day, us = [], [], [], []
-    bits = _label_bits(fs, days)
+    bits = dict(_label_bits(fs, days) if bits is None else bits)
     for d in days:
         lab = _unpack(bits.pop(int(d)))
         u = row_uniforms(d, len(lab), settings.seed)
@@ -564,6 +621,8 @@ class FitData:
     groups: UserGroups         # day-14 user grouping for uAUC
     halves: Halves             # the shared day-14 user halves (selection cross-fitted on them)
     cache_bytes: float = 0.0
+    settings: LgbSettings | None = None   # the settings the rows were sampled with (neg_rate
+                                          # capped by max_train_rows): the fits must use these
 
     @property
     def valid_order(self) -> np.ndarray:
@@ -613,19 +672,24 @@ def _dataset(X, n: int, spec: FeatureSpec, params: dict, reference=None, progres
 
 def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes: float = 0.0) -> FitData:
     """Training rows (days first..13, sampled) binned into one Dataset read from the store block
-    by block, and day 14.  ``cache_bytes``: keep the decoded float blocks when they fit (the
-    in-memory speed at small sizes; 0 = read every block when needed)."""
+    by block, and day 14.  The negative rates are capped first (``lgb.max_train_rows``,
+    :func:`cap_settings`): ``FitData.settings`` are the ones to fit with.  ``cache_bytes``: keep
+    the decoded float blocks when they fit (the in-memory speed at small sizes; 0 = read every
+    block when needed)."""
     spec = feature_spec(fs, settings)
     days = training_days(fs, settings, VALID_DAY - 1)
     if VALID_DAY not in fs.days:
         raise FileNotFoundError(f"feature table of day {VALID_DAY} missing (built: {fs.days}); "
                                 "run the features stage (src/stages/features.py)")
-    rows = load_rows(fs, days, spec.names, settings, cache_bytes=cache_bytes)
+    bits = _label_bits(fs, days)
+    settings = cap_settings(settings, bits)
+    rows = load_rows(fs, days, spec.names, settings, cache_bytes=cache_bytes, bits=bits)
+    del bits
     valid_rows, valid_keys = load_day_rows(fs, VALID_DAY, spec.names, settings, cache_bytes=cache_bytes)
     base = sample_reference(rows.X, spec, settings.params, progress=progress, desc="bin train days")
     groups = group_by_user(valid_keys["userid"].to_numpy())
     return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
-                   split_halves(settings.halves_seed, groups=groups), cache_bytes)
+                   split_halves(settings.halves_seed, groups=groups), cache_bytes, settings)
 
 
 def bin_reference(full: lgb.Dataset, X, spec: FeatureSpec, params: dict) -> lgb.Dataset:

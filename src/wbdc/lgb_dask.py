@@ -73,7 +73,7 @@ from .features.store import ROW_KEY, FeatureStore
 from .io import InputError
 from .lgb import (VALID_DAY, FeatureSpec, LgbSettings, OfflineResult, OnlineResult, feature_spec,
                   finish_predictions, half_best_iteration, keep_mask, labels_frame, refit_rounds,
-                  row_uniforms, training_days)
+                  cap_settings, row_uniforms, training_days)
 from .metrics import (HALVES, Halves, _nanmean_quiet, crossfit_scores, group_by_user,
                       per_user_auc, split_halves, weighted_uauc)
 from .paths import Paths
@@ -266,6 +266,9 @@ class ClusterData:
         self.n_day = {d: fs.n_rows(d) for d in days}
         labelled = [d for d in days if d <= VALID_DAY]
         packed = fs.packed_labels(labelled)
+        # the rates capped by lgb.max_train_rows over the offline training days, as on one machine
+        self.settings = settings = cap_settings(settings, {d: packed[d] for d in labelled
+                                                            if d < VALID_DAY})
         self.bits = {d: client.scatter(packed[d], hash=False) for d in labelled}
         rates = tuple(settings.neg_rate[a] for a in ACTIONS)
         futs = {(p.day, p.index): client.submit(part_keep_counts, self.root, p.day, p.index,

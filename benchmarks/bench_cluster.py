@@ -56,7 +56,11 @@ def run_stage(root: Path, stage: str, preset: str, seed: int, extra: list[str]) 
     info = json.loads(infos[-1].read_text()) if infos else {}
     scores = json.loads((out / "scores.json").read_text()) if (out / "scores.json").exists() else {}
     off = scores.get("offline", {})
-    return {"wall": wall, "cpu": cpu, "peak": info.get("peak_rss_mb"), "workers": info.get("worker_peaks_mb") or {},
+    workers = info.get("worker_peaks_mb") or {}
+    # a stage's peak_rss_mb is the larger of its own and its largest finished child's, and a
+    # LocalCluster's workers are the client's children: on a cluster the client's own figure
+    peak = info.get("own_peak_rss_mb", info.get("peak_rss_mb")) if workers else info.get("peak_rss_mb")
+    return {"wall": wall, "cpu": cpu, "peak": peak, "workers": workers,
             "uauc": off.get("weighted") if isinstance(off, dict) else None, "info": info}
 
 

@@ -798,6 +798,29 @@ def test_a_binding_cap_samples_trains_and_calibrates_at_the_lowered_rates():
     unc = load_fit_data(fs, base, progress=False)
     assert off.train_rows["read_comment"] < 0.8 * len(action_rows(
         unc.rows.labels, unc.rows.u, "read_comment", base.neg_rate["read_comment"]))
+    from wbdc.lgb import capped_note
+    note = capped_note(settings, data.settings, ACTIONS)
+    assert note.startswith("lgb.max_train_rows 4,000: neg_rate lowered for read_comment 0.5 -> ")
+    assert capped_note(base, base, ACTIONS) is None
     raw = np.array([0.5])
     np.testing.assert_allclose(finish_predictions(raw, data.settings, "read_comment"),
                                calibrate(raw, eff["read_comment"]).astype(np.float32))
+
+
+def test_the_stage_names_and_records_the_lowered_rates(tiny_root, tmp_path):
+    """A binding ``lgb.max_train_rows`` on the tiny world: the stage says which rates it lowered
+    (one line) and writes them, and the cap, to scores.json; a bad cap is refused in one line."""
+    from conftest import TINY_SEED
+    own = _own_root(tiny_root, tmp_path / "root")
+    r = _stage(own, "--seed", str(TINY_SEED), "--mode", "offline", "--actions", "read_comment",
+               "--set", "lgb.max_train_rows=3000", "--set", "lgb.num_boost_round=5")
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = [x for x in r.stderr.splitlines() if "neg_rate lowered" in x]
+    assert len(line) == 1 and line[0].startswith("[train_lgb] lgb.max_train_rows 3,000: neg_rate "
+                                                 "lowered for read_comment 0.2 -> ")
+    scores = json.loads((own / "models" / "lgb" / "scores.json").read_text())
+    assert scores["max_train_rows"] == 3000 and 0 < scores["neg_rate"]["read_comment"] < 0.2
+    assert scores["train_rows"]["offline"]["read_comment"] <= 3000 * 1.05
+    r = _stage(own, "--set", "lgb.max_train_rows=0")
+    assert r.returncode != 0 and r.stderr.strip().count("\n") == 0
+    assert "lgb.max_train_rows must be >= 1 or null, got 0" in r.stderr

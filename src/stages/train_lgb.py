@@ -43,8 +43,8 @@ from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
 from wbdc.io import read_json, write_json  # noqa: E402
-from wbdc.lgb import (LgbSettings, fit_offline, fit_online, load_fit_data,  # noqa: E402
-                      parse_actions, write_offline, write_online)
+from wbdc.lgb import (LgbSettings, capped_note, fit_offline, fit_online,  # noqa: E402
+                      load_fit_data, parse_actions, write_offline, write_online)
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
 
@@ -78,6 +78,12 @@ def summary(scores: dict, actions: list[str]) -> str:
         fmt = lambda d: f"{d[a]:.5f}" if a in d else "-"  # noqa: E731
         lines.append(f"{a:<13} {fmt(off):>9} {best.get(a, '-'):>8} {rounds.get(a, '-'):>7}")
     return "\n".join(lines)
+
+
+def note_capped(before, after, actions: list[str]) -> None:
+    line = capped_note(before, after, actions)
+    if line:
+        print(f"[train_lgb] {line}", file=sys.stderr)
 
 
 def fit_and_write(args, settings, out: Path, scores: dict, best, seconds: dict, fit_off, fit_on) -> None:
@@ -114,6 +120,7 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
     seconds: dict[str, float] = {}
     t0 = time.perf_counter()
     data = cluster_data(client, fs, settings, args.mode)
+    note_capped(settings, data.settings, actions)
     settings = data.settings                           # neg_rate capped by lgb.max_train_rows
     seconds["load"] = time.perf_counter() - t0
     workers = worker_addresses(client)
@@ -192,6 +199,7 @@ def main() -> int:
         budget = memory_budget_gb(cfg)
         cache = max(0.0, min(budget / 4, budget - need_gb)) * 2**30
         data = load_fit_data(fs, settings, progress=progress, cache_bytes=cache)
+        note_capped(settings, data.settings, actions)
         settings = data.settings                       # neg_rate capped by lgb.max_train_rows
         seconds["load"] = time.perf_counter() - t0
         scores.update(actions=actions, features=len(data.spec.names),

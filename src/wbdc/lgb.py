@@ -222,6 +222,15 @@ def cap_settings(settings: "LgbSettings", bits_by_day: Mapping[int, np.ndarray])
     return replace(settings, neg_rate=capped_rates(settings.neg_rate, pos, n, settings.max_train_rows))
 
 
+def capped_note(before: "LgbSettings", after: "LgbSettings", actions: Sequence[str]) -> str | None:
+    """One line naming the rates ``lgb.max_train_rows`` lowered among ``actions`` (None: none)."""
+    low = [f"{a} {before.neg_rate[a]:g} -> {after.neg_rate[a]:g}" for a in actions
+           if after.neg_rate[a] < before.neg_rate[a]]
+    if not low:
+        return None
+    return f"lgb.max_train_rows {after.max_train_rows:,}: neg_rate lowered for " + ", ".join(low)
+
+
 def calibrate(p: np.ndarray, rate: float) -> np.ndarray:
     """Undo negative down-sampling at ``rate``: odds * rate, i.e. ``p / (p + (1 - p) / rate)``."""
     p = np.asarray(p, dtype=np.float64)

@@ -10,10 +10,16 @@ from .io import write_json
 
 
 def peak_rss_mb() -> float:
-    """Peak resident memory of this process and its finished children, in MB."""
+    """Peak resident memory of this process and its finished children, in MB (the children's
+    figure is the largest single child's, e.g. a LocalCluster worker's)."""
     own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     kids = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return max(own, kids) / 1024.0  # ru_maxrss is KiB on Linux
+
+
+def own_peak_rss_mb() -> float:
+    """Peak resident memory of this process alone, in MB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 class StageRun:
@@ -37,7 +43,8 @@ class StageRun:
         peak = peak_rss_mb()
         if exc_type is None:
             record = {"stage": self.stage, "seconds": round(seconds, 3),
-                      "peak_rss_mb": round(peak, 1), **self.info}
+                      "peak_rss_mb": round(peak, 1), "own_peak_rss_mb": round(own_peak_rss_mb(), 1),
+                      **self.info}
             if self.out_dir is not None:
                 write_json(record, self.out_dir / f"run_info_{self.stage}.json")
             print(f"[{self.stage}] done in {seconds:.1f} s, peak memory {peak:.0f} MB",

@@ -18,7 +18,8 @@ def peak_rss_mb() -> float:
 
 
 def own_peak_rss_mb() -> float:
-    """Peak resident memory of this process alone, in MB."""
+    """Peak resident memory of this process alone, in MB (Linux carries the parent's peak into
+    a child across fork and exec: a stage started by a large process reports at least that)."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 

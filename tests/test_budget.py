@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from wbdc.budget import (LGB_FINAL_MB, LGB_FINAL_ROWS, LGB_FIT_DAYS, LGB_FIT_RATE, LGB_FULL_MB,
+from wbdc.budget import (LGB_FINAL_MB, LGB_FINAL_ROWS, LGB_FIT_DAYS, LGB_FIT_FEATURES, LGB_FIT_RATE, LGB_FULL_MB,
                          LGB_FULL_ROWS, BudgetError, check_lgb, lgb_binned_rows, lgb_estimate_gb,
                          memory_budget_gb, total_ram_gb)
 from wbdc.config import resolve_argv
@@ -33,6 +33,13 @@ def test_the_lightgbm_estimate_passes_through_the_measured_runs():
     assert lgb_binned_rows(14_000, 14, 0.5, 2_600) == pytest.approx(1_000 + 2_600 * 14 / 13)
     assert lgb_binned_rows(14_000, 14, 0.5, 10**9) == lgb_binned_rows(14_000, 14, 0.5)
     assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 1.0, 5_000_000) < lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2)
+    # more feature columns than measured cost more per row, in proportion; fewer keep the measured cost
+    base = lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2)
+    assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2, n_features=LGB_FIT_FEATURES) == base
+    assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2, n_features=100) == base
+    fixed = lgb_estimate_gb(0, 14, 0.2)
+    assert lgb_estimate_gb(LGB_FINAL_ROWS, 14, 0.2, n_features=2 * LGB_FIT_FEATURES) == \
+        pytest.approx(fixed + 2 * (base - fixed))
 
 
 def test_final_size_fits_8_gb_and_a_bigger_sample_is_refused_in_one_line():

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from test_features_world import make_world, small_config
 
+from wbdc.config import ConfigError
 from wbdc.features import build
 from wbdc.features.store import FeatureStore, part_file
 from wbdc.io import read_json
@@ -171,6 +172,64 @@ def test_similarity_features_match_a_plain_recomputation(built):
         pm = np.mean([pmap[x] for x in eng["feedid"]], axis=0) if len(eng) else None
         aff = 0.0 if pm is None else pm @ pmap[f] / (np.linalg.norm(pm) * np.linalg.norm(pmap[f]))
         assert df.at[i, "user_feed_pca_affinity"] == pytest.approx(aff, abs=1e-5)
+
+
+def test_per_action_interest_similarities_and_feed_columns_match_a_plain_recomputation(tmp_path, built):
+    """features.{pca,w2v}.action_sims add user_<a>_pca_sim / user_<a>_feed_w2v_sim: the cosine
+    between the candidate and the mean vector of the feeds the user did <a> on before d;
+    feed_columns add the candidate's first components; the other columns stay as they were."""
+    paths = make_world(tmp_path, seed=1)
+    cfg = small_config()
+    cfg["features"]["pca"].update(action_sims=["like", "comment"], feed_columns=3)
+    cfg["features"]["w2v"].update(action_sims="main", feed_columns=2)
+    build.run(paths, cfg, progress=False)
+    fs, plain = FeatureStore(paths), FeatureStore(built[0])
+    sims = [f"user_{a}_feed_w2v_sim" for a in ("read_comment", "like", "click_avatar", "forward")] + \
+        [f"user_{a}_pca_sim" for a in ("like", "comment")]
+    assert [c for c in fs.columns("dense") if c not in plain.columns("dense")] == \
+        [*sims[:4], "feed_w2v_0", "feed_w2v_1", *sims[4:], "feed_pca_0", "feed_pca_1", "feed_pca_2"]
+    actions = pd.read_parquet(paths.prepared / "actions.parquet")
+    tables = {k: dict(zip(ids.tolist(), vec.astype(np.float64)))
+              for k, (ids, vec) in (("pca", fs.pretrained("feed_pca")), ("feed_w2v", fs.pretrained("feed_w2v")))}
+    d = 10
+    df = fs.load_day(d)
+    pd.testing.assert_frame_equal(df[plain.columns("dense")], plain.load_day(d)[plain.columns("dense")],
+                                  check_exact=True)
+    for kind, k in (("pca", 3), ("feed_w2v", 2)):
+        want = np.stack([tables[kind][f][:k] for f in df["feedid"]])
+        np.testing.assert_allclose(df[[f"feed_{'pca' if kind == 'pca' else 'w2v'}_{i}" for i in range(k)]]
+                                   .to_numpy(np.float64), want, atol=1e-6)
+    nonzero = 0
+    for i in range(0, len(df), 5):
+        u, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
+        past = actions[(actions["userid"] == u) & (actions["date_"] < d)]
+        for col in sims:
+            a, kind = col[5:].split("_pca_sim")[0] if col.endswith("_pca_sim") else col[5:-len("_feed_w2v_sim")], \
+                "pca" if col.endswith("_pca_sim") else "feed_w2v"
+            vmap = tables[kind]
+            did = past.loc[past[a] > 0, "feedid"]
+            if len(did) == 0:
+                assert df.at[i, col] == 0.0, col
+                continue
+            m = np.mean([vmap[x] for x in did], axis=0)
+            cos = m @ vmap[f] / (np.linalg.norm(m) * np.linalg.norm(vmap[f]))
+            assert df.at[i, col] == pytest.approx(cos, abs=1e-5), col
+            nonzero += 1
+    assert nonzero > 20
+
+
+def test_feed_columns_stop_at_the_vectors_dim_and_a_negative_count_is_refused(tmp_path):
+    paths = make_world(tmp_path, seed=1)
+    cfg = small_config()
+    cfg["features"]["pca"]["feed_columns"] = 99         # small_config's PCA has 6 dims
+    cfg["features"]["w2v"]["feed_columns"] = -1
+    with pytest.raises(ConfigError, match=r"^features\.w2v\.feed_columns: expected 0 or more components, got -1$"):
+        build.run(paths, cfg, progress=False)
+    assert not (paths.root / "features" / "manifest.json").exists()
+    cfg["features"]["w2v"]["feed_columns"] = 0
+    build.run(paths, cfg, progress=False)
+    assert [c for c in FeatureStore(paths).columns("dense") if c.startswith("feed_pca_")] == \
+        [f"feed_pca_{i}" for i in range(6)]
 
 
 def test_feed_lists_and_pretrained(built):

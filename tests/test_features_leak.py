@@ -32,10 +32,19 @@ def scramble_from(paths, d: int, seed: int) -> None:
     pq.write_table(pa.Table.from_pandas(a, preserve_index=False), path)
 
 
+def leak_config() -> dict:
+    """The test config with every optional label-reading family on (per-action interest
+    vectors on the PCA and word2vec tables)."""
+    cfg = small_config()
+    cfg["features"]["pca"]["action_sims"] = "all"
+    cfg["features"]["w2v"]["action_sims"] = "main"
+    return cfg
+
+
 @pytest.fixture(scope="module")
 def original(tmp_path_factory):
     paths = make_world(tmp_path_factory.mktemp("orig"), seed=7)
-    build.run(paths, small_config(), progress=False)
+    build.run(paths, leak_config(), progress=False)
     return paths
 
 
@@ -44,7 +53,7 @@ def original(tmp_path_factory):
 def test_scrambling_day_d_and_later_leaves_day_d_identical(original, tmp_path, d, buckets):
     paths = make_world(tmp_path, seed=7)
     scramble_from(paths, d, seed=d)
-    summary = build.run(paths, small_config(), progress=False, n_buckets=buckets)
+    summary = build.run(paths, leak_config(), progress=False, n_buckets=buckets)
     assert summary["buckets"] == buckets
     assert summary["built"] == list(range(2, 16))
     fs0, fs1 = FeatureStore(original), FeatureStore(paths)
@@ -58,3 +67,4 @@ def test_scrambling_day_d_and_later_leaves_day_d_identical(original, tmp_path, d
     changed = [c for c in fs0.columns("dense") if not later[0][c].equals(later[1][c])]
     assert any(c.startswith("user_w3_rate") for c in changed)
     assert "user_feed_pca_affinity" in changed or "user_engaged_count" in changed
+    assert "user_like_pca_sim" in changed and "user_read_comment_feed_w2v_sim" in changed

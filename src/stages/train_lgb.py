@@ -43,7 +43,7 @@ from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
 from wbdc.io import read_json, write_json  # noqa: E402
-from wbdc.lgb import (LgbSettings, capped_note, fit_offline, fit_online,  # noqa: E402
+from wbdc.lgb import (LgbSettings, capped_note, feature_spec, fit_offline, fit_online,  # noqa: E402
                       load_fit_data, parse_actions, write_offline, write_online)
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
@@ -164,8 +164,13 @@ def main() -> int:
     cfg["lgb"]["actions"] = actions
     cfg["lgb"]["params"] = dict(settings.params)      # effective: seed and threads filled in
     paths = Paths.at(args.root)
-    need_gb = check_lgb_prepared(cfg, paths.prepared) or 0.0   # before any work: fits data.memory_gb?
     fs = FeatureStore(paths)
+    try:
+        n_features = len(feature_spec(fs, settings).names)
+    except ValueError as e:
+        raise SystemExit(f"train_lgb: {e}")
+    # before any work: does the estimated peak fit data.memory_gb?
+    need_gb = check_lgb_prepared(cfg, paths.prepared, n_features) or 0.0
     out = paths.model("lgb")
     progress = not args.no_progress
 

@@ -31,6 +31,10 @@ from .io import InputError
 LGB_FULL_MB, LGB_FULL_ROWS = 2_468.0, 7_344_328
 LGB_FINAL_MB, LGB_FINAL_ROWS = 7_525.0, 73_120_760
 LGB_FIT_DAYS, LGB_FIT_RATE = 14, 0.2
+#: the feature columns of both measured runs: a binned row holds about one byte per feature, so
+#: with more columns (e.g. ``features.*.feed_columns``) the cost per row is scaled up in
+#: proportion (never down: fewer columns keep the measured cost)
+LGB_FIT_FEATURES = 192
 
 
 def lgb_binned_rows(n_actions: int, n_days: int, max_rate: float,
@@ -53,10 +57,15 @@ def _lgb_fit() -> tuple[float, float]:
     return LGB_FULL_MB - slope * x0, slope
 
 
+def lgb_row_mb(n_features: int | None = None) -> float:
+    """MB per binned row: the fitted cost, scaled up for more feature columns than measured."""
+    return _lgb_fit()[1] * max(1.0, (n_features or LGB_FIT_FEATURES) / LGB_FIT_FEATURES)
+
+
 def lgb_estimate_gb(n_actions: int, n_days: int, max_rate: float,
-                    max_train_rows: int | None = None) -> float:
-    fixed, per_row = _lgb_fit()
-    return (fixed + per_row * lgb_binned_rows(n_actions, n_days, max_rate, max_train_rows)) / 1024
+                    max_train_rows: int | None = None, n_features: int | None = None) -> float:
+    fixed = _lgb_fit()[0]
+    return (fixed + lgb_row_mb(n_features) * lgb_binned_rows(n_actions, n_days, max_rate, max_train_rows)) / 1024
 
 
 class BudgetError(InputError):
@@ -79,27 +88,28 @@ def memory_budget_gb(cfg: dict) -> float:
     return value
 
 
-def check_lgb(cfg: dict, n_actions: int, n_days: int) -> float:
+def check_lgb(cfg: dict, n_actions: int, n_days: int, n_features: int | None = None) -> float:
     """Raise :class:`BudgetError` when LightGBM's estimated peak for ``n_actions`` labelled rows
     over ``n_days`` days (at the largest ``lgb.neg_rate``, the sample capped by
-    ``lgb.max_train_rows``) is over the budget; return the estimate (GB) otherwise."""
+    ``lgb.max_train_rows``, ``n_features`` columns) is over the budget; return the estimate (GB)
+    otherwise."""
     rates = cfg["lgb"]["neg_rate"]
     max_rate = max(float(v) for v in rates.values()) if rates else 1.0
     cap = cfg["lgb"].get("max_train_rows")
-    need = lgb_estimate_gb(n_actions, n_days, max_rate, cap)
+    need = lgb_estimate_gb(n_actions, n_days, max_rate, cap, n_features)
     budget = memory_budget_gb(cfg)
     if need > budget:
         raise BudgetError(
             f"train_lgb: needs about {need:.1f} GB for {n_actions:,} labelled rows at "
             f"lgb.neg_rate up to {max_rate:g} "
             f"({lgb_binned_rows(n_actions, n_days, max_rate, cap) / 1e6:.1f}M rows binned at once, "
-            f"about {_lgb_fit()[1] * 2**20:.0f} bytes each, measured), over the memory budget of {budget:.1f} GB "
+            f"about {lgb_row_mb(n_features) * 2**20:.0f} bytes each, measured), over the memory budget of {budget:.1f} GB "
             f"(data.memory_gb); lower lgb.neg_rate or lgb.max_train_rows, or raise "
             f"data.memory_gb if the machine has the RAM")
     return need
 
 
-def check_lgb_prepared(cfg: dict, prepared_dir) -> float | None:
+def check_lgb_prepared(cfg: dict, prepared_dir, n_features: int | None = None) -> float | None:
     """:func:`check_lgb` with the row and day counts of ``data/prepared/meta.json`` (nothing to
     check, None, when it is missing: the stage then names what to run first)."""
     from pathlib import Path
@@ -108,7 +118,7 @@ def check_lgb_prepared(cfg: dict, prepared_dir) -> float | None:
     if not (Path(prepared_dir) / "meta.json").exists():
         return None
     meta = load_meta(prepared_dir)
-    return check_lgb(cfg, int(meta["n_actions"]), len(meta.get("days") or range(LGB_FIT_DAYS)))
+    return check_lgb(cfg, int(meta["n_actions"]), len(meta.get("days") or range(LGB_FIT_DAYS)), n_features)
 
 
 #: The bucketed features build (wbdc.features.build): its peak is in pass B, which holds one

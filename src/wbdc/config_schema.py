@@ -87,11 +87,15 @@ class W2VConfig:
     feed: W2VModelConfig
     author: W2VModelConfig
     user_vectors: bool
+    feed_columns: int
+    action_sims: Union[Literal["all", "main"], list[Action]]
 
 
 @dataclass
 class PCAConfig:
     dim: int
+    feed_columns: int
+    action_sims: Union[Literal["all", "main"], list[Action]]
 
 
 @dataclass

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
+from ..config import ConfigError
 from ..io import InputError, obj_digest, write_npy
 from ..prepare import load_meta
 from ..schema import ACTIONS, TEST_DAY
@@ -40,7 +41,8 @@ from . import static as static_mod
 from .embedding_pca import fit_pca
 from .history import DailyTable, aggregate_vectors, cosine, dense_codes, history_mean, id_rows, window_days
 from .w2v import train_word2vec, user_sequences, vector_table, write_sentences
-from .window_stats import (VALUE_COLUMNS, WindowSpec, build_histories, check_bucketable, distinct_per_key,
+from .window_stats import (VALUE_COLUMNS, WindowSpec, action_list, build_histories, check_bucketable,
+                           distinct_per_key,
                            shared_value_needs, user_keyed, window_features, window_label)
 
 FEATURES_VERSION = 2
@@ -341,6 +343,65 @@ def w2v_corpus_file(fcfg: dict, rows: int) -> bool:
     return not w2v_deterministic(fcfg, rows) if value == "auto" else bool(value)
 
 
+
+# ----------------------------------------------------------------------------- per-action interest vectors
+
+def sim_actions(section: dict) -> tuple[str, ...]:
+    """The actions of ``<section>.action_sims`` ([] = none, "all", "main" or a list)."""
+    spec = section.get("action_sims", [])
+    return () if spec == [] or spec is None else action_list(spec)
+
+
+def action_histories(rs: RowSet, n_users: int, ids_tab: np.ndarray, mat: np.ndarray,
+                     actions: tuple[str, ...]) -> dict[str, DailyTable]:
+    """Per action: the (user, day) sums of the vectors of the feeds the user did it on (the
+    labelled rows of the bucket; queried with ``before(d)`` only)."""
+    n_a = rs.n_labelled
+    users, day = rs.expo["userid"][:n_a].astype(np.int64), rs.expo["date_"][:n_a]
+    prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a].astype(np.int64))
+    out = {}
+    for a in actions:
+        pos = rs.labelled[a] > 0
+        out[a] = aggregate_vectors(users[pos], day[pos], n_users, prow[pos], mat)
+    return out
+
+
+def action_sim_columns(tables: dict[str, DailyTable], d: int, lo: int, hi: int, uid: np.ndarray,
+                       cand: np.ndarray, suffix: str) -> dict[str, np.ndarray]:
+    """``user_<action>_<suffix>``: the cosine between the candidate's vector and the mean vector
+    of the feeds the user did the action on before d (0 without such a feed): the user's
+    interest per behaviour, which a per-user ranking needs more than any user-level rate."""
+    users, upos = np.unique(uid, return_inverse=True)
+    out = {}
+    for a, t in tables.items():
+        mean, _ = history_mean(t.before(d), users, lo, hi)
+        out[f"user_{a}_{suffix}"] = cosine(mean[upos], cand).astype(np.float32)
+    return out
+
+
+def action_sim_specs(actions: tuple[str, ...], suffix: str) -> list[dict]:
+    return [_col(f"user_{a}_{suffix}", "float32", ["dense"], "action_similarity") for a in actions]
+
+
+def feed_column_count(section: dict, key: str, dim: int) -> int:
+    """``<section>.feed_columns``, at most the vector's ``dim`` (a negative count is refused)."""
+    k = int(section.get("feed_columns", 0))
+    if k < 0:
+        raise ConfigError(f"{key}.feed_columns: expected 0 or more components, got {k}")
+    return min(k, int(dim))
+
+
+def vector_column_specs(prefix: str, k: int) -> list[dict]:
+    """``<prefix>_<i>`` for the first ``k`` components of the feed's vector: the candidate's
+    content as plain dense columns (for the trees; the nets embed the whole table through
+    ``pretrained``)."""
+    return [_col(f"{prefix}_{i}", "float32", ["dense"], "feed_vector") for i in range(k)]
+
+
+def vector_columns(prefix: str, k: int, cand: np.ndarray) -> dict[str, np.ndarray]:
+    return {f"{prefix}_{i}": cand[:, i].astype(np.float32) for i in range(k)}
+
+
 class Word2Vec(Family):
     """word2vec feed and author vectors on per-user exposure sequences (every day, test rows
     included, never labels), the per-(user, day) mean vectors of the feeds / authors seen before
@@ -354,6 +415,7 @@ class Word2Vec(Family):
         meta = load_meta(ctx.prepared)
         rows = int(meta["n_actions"]) + int(meta["n_test"])
         self.workers, self.corpus_file = w2v_workers(ctx.fcfg, rows), w2v_corpus_file(ctx.fcfg, rows)
+        self.n_feed_columns = feed_column_count(w, "features.w2v", w["feed"]["dim"])
         self.fps = {f"{kind}_w2v": obj_digest({
             "v": FEATURES_VERSION, "cfg": w[kind], "max_len": w["max_sentence_len"],
             "workers": self.workers, "corpus_file": self.corpus_file,
@@ -367,6 +429,8 @@ class Word2Vec(Family):
     def columns(self) -> list[dict]:
         w = self.ctx.fcfg["w2v"]
         cols = [_col(f"user_{kind}_w2v_sim", "float32", ["dense"], "similarity") for kind, _, _ in self.KINDS]
+        cols += action_sim_specs(sim_actions(w), "feed_w2v_sim")
+        cols += vector_column_specs("feed_w2v", self.n_feed_columns)
         if w.get("user_vectors", True):
             for kind, _, _ in self.KINDS:
                 cols += [_col(f"user_{kind}_w2v_{i}", "float32", ["vector"], "user_vectors", "users")
@@ -431,6 +495,8 @@ class Word2Vec(Family):
             ids_tab, mat = self.tables[f"{kind}_w2v"]
             rows = id_rows(ids_tab.astype(np.int64), rs.expo[item][:n_a].astype(np.int64))
             out[kind] = aggregate_vectors(users, day, self.ctx.staged.n_users, rows, mat)
+        out["actions"] = action_histories(rs, self.ctx.staged.n_users, *self.tables["feed_w2v"],
+                                          sim_actions(self.ctx.fcfg["w2v"]))
         return out
 
     def transform(self, d, rs, vec):
@@ -447,17 +513,27 @@ class Word2Vec(Family):
             day[f"user_{kind}_w2v_sim"] = cosine(mean_u[upos], cand).astype(np.float32)
             for i in range(mean_u.shape[1]):
                 side[f"user_{kind}_w2v_{i}"] = mean_u[:, i].astype(np.float32)
+            if kind == "feed":
+                day.update(action_sim_columns(vec["actions"], d, lo, hi, uid, cand, "feed_w2v_sim"))
+                day.update(vector_columns("feed_w2v", self.n_feed_columns, cand))
         return day, (side if self.ctx.fcfg["w2v"].get("user_vectors", True) else {})
 
 
 class PcaAffinity(Family):
     """feed_embedding PCA (``features.pca``) and the cosine between the candidate and the mean
-    PCA vector of the feeds the user engaged with (any action) before d."""
+    PCA vector of the feeds the user engaged with (any action) before d; per action with
+    ``features.pca.action_sims``."""
     name = "pca"
+
+    def n_feed_columns(self) -> int:
+        p = self.ctx.fcfg["pca"]
+        return feed_column_count(p, "features.pca", p["dim"])
 
     def columns(self) -> list[dict]:
         return [_col("user_feed_pca_affinity", "float32", ["dense"], "similarity"),
-                _col("user_engaged_count", "float32", ["dense"], "similarity")]
+                _col("user_engaged_count", "float32", ["dense"], "similarity"),
+                *action_sim_specs(sim_actions(self.ctx.fcfg["pca"]), "pca_sim"),
+                *vector_column_specs("feed_pca", self.n_feed_columns())]
 
     def describe(self) -> str:
         return ("feed_embedding PCA and the cosine between the candidate and the mean PCA vector of "
@@ -490,9 +566,11 @@ class PcaAffinity(Family):
         ids_tab, mat = self.table
         users = rs.expo["userid"][:n_a][engaged].astype(np.int64)
         prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a][engaged].astype(np.int64))
-        return aggregate_vectors(users, rs.expo["date_"][:n_a][engaged], self.ctx.staged.n_users, prow, mat)
+        return (aggregate_vectors(users, rs.expo["date_"][:n_a][engaged], self.ctx.staged.n_users, prow, mat),
+                action_histories(rs, self.ctx.staged.n_users, ids_tab, mat, sim_actions(self.ctx.fcfg["pca"])))
 
-    def transform(self, d, rs, engaged):
+    def transform(self, d, rs, state):
+        engaged, per_action = state
         rows, ex = rs.day_rows(d), rs.expo
         lo, hi = window_days(d, "all", self.ctx.first_day)
         uid = ex["userid"][rows].astype(np.int64)
@@ -501,7 +579,9 @@ class PcaAffinity(Family):
         prow = id_rows(ids_tab.astype(np.int64), ex["feedid"][rows].astype(np.int64))
         cand = np.where((prow >= 0)[:, None], mat[np.maximum(prow, 0)], 0.0)
         return {"user_feed_pca_affinity": cosine(mean_e, cand).astype(np.float32),
-                "user_engaged_count": cnt_e.astype(np.float32)}, {}
+                "user_engaged_count": cnt_e.astype(np.float32),
+                **action_sim_columns(per_action, d, lo, hi, uid, cand, "pca_sim"),
+                **vector_columns("feed_pca", self.n_feed_columns(), cand)}, {}
 
 
 def call(ctx: Context, family: Family, hook: str, *args):

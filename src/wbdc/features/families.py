@@ -42,8 +42,7 @@ from .embedding_pca import fit_pca
 from .history import DailyTable, aggregate_vectors, cosine, dense_codes, history_mean, id_rows, window_days
 from .w2v import train_word2vec, user_sequences, vector_table, write_sentences
 from .window_stats import (VALUE_COLUMNS, WindowSpec, action_list, build_histories, check_bucketable,
-                           distinct_per_key,
-                           shared_value_needs, user_keyed, window_features, window_label)
+                           distinct_per_key, shared_value_needs, user_keyed, window_features, window_label)
 
 FEATURES_VERSION = 2
 
@@ -343,7 +342,6 @@ def w2v_corpus_file(fcfg: dict, rows: int) -> bool:
     return not w2v_deterministic(fcfg, rows) if value == "auto" else bool(value)
 
 
-
 # ----------------------------------------------------------------------------- per-action interest vectors
 
 def sim_actions(section: dict) -> tuple[str, ...]:
@@ -440,7 +438,8 @@ class Word2Vec(Family):
     def describe(self) -> str:
         return ("word2vec feed/author vectors on per-user exposure sequences (all days incl. test, no "
                 "labels); per-(user, day) mean vectors of feeds/authors seen before d (users/ side "
-                "tables) and their cosine with the candidate.")
+                "tables) and their cosine with the candidate; per action, the cosine with the mean "
+                "vector of the feeds the user did it on before d; the candidate's first components.")
 
     def corpus(self, name: str) -> Path:
         return self.ctx.staged.dir / f"corpus_{name}.txt"
@@ -537,7 +536,8 @@ class PcaAffinity(Family):
 
     def describe(self) -> str:
         return ("feed_embedding PCA and the cosine between the candidate and the mean PCA vector of "
-                "feeds the user engaged with before d.")
+                "feeds the user engaged with before d (any action, and per action); the candidate's "
+                "first components.")
 
     def fit(self) -> dict[str, dict]:
         ctx = self.ctx

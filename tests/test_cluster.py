@@ -3,10 +3,12 @@ bucket count per worker, and the features stage on a LocalCluster writing the sa
 process (issue 15)."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -123,3 +125,106 @@ def test_run_all_on_a_local_cluster_writes_a_valid_submission(tmp_path):
     online = score_files(root / "submissions" / "submission.csv", world / "truth" / "test_truth.csv")
     assert scores["online"]["weighted"] == pytest.approx(online["weighted"], abs=1e-6)
     assert online["weighted"] > 0.5
+
+
+@contextlib.contextmanager
+def _cluster_started_by_hand(tmp_path, n_workers: int, with_code: bool):
+    """A `dask scheduler` and `dask worker` processes started from the command line, as a user
+    does on real machines (README, "Running on a Dask cluster"), in another working directory,
+    with PYTHONPATH=<repo>/src or without it; yields the scheduler's address."""
+    import os
+    import signal
+    import time
+    from pathlib import Path
+
+    dask_cli = Path(sys.executable).parent / "dask"
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    if with_code:
+        env["PYTHONPATH"] = str(REPO / "src")
+    env["OMP_WAIT_POLICY"] = "PASSIVE"
+    here = tmp_path / "cluster"
+    here.mkdir()
+    sched_file = here / "scheduler.json"
+    procs = []
+    try:
+        procs.append(subprocess.Popen([str(dask_cli), "scheduler", "--host", "127.0.0.1", "--port", "0",
+                                       "--no-dashboard", "--scheduler-file", str(sched_file)],
+                                      cwd=here, env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        deadline = time.time() + 60
+        while not sched_file.exists() and time.time() < deadline:
+            time.sleep(0.2)
+        procs.append(subprocess.Popen([str(dask_cli), "worker", "--scheduler-file", str(sched_file),
+                                       "--nworkers", str(n_workers), "--nthreads", "1", "--memory-limit", "2GB",
+                                       "--no-dashboard", "--local-directory", str(here)],
+                                      cwd=here, env=env, start_new_session=True,
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+        from distributed import Client
+        with Client(scheduler_file=str(sched_file), timeout="60s") as client:
+            client.wait_for_workers(n_workers, timeout=60)
+            address = client.scheduler.address
+        yield address
+    finally:
+        for p in reversed(procs):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(p.pid, signal.SIGKILL)
+
+
+def test_a_scheduler_and_workers_without_the_code_are_refused_in_one_line(tiny_root, tmp_path):
+    """The scheduler unpickles every task graph, so it needs the repository on its PYTHONPATH as
+    the workers do: a cluster lacking it is refused before any work, naming who lacks it."""
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(tiny_root / "data" / "prepared", root / "data" / "prepared")
+    with _cluster_started_by_hand(tmp_path, 1, with_code=False) as address:
+        r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "features.py"), "--root", str(root),
+                            "--preset", "tiny", "--seed", str(TINY_SEED), "--no-progress",
+                            "--set", f"cluster.address={address}"], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 2, r.stderr[-2000:]
+    lines = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and "Traceback" not in r.stderr
+    assert f"cluster.address={address}: the scheduler cannot import wbdc" in lines[0]
+    assert "worker tcp://127.0.0.1:" in lines[0] and f"PYTHONPATH={REPO / 'src'}" in lines[0]
+    assert not (root / "features").exists() or not any((root / "features").rglob("*.parquet"))
+
+
+def test_a_worker_on_other_code_or_library_versions_is_named():
+    from wbdc.cluster import _code_mismatch, _code_probe
+    mine = _code_probe()()
+    assert _code_mismatch("worker w", mine, dict(mine)) is None
+    other = {**mine, "wbdc": "0" * 16, "path": "/elsewhere/src/wbdc"}
+    assert "worker w runs other wbdc code (/elsewhere/src/wbdc)" in _code_mismatch("worker w", mine, other)
+    old = {**mine, "versions": {**mine["versions"], "lightgbm": "3.3.5"}}
+    assert _code_mismatch("worker w", mine, old) == \
+        f"worker w has other versions: lightgbm 3.3.5 (client {mine['versions']['lightgbm']})"
+
+
+@pytest.mark.slow
+def test_run_all_on_a_scheduler_and_workers_started_by_hand(tmp_path):
+    """`run_all.sh --cluster tcp://HOST:PORT` against a scheduler and two workers started with the
+    `dask` command line in another directory (the closest this machine comes to several
+    machines): the features and a DDP net run on them, and the submission is valid."""
+    import pandas as pd
+
+    from conftest import RUN_ALL_SEED, run_all_cmd
+    from wbdc.schema import ACTIONS
+
+    root = tmp_path / "root"
+    with _cluster_started_by_hand(tmp_path, 2, with_code=True) as address:
+        r = subprocess.run(run_all_cmd(root, "--models", "sb", "--cluster", address),
+                           capture_output=True, text=True, env=run_all_env(), timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert r.stderr.count(f"connected to {address} (2 worker(s))") == 2     # features, train_nn
+    sb = json.loads((root / "models" / "sb" / "scores.json").read_text())
+    assert sb["distributed"]["world_size"] == 2 and sb["distributed"]["backend"] == "gloo"
+    world = root / "data" / "synthetic" / f"tiny_seed{RUN_ALL_SEED}"
+    sub = pd.read_csv(root / "submissions" / "submission.csv")
+    test = pd.read_csv(world / "wechat_algo_data1" / "test_a.csv")
+    assert list(sub.columns) == ["userid", "feedid", *ACTIONS] and len(sub) == len(test)
+    assert sub[list(ACTIONS)].notna().all().all()
+    assert set(json.loads((root / "ensemble" / "scores.json").read_text())["models"]) == {"popularity", "sb"}

@@ -204,27 +204,29 @@ def test_a_worker_on_other_code_or_library_versions_is_named():
         f"worker w has other versions: lightgbm 3.3.5 (client {mine['versions']['lightgbm']})"
 
 
-@pytest.mark.slow
-def test_run_all_on_a_scheduler_and_workers_started_by_hand(tmp_path):
-    """`run_all.sh --cluster tcp://HOST:PORT` against a scheduler and two workers started with the
+def test_a_scheduler_and_workers_started_by_hand_build_the_same_store_and_train_a_ddp_net(
+        tiny_root_3_buckets, tmp_path):
+    """`cluster.address=tcp://HOST:PORT` against a scheduler and two workers started with the
     `dask` command line in another directory (the closest this machine comes to several
-    machines): the features and a DDP net run on them, and the submission is valid."""
+    machines): the features are the bytes of one process, and a net trains on 2 DDP ranks."""
     import pandas as pd
 
-    from conftest import RUN_ALL_SEED, run_all_cmd
-    from wbdc.schema import ACTIONS
-
+    one, _ = tiny_root_3_buckets
     root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    shutil.copytree(one / "data" / "prepared", root / "data" / "prepared")
+    common = ["--preset", "tiny", "--seed", str(TINY_SEED), "--no-progress"]
     with _cluster_started_by_hand(tmp_path, 2, with_code=True) as address:
-        r = subprocess.run(run_all_cmd(root, "--models", "sb", "--cluster", address),
-                           capture_output=True, text=True, env=run_all_env(), timeout=900)
-    assert r.returncode == 0, r.stderr[-4000:]
-    assert r.stderr.count(f"connected to {address} (2 worker(s))") == 2     # features, train_nn
+        at = ["--set", f"cluster.address={address}"]
+        feats = run_stage("features.py", root, *common, "--set", "features.buckets=3", *at)
+        net = run_stage("train_nn.py", root, *common, "--arch", "sb", "--mode", "all", *at,
+                        "--set", "nn.train.epochs=1", "--set", "nn.sb.bottom_dims=[16]",
+                        "--set", "nn.embedding.dim=4", "--set", "nn.threads=1")
+    for r in (feats, net):
+        assert f"connected to {address} (2 worker(s))" in r.stderr
+    assert _digests(one / "features") == _digests(root / "features")
     sb = json.loads((root / "models" / "sb" / "scores.json").read_text())
     assert sb["distributed"]["world_size"] == 2 and sb["distributed"]["backend"] == "gloo"
-    world = root / "data" / "synthetic" / f"tiny_seed{RUN_ALL_SEED}"
-    sub = pd.read_csv(root / "submissions" / "submission.csv")
-    test = pd.read_csv(world / "wechat_algo_data1" / "test_a.csv")
-    assert list(sub.columns) == ["userid", "feedid", *ACTIONS] and len(sub) == len(test)
-    assert sub[list(ACTIONS)].notna().all().all()
-    assert set(json.loads((root / "ensemble" / "scores.json").read_text())["models"]) == {"popularity", "sb"}
+    assert 0 < sb["offline"]["weighted"] < 1
+    assert len(pd.read_parquet(root / "models" / "sb" / "pred_online.parquet")) == \
+        len(pd.read_parquet(one / "data" / "prepared" / "test.parquet"))

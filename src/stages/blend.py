@@ -3,9 +3,11 @@
 Reads models/<name>/pred_offline.parquet and pred_offline_sel_{a,b}.parquet (day-14 rows; the
 latter as chosen on each user half) and pred_online.parquet (test rows) of every model folder
 (or --models), the day-14 labels (data/prepared/actions.parquet) and the test rows
-(data/prepared/test.parquet).  It searches non-negative weights summing to 1 that maximise
-the day-14 uAUC, blending either probabilities or per-user percentile ranks: one vector for all
-actions on the weighted uAUC (blend.scope=shared, the default) or one per action (action).
+(data/prepared/test.parquet).  blend.scope=equal (the default) takes the plain mean of the
+models (but blend.equal_exclude, the popularity baseline) and fits no weights; shared and action
+search non-negative weights summing to 1 that maximise the day-14 uAUC: one vector for all
+actions on the weighted uAUC (shared) or one per action (action).  Each blends either
+probabilities or per-user percentile ranks (blend.methods), whichever scores better held out.
 
 Honest scores (scores.json "models" and "blend"): the day-14 users are split in the seeded
 halves every model shares (data.seed); what is chosen on one half is scored on the other, both

@@ -219,6 +219,19 @@ def test_parse_actions_and_settings():
         LgbSettings.from_config(cfg)
 
 
+@pytest.mark.parametrize("seeds,message", [([], "non-empty list"), ([3, 3], "must differ"),
+                                           (["a"], "list of integers"), (4, "list of integers")])
+def test_a_bad_seed_bag_is_refused(seeds, message):
+    cfg = default_config()
+    cfg["lgb"]["seeds"] = seeds
+    with pytest.raises(ValueError, match=rf"lgb\.seeds.*{message}"):
+        LgbSettings.from_config(cfg)
+    cfg["lgb"]["seeds"] = [5, 2]
+    s = LgbSettings.from_config(cfg)
+    assert s.fit_seeds == (5, 2)
+    assert s.with_seed(2).seed == 2 and s.with_seed(2).params["seed"] == 2 and s.params["seed"] == s.seed
+
+
 def test_repo_config_matches_official_rates():
     s = LgbSettings.from_config(default_config())
     assert s.neg_rate == {"read_comment": 0.2, "like": 0.2, "click_avatar": 0.2, "forward": 0.1,
@@ -504,6 +517,64 @@ def test_tiny_online_mode_reuses_the_offline_iterations(tiny_lgb, tmp_path):
     old = json.loads((root / "models" / "lgb" / "scores.json").read_text())
     assert scores["offline"] == old["offline"]               # kept from the offline run
     assert scores["online_rounds"] == {a: old["online_rounds"][a] for a in ("like", "follow")}
+
+
+def test_a_seed_bag_is_the_mean_of_its_seeds_scored_cross_fitted(tiny_lgb, tmp_path):
+    """lgb.seeds=[s1, s2]: each seed's models are those of a run with that seed alone, the
+    prediction files are the seeds' mean, the honest score is the cross-fitted score of the
+    mean selections, the curve gives each seed alone and the average; --mode online refits each
+    seed for its own best iterations."""
+    import shutil
+
+    from conftest import TINY_SEED
+    from wbdc.features.store import FeatureStore
+    from wbdc.metrics import mean_predictions
+    from wbdc.paths import Paths
+    root, _ = tiny_lgb
+    acts = ["read_comment", "like"]
+    bag = _own_root(root, tmp_path / "bag")
+    r = _stage(bag, "--seed", str(TINY_SEED), "--actions", ",".join(acts), "--set", f"lgb.seeds=[{TINY_SEED},5]")
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "seed 5 (2 of 2 in lgb.seeds)" in r.stderr and "by seeds averaged" in r.stderr
+    five = _own_root(root, tmp_path / "five")
+    r = _stage(five, "--seed", str(TINY_SEED), "--actions", ",".join(acts), "--set", "lgb.params.seed=5")
+    assert r.returncode == 0, r.stderr[-4000:]
+    out, one, other = bag / "models" / "lgb", root / "models" / "lgb", five / "models" / "lgb"
+    for a in acts:
+        for kind in ("offline", "online"):
+            assert not (out / f"model_{kind}_{a}.txt").exists()
+            assert (out / f"model_{kind}_{a}_seed{TINY_SEED}.txt").read_text() == (one / f"model_{kind}_{a}.txt").read_text()
+            assert (out / f"model_{kind}_{a}_seed5.txt").read_text() == (other / f"model_{kind}_{a}.txt").read_text()
+    assert not np.allclose(pd.read_parquet(one / "pred_offline.parquet")["like"],
+                           pd.read_parquet(other / "pred_offline.parquet")["like"])   # two models
+    for f in ("pred_offline.parquet", *HALF_PRED_FILES.values(), "pred_online.parquet"):
+        ref = mean_predictions([pd.read_parquet(one / f)[["userid", "feedid", *acts]], pd.read_parquet(other / f)])
+        pd.testing.assert_frame_equal(pd.read_parquet(out / f), ref)
+    scores = json.loads((out / "scores.json").read_text())
+    alone = json.loads((other / "scores.json").read_text())
+    labels = FeatureStore(Paths.at(root)).load_labels(14)
+    sel = {h: pd.read_parquet(out / f) for h, f in HALF_PRED_FILES.items()}
+    halves = split_halves(TINY_SEED, sel["A"]["userid"].to_numpy())
+    assert scores["offline"] == pytest.approx(crossfit_scores(labels[acts], sel["A"], sel["B"], halves))
+    curve = scores["seeds"]
+    assert [p["seed"] for p in curve] == [TINY_SEED, 5]
+    assert curve[1]["alone"] == round(alone["offline"]["weighted"], 6)
+    assert curve[1]["average"] == round(scores["offline"]["weighted"], 6)
+    assert scores["seed_best_iteration"]["5"] == alone["best_iteration"]
+    assert scores["seed_online_rounds"]["5"] == alone["online_rounds"]
+    # --mode online: each seed refits for its own best iterations, the same files again
+    again = _own_root(root, tmp_path / "again")
+    (again / "models" / "lgb").mkdir(parents=True)
+    shutil.copy(out / "scores.json", again / "models" / "lgb" / "scores.json")
+    r = _stage(again, "--seed", str(TINY_SEED), "--actions", ",".join(acts), "--mode", "online",
+               "--set", f"lgb.seeds=[{TINY_SEED},5]")
+    assert r.returncode == 0, r.stderr[-4000:]
+    pd.testing.assert_frame_equal(pd.read_parquet(again / "models" / "lgb" / "pred_online.parquet"),
+                                  pd.read_parquet(out / "pred_online.parquet"))
+    r = _stage(again, "--seed", str(TINY_SEED), "--actions", ",".join(acts), "--mode", "online",
+               "--set", f"lgb.seeds=[{TINY_SEED},6]")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
+    assert "no offline best iteration for ['seed 6: read_comment', 'seed 6: like']" in r.stderr
 
 
 def test_stage_errors_are_one_line(tiny_root, tmp_path):

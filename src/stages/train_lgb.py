@@ -43,8 +43,9 @@ from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
 from wbdc.io import read_json, write_json  # noqa: E402
-from wbdc.lgb import (LgbSettings, capped_note, feature_spec, fit_offline, fit_online,  # noqa: E402
-                      load_fit_data, parse_actions, write_offline, write_online)
+from wbdc.lgb import (LgbSettings, average_offline, average_online, capped_note,  # noqa: E402
+                      feature_spec, fit_offline, fit_online, load_fit_data, parse_actions,
+                      remove_models, save_boosters, write_offline, write_online)
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
 
@@ -86,31 +87,82 @@ def note_capped(before, after, actions: list[str]) -> None:
         print(f"[train_lgb] {line}", file=sys.stderr)
 
 
-def fit_and_write(args, settings, out: Path, scores: dict, best, seconds: dict, fit_off, fit_on) -> None:
-    """``--mode``'s offline fit (``fit_off()``) and/or online refit (``fit_on(best_iteration)``),
-    on one machine or a cluster: their files, scores and step seconds."""
-    if args.mode in ("offline", "all"):
-        t0 = time.perf_counter()
-        off = fit_off()
-        write_offline(off, out)
-        seconds["offline"] = time.perf_counter() - t0
-        best = off.best_iteration
-        scores.update(offline=off.scores, offline_insample=off.scores_insample,
-                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
-                      train_rows={"offline": off.train_rows})
-    if args.mode == "offline":   # online files of an earlier fit would not match this one
+def log(msg: str) -> None:
+    print(f"[train_lgb] {msg}", file=sys.stderr, flush=True)
+
+
+def fit_and_write(args, settings, actions, out: Path, scores: dict, best, seconds: dict, load) -> dict:
+    """``--mode``'s offline fit and/or online refit for every seed of ``lgb.seeds`` (one model
+    with ``lgb.params.seed`` without it), on one machine or a cluster: their files, scores and
+    step seconds.  ``load(settings)`` reads one seed's sample and returns ``(data, fit_off,
+    fit_on, info)``: ``fit_off()`` -> OfflineResult, ``fit_on(best_iteration)`` -> OnlineResult,
+    ``info`` what the sample is (for scores.json).  A seed's boosters are written, and its data
+    freed, before the next seed's is read; a bag's predictions are the seeds' mean.  ``best``:
+    the offline best iterations of an earlier run (``--mode online``; per seed in a bag).
+    Returns the first seed's ``info``."""
+    seeds = settings.fit_seeds
+    bag = len(seeds) > 1
+    offline, online = args.mode in ("offline", "all"), args.mode in ("online", "all")
+    if offline:
+        remove_models(out, "offline", actions)
+    if online:
+        remove_models(out, "online", actions)
+    else:                                    # an earlier refit would not match this offline fit
         (out / "pred_online.parquet").unlink(missing_ok=True)
         for stale in out.glob("model_online_*.txt"):
             stale.unlink()
-    if args.mode in ("online", "all"):
+    offs, ons, fit_seconds, described = [], [], [], None
+    for i, seed in enumerate(seeds):
+        if bag:
+            log(f"seed {seed} ({i + 1} of {len(seeds)} in lgb.seeds)")
         t0 = time.perf_counter()
-        on = fit_on(best)
+        data, fit_off, fit_on, info = load(settings.with_seed(seed))
+        seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - t0
+        if described is None:
+            note_capped(settings, data.settings, actions)
+            described = info
+        tag = seed if bag else None
+        if offline:
+            t0 = time.perf_counter()
+            off = fit_off()
+            fit_seconds.append(time.perf_counter() - t0)
+            seconds["offline"] = seconds.get("offline", 0.0) + fit_seconds[-1]
+            save_boosters(off.boosters, out, "offline", off.best_iteration, tag)
+            off.boosters = {}
+            offs.append(off)
+            seed_best = off.best_iteration
+        else:
+            seed_best = best.get(str(seed)) if bag and best is not None else best
+        if online:
+            t0 = time.perf_counter()
+            on = fit_on(seed_best)
+            seconds["online"] = seconds.get("online", 0.0) + time.perf_counter() - t0
+            save_boosters(on.boosters, out, "online", on.rounds, tag)
+            on.boosters = {}
+            ons.append(on)
+        if hasattr(data, "close"):
+            data.close()
+        del data, fit_off, fit_on
+    if offline:
+        off, curve = average_offline(offs, seeds, settings.halves_seed, fit_seconds) if bag else (offs[0], [])
+        write_offline(off, out)
+        scores.update(offline=off.scores, offline_insample=off.scores_insample,
+                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
+                      train_rows={"offline": off.train_rows})
+        if bag:
+            scores.update(seeds=curve, seed_best_iteration={str(s): o.best_iteration for s, o in zip(seeds, offs)})
+            log("LightGBM honest weighted uAUC by seeds averaged: "
+                + ", ".join(f"{p['seeds']}: {p['average']:.4f}" for p in curve))
+    if online:
+        on = average_online(ons) if bag else ons[0]
         write_online(on, out)
-        seconds["online"] = time.perf_counter() - t0
         scores["online_rounds"] = on.rounds
         scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
                                         else ROUNDS_NOTE[settings.round_scaling])
         scores.setdefault("train_rows", {})["online"] = on.train_rows
+        if bag:
+            scores["seed_online_rounds"] = {str(s): o.rounds for s, o in zip(seeds, ons)}
+    return described
 
 
 def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run) -> dict:
@@ -118,29 +170,28 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
     rounds chosen on a day-14 grid (lgb.dask_eval_every) instead of early stopping."""
     from wbdc.lgb_dask import cluster_data, fit_offline_dask, fit_online_dask
     seconds: dict[str, float] = {}
-    t0 = time.perf_counter()
-    data = cluster_data(client, fs, settings, args.mode)
-    note_capped(settings, data.settings, actions)
-    settings = data.settings                           # neg_rate capped by lgb.max_train_rows
-    seconds["load"] = time.perf_counter() - t0
     workers = worker_addresses(client)
-    train_days = [d for d in data.parts if d < 14]
-    scores.update(actions=actions, features=len(data.spec.names), categorical=data.spec.categorical,
-                  train_days=train_days, neg_rate={a: settings.neg_rate[a] for a in actions},
-                  max_train_rows=settings.max_train_rows, calibrated=settings.calibrate,
-                  distributed={"workers": len(workers), "library": "lightgbm.dask",
-                               "round_selection": f"trained {settings.dask_eval_every} rounds at a time, "
-                                                  "each step scored on day 14, stopped after "
-                                                  f"{settings.early_stopping_rounds} rounds without gain"})
-    fit_and_write(args, settings, out, scores, best, seconds,
-                  lambda: fit_offline_dask(client, data, settings, actions, settings.dask_eval_every,
-                                           progress=not args.no_progress),
-                  lambda b: fit_online_dask(client, data, settings, actions, best_iteration=b,
-                                            fixed_rounds=args.rounds, progress=not args.no_progress))
-    data.close()
+
+    def load(st):
+        data = cluster_data(client, fs, st, args.mode)
+        st = data.settings                                 # neg_rate capped by lgb.max_train_rows
+        info = dict(features=len(data.spec.names), categorical=data.spec.categorical,
+                    train_days=[d for d in data.parts if d < 14], neg_rate={a: st.neg_rate[a] for a in actions},
+                    max_train_rows=st.max_train_rows, calibrated=st.calibrate)
+        return (data, lambda: fit_offline_dask(client, data, st, actions, st.dask_eval_every,
+                                               progress=not args.no_progress),
+                lambda b: fit_online_dask(client, data, st, actions, best_iteration=b,
+                                          fixed_rounds=args.rounds, progress=not args.no_progress), info)
+
+    info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)
+    scores = {"actions": actions, **info, **scores,
+              "distributed": {"workers": len(workers), "library": "lightgbm.dask",
+                              "round_selection": f"trained {settings.dask_eval_every} rounds at a time, "
+                                                 "each step scored on day 14, stopped after "
+                                                 f"{settings.early_stopping_rounds} rounds without gain"}}
     write_json(scores, out / "scores.json")
     write_json(cfg, out / "config.json")
-    run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),
+    run.info.update(mode=args.mode, actions=actions, features=info["features"],
                     cluster={"address": str(cfg["cluster"]["address"]), "workers": len(workers)},
                     worker_peaks_mb=worker_peaks_mb(client),
                     seconds_by_step={k: round(v, 2) for k, v in seconds.items()})
@@ -182,13 +233,19 @@ def main() -> int:
             raise FileNotFoundError(f"{prev}: missing; run src/stages/train_lgb.py --mode offline "
                                     "first (it records the best iterations) or pass --rounds")
         scores = read_json(prev)
-        best = scores.get("best_iteration", {})
-        lacking = [a for a in actions if a not in best]
+        if len(settings.fit_seeds) > 1:      # a bag: each seed refits for its own best iterations
+            best = scores.get("seed_best_iteration", {})
+            lacking = [f"seed {s}: {a}" for s in settings.fit_seeds for a in actions
+                       if a not in best.get(str(s), {})]
+        else:
+            best = scores.get("best_iteration", {})
+            lacking = [a for a in actions if a not in best]
         if lacking:
             raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
-                                    "--mode offline for them first or pass --rounds")
+                                    "--mode offline for them first (with the same lgb.seeds) or pass --rounds")
         scores = {k: scores[k] for k in ("offline", "offline_insample", "best_iteration",
-                                         "half_best_iteration", "train_rows") if k in scores}
+                                         "half_best_iteration", "seeds", "seed_best_iteration",
+                                         "train_rows") if k in scores}
 
     with StageRun("train_lgb", out) as run, \
             client_for(cfg, log=lambda m: print(f"[train_lgb] {m}", file=sys.stderr)) as client:
@@ -197,28 +254,30 @@ def main() -> int:
             print(summary(scores, actions), file=sys.stderr)
             return 0
         seconds: dict[str, float] = {}
-        t0 = time.perf_counter()
         # decoded feature blocks are kept when they fit a quarter of the budget and what the
         # binned rows leave of it (small data: nothing read twice); beyond, they are read from
         # the store when LightGBM needs them
         budget = memory_budget_gb(cfg)
         cache = max(0.0, min(budget / 4, budget - need_gb)) * 2**30
-        data = load_fit_data(fs, settings, progress=progress, cache_bytes=cache)
-        note_capped(settings, data.settings, actions)
-        settings = data.settings                       # neg_rate capped by lgb.max_train_rows
-        seconds["load"] = time.perf_counter() - t0
-        scores.update(actions=actions, features=len(data.spec.names),
-                      categorical=data.spec.categorical, train_days=data.days,
-                      neg_rate={a: settings.neg_rate[a] for a in actions},
-                      max_train_rows=settings.max_train_rows, calibrated=settings.calibrate)
-        fit_and_write(args, settings, out, scores, best, seconds,
-                      lambda: fit_offline(data, settings, actions, progress=progress),
-                      lambda b: fit_online(data, fs, settings, actions, best_iteration=b,
-                                           fixed_rounds=args.rounds, progress=progress))
+
+        def load(st):
+            data = load_fit_data(fs, st, progress=progress, cache_bytes=cache)
+            st = data.settings                             # neg_rate capped by lgb.max_train_rows
+            info = dict(features=len(data.spec.names), categorical=data.spec.categorical,
+                        train_days=data.days, neg_rate={a: st.neg_rate[a] for a in actions},
+                        max_train_rows=st.max_train_rows, calibrated=st.calibrate)
+            loaded.append(len(data.rows))
+            return (data, lambda: fit_offline(data, st, actions, progress=progress),
+                    lambda b: fit_online(data, fs, st, actions, best_iteration=b,
+                                         fixed_rounds=args.rounds, progress=progress), info)
+
+        loaded: list[int] = []
+        info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)
+        scores = {"actions": actions, **info, **scores}
         write_json(scores, out / "scores.json")
         write_json(cfg, out / "config.json")
-        run.info.update(mode=args.mode, actions=actions, features=len(data.spec.names),
-                        loaded_train_rows=int(len(data.rows)),
+        run.info.update(mode=args.mode, actions=actions, features=info["features"],
+                        loaded_train_rows=int(loaded[0]),
                         seconds_by_step={k: round(v, 2) for k, v in seconds.items()})
         if "offline" in scores:
             run.info["weighted_uauc"] = scores["offline"].get("weighted")

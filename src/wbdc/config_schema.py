@@ -181,6 +181,7 @@ class LgbConfig:
     early_stopping_rounds: int
     dask_eval_every: int             # cluster runs: rounds between the day-14 grid points
     max_train_rows: Union[int, None]  # neg_rate lowered so an action's sample stays under it
+    seeds: Union[list[int], None]    # one model per seed (LightGBM's and the sampling's), averaged
     params: LgbParams
 
 

@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from .features.store import pack_actions, unpack_labels
 from .io import InputError, atomic_path, write_csv, write_parquet
 from .metrics import (HALF_PRED_FILES, HALVES, Halves, UserGroups, crossfit_scores, group_by_user,
-                      split_halves, uauc, uauc_by_half, weighted_uauc)
+                      mean_predictions, seed_curve, split_halves, uauc, uauc_by_half, weighted_uauc)
 from .schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 
 VALID_DAY = LAST_TRAIN_DAY            # offline validation day (14)
@@ -79,6 +79,16 @@ class LgbSettings:
     seed: int = 2021
     halves_seed: int = 2021        # data.seed: the day-14 user halves every model shares
     max_train_rows: int | None = None   # an action's offline sample at most this many rows
+    seeds: tuple[int, ...] = ()    # lgb.seeds: one model per seed, predictions averaged
+
+    @property
+    def fit_seeds(self) -> tuple[int, ...]:
+        """The seeds of the models to fit: ``lgb.seeds``, else the one ``seed``."""
+        return self.seeds or (self.seed,)
+
+    def with_seed(self, seed: int) -> "LgbSettings":
+        """These settings for one seed of the bag (LightGBM's seed and the negative sampling)."""
+        return replace(self, seed=int(seed), params={**self.params, "seed": int(seed)})
 
     @classmethod
     def from_config(cls, cfg: dict) -> "LgbSettings":
@@ -103,13 +113,21 @@ class LgbSettings:
         cap = sec.get("max_train_rows")
         if cap is not None and int(cap) < 1:
             raise ValueError(f"lgb.max_train_rows must be >= 1 or null, got {cap}")
+        seeds = sec.get("seeds")
+        if seeds is not None:
+            if not isinstance(seeds, (list, tuple)) or not seeds or \
+                    not all(isinstance(x, int) and not isinstance(x, bool) for x in seeds):
+                raise ValueError(f"lgb.seeds must be null or a non-empty list of integers, got {seeds!r}")
+            if len(set(seeds)) != len(seeds):
+                raise ValueError(f"lgb.seeds={list(seeds)}: the seeds must differ")
         return cls(params=params, neg_rate=rates, drop=tuple(sec["drop"]),
                    categorical=tuple(sec["categorical"]), calibrate=bool(sec["calibrate"]),
                    round_scaling=scaling, num_boost_round=int(sec["num_boost_round"]),
                    early_stopping_rounds=int(sec["early_stopping_rounds"]), dask_eval_every=every,
                    first_day=None if first is None else int(first), seed=seed,
                    halves_seed=int(cfg["data"]["seed"]),
-                   max_train_rows=None if cap is None else int(cap))
+                   max_train_rows=None if cap is None else int(cap),
+                   seeds=tuple(int(x) for x in seeds) if seeds else ())
 
 
 def parse_actions(spec: str | Sequence[str] | None) -> list[str]:
@@ -815,6 +833,7 @@ class OfflineResult:
     train_rows: dict[str, int]
     half_best_iteration: dict[str, dict[str, int]] = None   # half -> action -> iteration
     half_preds: dict[str, pd.DataFrame] = None              # half -> day-14 predictions at it
+    labels: pd.DataFrame = None                             # day-14 labels, rows as ``preds``
 
 
 def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
@@ -865,7 +884,29 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], data.halves)
     return OfflineResult(boosters, best, scores, insample, data.in_day_order(preds),
                          pd.concat(imp, ignore_index=True), pd.concat(hist, ignore_index=True), n_rows,
-                         half_best, {h: data.in_day_order(p) for h, p in half_preds.items()})
+                         half_best, {h: data.in_day_order(p) for h, p in half_preds.items()},
+                         data.in_day_order(labels))
+
+
+def average_offline(results: Sequence[OfflineResult], seeds: Sequence[int], halves_seed: int,
+                    seconds: Sequence[float]) -> tuple[OfflineResult, list[dict]]:
+    """The seed bag of offline fits (``lgb.seeds``): day-14 predictions averaged, each user
+    half's selection the mean of the seeds' selections on that half (so the bag is scored
+    cross-fitted like one model), gain importance averaged, the histories kept per seed; and
+    the curve of the honest score by seeds averaged (``seconds``: each seed's fit).  The
+    boosters are not carried (each seed's are written as they are fitted)."""
+    first = results[0]
+    halves = split_halves(halves_seed, first.preds["userid"].to_numpy())
+    preds = mean_predictions([r.preds for r in results])
+    half_preds = {h: mean_predictions([r.half_preds[h] for r in results]) for h in HALVES}
+    curve = seed_curve(first.labels, [r.half_preds for r in results], halves, seeds,
+                       [r.scores["weighted"] for r in results], seconds)
+    importance = (pd.concat([r.importance for r in results], ignore_index=True)
+                  .groupby(["feature", "action"], sort=False, as_index=False)["gain"].mean())
+    history = pd.concat([r.history.assign(seed=int(s)) for r, s in zip(results, seeds)], ignore_index=True)
+    return OfflineResult({}, first.best_iteration, crossfit_scores(first.labels, half_preds["A"], half_preds["B"], halves),
+                         weighted_uauc(first.labels, preds, groups=halves.groups), preds, importance,
+                         history, first.train_rows, first.half_best_iteration, half_preds, first.labels), curve
 
 
 @dataclass
@@ -942,15 +983,23 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
 
 # ------------------------------------------------------------------------------ artifacts
 
-def model_file(out_dir: Path, kind: str, action: str) -> Path:
-    """``model_<offline|online>_<action>.txt`` (LightGBM text format, trimmed to the rounds used)."""
-    return Path(out_dir) / f"model_{kind}_{action}.txt"
+def model_file(out_dir: Path, kind: str, action: str, seed: int | None = None) -> Path:
+    """``model_<offline|online>_<action>.txt`` (LightGBM text format, trimmed to the rounds used);
+    ``..._seed<s>.txt`` for each seed of a bag (``lgb.seeds``)."""
+    return Path(out_dir) / (f"model_{kind}_{action}.txt" if seed is None else f"model_{kind}_{action}_seed{seed}.txt")
+
+
+def remove_models(out_dir: Path, kind: str, actions: Sequence[str]) -> None:
+    """Every model file of ``kind`` for these actions, single or per seed (before a refit)."""
+    for a in actions:
+        for f in [model_file(out_dir, kind, a), *Path(out_dir).glob(f"model_{kind}_{a}_seed*.txt")]:
+            f.unlink(missing_ok=True)
 
 
 def save_boosters(boosters: Mapping[str, lgb.Booster], out_dir: Path, kind: str,
-                  rounds: Mapping[str, int]) -> None:
+                  rounds: Mapping[str, int], seed: int | None = None) -> None:
     for a, booster in boosters.items():
-        with atomic_path(model_file(out_dir, kind, a)) as tmp:
+        with atomic_path(model_file(out_dir, kind, a, seed)) as tmp:
             tmp.write_text(booster.model_to_string(num_iteration=int(rounds[a])))
 
 
@@ -962,6 +1011,13 @@ def write_offline(result: OfflineResult, out_dir: Path) -> None:
         write_parquet(result.half_preds[h], out_dir / f)
     write_csv(result.importance, out_dir / "importance.csv")
     write_csv(result.history, out_dir / "eval_history.csv")
+
+
+def average_online(results: Sequence[OnlineResult]) -> OnlineResult:
+    """The seed bag of online refits: test predictions averaged (each seed's boosters are written
+    as they are fitted); rounds and rows of the first seed."""
+    first = results[0]
+    return OnlineResult({}, first.rounds, mean_predictions([r.preds for r in results]), first.train_rows)
 
 
 def write_online(result: OnlineResult, out_dir: Path) -> None:

@@ -422,7 +422,7 @@ def fit_offline_dask(client, data: ClusterData, settings: LgbSettings, actions: 
     insample = weighted_uauc(labels, preds, groups=groups)
     scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], day_halves)
     return OfflineResult(boosters, best, scores, insample, preds, pd.concat(imp, ignore_index=True),
-                         pd.concat(hist, ignore_index=True), n_rows, half_best, half_preds)
+                         pd.concat(hist, ignore_index=True), n_rows, half_best, half_preds, labels)
 
 
 def fit_online_dask(client, data: ClusterData, settings: LgbSettings, actions: Sequence[str],

@@ -533,3 +533,36 @@ def crossfit_scores(labels, sel_a, sel_b, halves: Halves,
     out_a = weighted_uauc_by_half(labels, sel_a, halves, weights)["B"]   # chosen on A, scored on B
     out_b = weighted_uauc_by_half(labels, sel_b, halves, weights)["A"]   # chosen on B, scored on A
     return {k: _nanmean_quiet(np.array([out_a[k], out_b[k]], np.float64)) for k in out_a}
+
+
+# ------------------------------------------------------------------------------ seed averages
+# A model trained once per seed (nn.seeds, lgb.seeds) and its predictions averaged: each user
+# half's selection is the mean of the seeds' selections on that half, so the average is scored
+# cross-fitted exactly as one seed is.
+
+def mean_predictions(frames) -> pd.DataFrame:
+    """The row-wise mean of prediction frames (userid, feedid, then action columns; the same
+    rows in the same order), float32 like every prediction file."""
+    first = frames[0]
+    keys = first[["userid", "feedid"]]
+    for f in frames[1:]:
+        if len(f) != len(first) or not (f[["userid", "feedid"]].to_numpy() == keys.to_numpy()).all():
+            raise ValueError("mean_predictions: the frames hold other rows or another order")
+    out = keys.copy()
+    for a in [c for c in first.columns if c not in ("userid", "feedid")]:
+        out[a] = np.mean([f[a].to_numpy(np.float64) for f in frames], axis=0).astype(np.float32)
+    return out
+
+
+def seed_curve(labels, half_preds: list[Mapping[str, pd.DataFrame]], halves: Halves,
+               seeds, alone, seconds) -> list[dict]:
+    """The honest weighted uAUC of the average of the first k seeds, k = 1..K (``half_preds``:
+    each seed's per-half selections), with each seed's own score and the cumulated seconds."""
+    curve, spent = [], 0.0
+    for k in range(1, len(half_preds) + 1):
+        spent += float(seconds[k - 1])
+        half = {h: mean_predictions([hp[h] for hp in half_preds[:k]]) for h in HALVES}
+        curve.append({"seeds": k, "seed": int(seeds[k - 1]), "alone": round(float(alone[k - 1]), 6),
+                      "average": round(crossfit_scores(labels, half["A"], half["B"], halves)["weighted"], 6),
+                      "train_seconds": round(spent, 1)})
+    return curve

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from ..io import InputError, atomic_path
-from ..metrics import HALVES, crossfit_scores, split_halves, weighted_uauc
+from ..metrics import HALVES, crossfit_scores, mean_predictions, seed_curve, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 from .data import (EncodedArrays, Encoder, FeatureSelection, StreamedRows, encoded_row_bytes,
                    select_features)
@@ -77,13 +77,6 @@ def seed_configs(cfg: dict) -> list[dict]:
     return out
 
 
-def _mean_frame(frames: Sequence[pd.DataFrame]) -> pd.DataFrame:
-    out = frames[0][["userid", "feedid"]].copy()
-    for a in ACTIONS:
-        out[a] = np.mean([f[a].to_numpy(np.float64) for f in frames], axis=0).astype(np.float32)
-    return out
-
-
 def average_offline(runs: Sequence[RunResult], halves_seed: int) -> tuple[RunResult, list[dict]]:
     """The seed average of offline runs: day-14 predictions averaged over the seeds, each user
     half's selection averaged over the seeds' selections on that half, so the cross-fitted score
@@ -93,16 +86,10 @@ def average_offline(runs: Sequence[RunResult], halves_seed: int) -> tuple[RunRes
     if len(runs) == 1:
         return first, []
     halves = split_halves(halves_seed, first.preds["userid"].to_numpy())
-    curve, spent = [], 0.0
-    for k in range(1, len(runs) + 1):
-        spent += float(runs[k - 1].seconds.get("train", 0.0))
-        half = {h: _mean_frame([r.half_preds[h] for r in runs[:k]]) for h in HALVES}
-        curve.append({"seeds": k, "seed": runs[k - 1].seed,
-                      "alone": round(runs[k - 1].scores["weighted"], 6),
-                      "average": round(crossfit_scores(first.labels, half["A"], half["B"], halves)["weighted"], 6),
-                      "train_seconds": round(spent, 1)})
-    frame = _mean_frame([r.preds for r in runs])
-    half_preds = {h: _mean_frame([r.half_preds[h] for r in runs]) for h in HALVES}
+    curve = seed_curve(first.labels, [r.half_preds for r in runs], halves, [r.seed for r in runs],
+                       [r.scores["weighted"] for r in runs], [r.seconds.get("train", 0.0) for r in runs])
+    frame = mean_predictions([r.preds for r in runs])
+    half_preds = {h: mean_predictions([r.half_preds[h] for r in runs]) for h in HALVES}
     seconds = {k: round(sum(float(r.seconds.get(k, 0.0)) for r in runs), 2) for k in first.seconds}
     avg = RunResult(first.model, first.encoder, first.fit, frame, first.gates, first.n_train,
                     first.n_params, seconds, half_preds=half_preds, half_epochs=first.half_epochs,
@@ -118,7 +105,7 @@ def average_online(runs: Sequence[RunResult]) -> RunResult:
         return runs[0]
     first = runs[0]
     seconds = {k: round(sum(float(r.seconds.get(k, 0.0)) for r in runs), 2) for k in first.seconds}
-    return RunResult(first.model, first.encoder, first.fit, _mean_frame([r.preds for r in runs]),
+    return RunResult(first.model, first.encoder, first.fit, mean_predictions([r.preds for r in runs]),
                      None, first.n_train, first.n_params, seconds, seed=first.seed)
 
 

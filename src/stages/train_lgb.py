@@ -112,6 +112,18 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
         for stale in out.glob("model_online_*.txt"):
             stale.unlink()
     offs, ons, fit_seconds, described = [], [], [], None
+
+    def write_offline_fits() -> None:    # one model: at once (kept should the refit fail); a bag: at the end
+        off, curve = average_offline(offs, seeds, settings.halves_seed, fit_seconds) if bag else (offs[0], [])
+        write_offline(off, out)
+        scores.update(offline=off.scores, offline_insample=off.scores_insample,
+                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
+                      train_rows={"offline": off.train_rows})
+        if bag:
+            scores.update(seeds=curve, seed_best_iteration={str(s): o.best_iteration for s, o in zip(seeds, offs)})
+            log("LightGBM honest weighted uAUC by seeds averaged: "
+                + ", ".join(f"{p['seeds']}: {p['average']:.4f}" for p in curve))
+
     for i, seed in enumerate(seeds):
         if bag:
             log(f"seed {seed} ({i + 1} of {len(seeds)} in lgb.seeds)")
@@ -131,6 +143,8 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
             off.boosters = {}
             offs.append(off)
             seed_best = off.best_iteration
+            if not bag:
+                write_offline_fits()
         else:
             seed_best = best.get(str(seed)) if bag and best is not None else best
         if online:
@@ -143,16 +157,8 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
         if hasattr(data, "close"):
             data.close()
         del data, fit_off, fit_on
-    if offline:
-        off, curve = average_offline(offs, seeds, settings.halves_seed, fit_seconds) if bag else (offs[0], [])
-        write_offline(off, out)
-        scores.update(offline=off.scores, offline_insample=off.scores_insample,
-                      best_iteration=off.best_iteration, half_best_iteration=off.half_best_iteration,
-                      train_rows={"offline": off.train_rows})
-        if bag:
-            scores.update(seeds=curve, seed_best_iteration={str(s): o.best_iteration for s, o in zip(seeds, offs)})
-            log("LightGBM honest weighted uAUC by seeds averaged: "
-                + ", ".join(f"{p['seeds']}: {p['average']:.4f}" for p in curve))
+    if offline and bag:
+        write_offline_fits()
     if online:
         on = average_online(ons) if bag else ons[0]
         write_online(on, out)

@@ -411,3 +411,40 @@ def test_word2vec_corpus_file_mode_trains_from_the_same_corpus(built, tmp_path):
         mats.append(FeatureStore(other).pretrained("feed_w2v")[1])
     assert np.array_equal(mats[0], mats[1]) and np.abs(mats[0]).sum() > 0
     assert not np.array_equal(mats[0], FeatureStore(paths).pretrained("feed_w2v")[1])
+
+
+def test_word2vec_epochs_shrink_above_epoch_rows():
+    from wbdc.features.families import w2v_epochs
+    w = {"feed": {"epochs": 5}, "author": {"epochs": 3}, "epoch_rows": 20_000_000}
+    # tiny .. full (7.8M corpus rows) keep the configured epochs; the final round's 77M rows get 2
+    assert [w2v_epochs(w, "feed", r) for r in (50_000, 7_761_000, 20_000_000, 25_000_000, 77_363_460, 10**9)] == \
+        [5, 5, 5, 4, 2, 1]
+    assert w2v_epochs(w, "author", 77_363_460) == 1
+    assert w2v_epochs({**w, "epoch_rows": None}, "feed", 10**9) == 5
+    with pytest.raises(ConfigError, match=r"^features\.w2v\.epoch_rows: expected a positive row count or null, got 0$"):
+        w2v_epochs({**w, "epoch_rows": 0}, "feed", 10)
+
+
+def test_fewer_epochs_above_epoch_rows_train_the_vectors_of_those_epochs_set_directly(tmp_path):
+    """A corpus over ``w2v.epoch_rows`` trains (and records) the lowered epochs: the vectors are
+    those of a build with that epoch count configured, and differ from the configured one's."""
+    from wbdc.prepare import load_meta
+    paths = make_world(tmp_path / "a", seed=1)
+    meta = load_meta(paths.prepared)
+    rows = int(meta["n_actions"]) + int(meta["n_test"])
+    cfg = small_config()                                   # 2 epochs each
+    cfg["features"]["w2v"]["epoch_rows"] = rows // 4       # ceil(2 * (rows // 4) / rows) = 1
+    build.run(paths, cfg, progress=False)
+    fs = FeatureStore(paths)
+    assert fs.manifest["pretrained"]["feed_w2v"]["epochs"] == 1 == fs.manifest["pretrained"]["author_w2v"]["epochs"]
+    direct = make_world(tmp_path / "b", seed=1)
+    cfg1 = small_config()
+    for kind in ("feed", "author"):
+        cfg1["features"]["w2v"][kind]["epochs"] = 1
+    build.run(direct, cfg1, progress=False)
+    two = make_world(tmp_path / "c", seed=1)
+    build.run(two, small_config(), progress=False)
+    for name in ("feed_w2v", "author_w2v"):
+        a, b, c = (FeatureStore(p).pretrained(name)[1] for p in (paths, direct, two))
+        np.testing.assert_array_equal(a, b)
+        assert not np.allclose(a, c)

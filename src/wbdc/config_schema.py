@@ -86,6 +86,7 @@ class W2VConfig:
     max_sentence_len: int
     feed: W2VModelConfig
     author: W2VModelConfig
+    epoch_rows: Union[int, None]     # above this many corpus rows, fewer epochs (families.w2v_epochs)
     user_vectors: bool
     feed_columns: int
     action_sims: Union[Literal["all", "main"], list[Action]]

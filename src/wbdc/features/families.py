@@ -23,6 +23,7 @@ A new family = one class here added to :func:`families`, plus its config section
 """
 from __future__ import annotations
 
+import math
 import sys
 import time
 from dataclasses import dataclass, field
@@ -330,6 +331,22 @@ def w2v_deterministic(fcfg: dict, rows: int) -> bool:
     return int(rows) <= int(w.get("auto_max_rows", 0)) if value == "auto" else bool(value)
 
 
+def w2v_epochs(wcfg: dict, kind: str, rows: int) -> int:
+    """``w2v.<kind>.epochs``, lowered above ``w2v.epoch_rows`` corpus rows so that epochs x rows
+    stays near epochs x epoch_rows (ceil, at least 1): with ten times the exposures each feed is
+    already seen ten times as often per epoch, and word2vec is the features stage's largest cost
+    at the final round's size.  ``epoch_rows: null``: always the configured epochs."""
+    epochs = int(wcfg[kind]["epochs"])
+    cap = wcfg.get("epoch_rows")
+    if cap is None:
+        return epochs
+    if int(cap) < 1:
+        raise ConfigError(f"features.w2v.epoch_rows: expected a positive row count or null, got {cap}")
+    if int(rows) <= int(cap):
+        return epochs
+    return max(1, min(epochs, math.ceil(epochs * int(cap) / int(rows))))
+
+
 def w2v_workers(fcfg: dict, rows: int) -> int:
     return 1 if w2v_deterministic(fcfg, rows) else int(fcfg["w2v"].get("workers", 1))
 
@@ -414,8 +431,15 @@ class Word2Vec(Family):
         rows = int(meta["n_actions"]) + int(meta["n_test"])
         self.workers, self.corpus_file = w2v_workers(ctx.fcfg, rows), w2v_corpus_file(ctx.fcfg, rows)
         self.n_feed_columns = feed_column_count(w, "features.w2v", w["feed"]["dim"])
+        # the settings each model trains with (epochs lowered above w2v.epoch_rows)
+        self.model_cfg = {kind: {**w[kind], "epochs": w2v_epochs(w, kind, rows)} for kind, _, _ in self.KINDS}
+        for kind, _, _ in self.KINDS:
+            if self.model_cfg[kind]["epochs"] != int(w[kind]["epochs"]):
+                print(f"[features] word2vec {kind}: {self.model_cfg[kind]['epochs']} epoch(s) instead of "
+                      f"{w[kind]['epochs']} ({rows:,} corpus rows > features.w2v.epoch_rows "
+                      f"{int(w['epoch_rows']):,})", file=sys.stderr)
         self.fps = {f"{kind}_w2v": obj_digest({
-            "v": FEATURES_VERSION, "cfg": w[kind], "max_len": w["max_sentence_len"],
+            "v": FEATURES_VERSION, "cfg": self.model_cfg[kind], "max_len": w["max_sentence_len"],
             "workers": self.workers, "corpus_file": self.corpus_file,
             "seed": ctx.seed + off, "code": ctx.code,
             "inputs": [ctx.inputs[k] for k in ("actions.parquet", "test.parquet", "feeds.parquet")]})
@@ -473,13 +497,13 @@ class Word2Vec(Family):
                 self.tables[name], entries[name] = _load(ctx, e), e
                 ctx.timings[f"{name}_reused_s"] = round(time.perf_counter() - t, 2)
                 continue
-            wv = train_word2vec(self.corpus(name), w[kind], ctx.seed + off, workers,
+            wv = train_word2vec(self.corpus(name), self.model_cfg[kind], ctx.seed + off, workers,
                                 corpus_file=self.corpus_file, max_len=int(w["max_sentence_len"]))
             ids = universe[item]
             mat = vector_table(wv, ids)
             e = _pretrained_entry(name, item, wv.vector_size, self.fps[name],
                                   {"workers": workers, "corpus_file": self.corpus_file,
-                                   "vocab": len(wv.key_to_index)})
+                                   "epochs": self.model_cfg[kind]["epochs"], "vocab": len(wv.key_to_index)})
             _save(ctx, ids, mat, e)
             self.tables[name], entries[name] = (ids, mat), e
             ctx.timings[f"{name}_s"] = round(time.perf_counter() - t, 2)

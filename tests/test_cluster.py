@@ -208,7 +208,8 @@ def test_a_scheduler_and_workers_started_by_hand_build_the_same_store_and_train_
         tiny_root_3_buckets, tmp_path):
     """`cluster.address=tcp://HOST:PORT` against a scheduler and two workers started with the
     `dask` command line in another directory (the closest this machine comes to several
-    machines): the features are the bytes of one process, and a net trains on 2 DDP ranks."""
+    machines): the features are the bytes of one process, and a net trains on 2 DDP ranks (its
+offline fit: the online refit and test predictions on DDP are tested in test_nn_ddp.py)."""
     import pandas as pd
 
     one, _ = tiny_root_3_buckets
@@ -219,7 +220,7 @@ def test_a_scheduler_and_workers_started_by_hand_build_the_same_store_and_train_
     with _cluster_started_by_hand(tmp_path, 2, with_code=True) as address:
         at = ["--set", f"cluster.address={address}"]
         feats = run_stage("features.py", root, *common, "--set", "features.buckets=3", *at)
-        net = run_stage("train_nn.py", root, *common, "--arch", "sb", "--mode", "all", *at,
+        net = run_stage("train_nn.py", root, *common, "--arch", "sb", "--mode", "offline", *at,
                         "--set", "nn.train.epochs=1", "--set", "nn.sb.bottom_dims=[16]",
                         "--set", "nn.embedding.dim=4", "--set", "nn.threads=1")
     for r in (feats, net):
@@ -228,5 +229,6 @@ def test_a_scheduler_and_workers_started_by_hand_build_the_same_store_and_train_
     sb = json.loads((root / "models" / "sb" / "scores.json").read_text())
     assert sb["distributed"]["world_size"] == 2 and sb["distributed"]["backend"] == "gloo"
     assert 0 < sb["offline"]["weighted"] < 1
-    assert len(pd.read_parquet(root / "models" / "sb" / "pred_online.parquet")) == \
-        len(pd.read_parquet(one / "data" / "prepared" / "test.parquet"))
+    day14 = pd.read_parquet(one / "features" / "day=14", columns=["userid", "feedid"])
+    pred = pd.read_parquet(root / "models" / "sb" / "pred_offline.parquet")
+    assert len(pred) == len(day14) and pred[["read_comment", "like"]].notna().all().all()

@@ -24,7 +24,9 @@ from wbdc.schema import ACTIONS
 SMALL = ["--set", "nn.embedding.dim=4", "--set", "nn.embedding.bag_dim=4",
          "--set", "nn.mmoe.expert_dims=[16,8]", "--set", "nn.mmoe.n_experts=3",
          "--set", "nn.train.progress=false", "--set", "nn.train.batch_size=2048",
-         "--set", "nn.threads=1", "--set", "nn.train.epochs=1",
+         "--set", "nn.threads=1", "--set", "nn.train.epochs=2",
+         # one epoch all the same: nn.train.max_rows cuts it, on one process and on the ranks
+         "--set", "nn.train.max_rows=1",
          # the stage comparison below is calibrated on tiny's shuffle noise without the history
          # block (more parameters, noisier on 4 rows per user); DDP with the history block is
          # checked step for step in test_two_ddp_ranks_follow_one_process_step_for_step
@@ -252,6 +254,8 @@ def test_ddp_stage_writes_what_one_process_writes(ddp_runs):
             "pred_online.parquet", "scores.json", "checkpoint_offline.pt", "checkpoint_online.pt",
             "gates.csv"} <= names(m_ddp)
     assert "DistributedDataParallel over 2 ranks (gloo)" in r.stderr
+    for out in (ddp_runs["one"][1].stderr, r.stderr):
+        assert "training rows: at most 1 epoch instead of 2 (nn.train.max_rows=1)" in out
     info = json.loads((m_ddp / "run_info_train_nn_mmoe.json").read_text())
     peaks = info["worker_peaks_mb"]                    # the ranks' workers (bench_cluster reads them)
     assert len(peaks) == 2 and all(v > 100 for v in peaks.values())
@@ -260,6 +264,7 @@ def test_ddp_stage_writes_what_one_process_writes(ddp_runs):
     s_ddp = json.loads((m_ddp / "scores.json").read_text())
     assert set(s_ddp) - set(s_one) == {"distributed"} and s_ddp["distributed"]["world_size"] == 2
     assert s_ddp["n_train_rows"] == s_one["n_train_rows"]
+    assert s_ddp["epochs_run"] == s_one["epochs_run"] == 1.0
     assert set(s_ddp["offline"]) == set(s_one["offline"])
     for f in ("pred_offline.parquet", "pred_offline_sel_a.parquet", "pred_online.parquet"):
         a, b = pd.read_parquet(m_one / f), pd.read_parquet(m_ddp / f)

@@ -303,3 +303,32 @@ def test_auto_schedule_evaluates_inside_the_epoch(store, monkeypatch):
     fit = trainer.fit(train, epochs=1.0, valid=valid, score_fn=make_score_fn(valid))
     evals = [h for h in fit.history if "valid_weighted" in h]
     assert len(evals) == min(4, len(train) // 1000) and fit.evals_per_epoch > 1
+
+
+def test_max_rows_cuts_the_offline_epochs_to_one_at_the_final_rounds_size():
+    """``nn.train.max_rows``: the offline fit sees at most that many rows over its epochs, never
+    less than one epoch nor more than ``epochs``; the default leaves tiny..full alone."""
+    from wbdc.config import ConfigError, load_defaults
+    from wbdc.nn.trainer import offline_epochs
+    default = load_defaults()["nn"]["train"]
+    assert default["max_rows"] == 32_000_000 and default["epochs"] == 4
+    assert offline_epochs(default, 6_300_000) == 4.0           # full: unchanged
+    assert offline_epochs(default, 62_677_325) == 1.0          # final: one epoch
+    assert offline_epochs(default, 10_000_000) == 3.2          # in between: the share that fits
+    assert offline_epochs({**default, "epochs": 0.5}, 62_677_325) == 0.5
+    assert offline_epochs({**default, "max_rows": None}, 10**9) == 4.0
+    for bad in (0, -5, 2.5, True, "many"):
+        with pytest.raises(ConfigError, match=r"^nn\.train\.max_rows: expected a positive row count or null, got "):
+            offline_epochs({**default, "max_rows": bad}, 10)
+
+
+def test_an_offline_fit_over_max_rows_trains_one_epoch_and_says_so(store, capsys):
+    cfg = small_nn_config("sb", epochs=3, max_rows=100, eval_every_steps=0, patience=5)
+    res = run_offline(store, "sb", cfg)
+    n = res.n_train
+    assert n > 100 and res.fit.epochs_run == 1.0
+    assert len([h for h in res.fit.history if "valid_weighted" in h]) == 1
+    err = capsys.readouterr().err
+    assert f"{n:,} training rows: at most 1 epoch instead of 3 (nn.train.max_rows=100)" in err
+    cfg["nn"]["train"]["max_rows"] = None                       # the cap off: every epoch runs
+    assert run_offline(store, "sb", cfg).fit.epochs_run == 3.0

@@ -225,6 +225,7 @@ class TrainSection:
     optimizer: Literal["adam", "adagrad"]
     weight_decay: float
     epochs: float
+    max_rows: Union[int, None]
     patience: int
     eval_every_steps: Union[int, Literal["auto"]]
     first_day: Union[int, None]

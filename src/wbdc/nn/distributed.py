@@ -359,6 +359,7 @@ def _combined_gates(trainer, valid, max_rows: int | None = None) -> pd.DataFrame
 
 def _offline(store, arch: str, cfg: dict, spec: RankSpec):
     from .pipeline import VALID_DAY, make_score_fn, offline_result, train_days
+    from .trainer import fit_epochs
     nn_cfg = cfg["nn"]
     if VALID_DAY not in store.days:
         raise InputError(f"the feature store has no day {VALID_DAY} to validate on")
@@ -375,7 +376,8 @@ def _offline(store, arch: str, cfg: dict, spec: RankSpec):
     def score(preds: np.ndarray) -> dict:      # decided on rank 0, the same everywhere
         return _broadcast(local_score(preds) if spec.rank == 0 else None)
 
-    fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid, score)
+    fit = trainer.fit(train, fit_epochs(nn_cfg["train"], train.global_rows,
+                                        (lambda m: _log(spec, m)) if spec.rank == 0 else None), valid, score)
     _throughput(fit)
     t1 = time.perf_counter()
     gates = _combined_gates(trainer, valid, nn_cfg["gates"]["max_rows"])

@@ -28,7 +28,7 @@ from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
 from .models import MultiTaskNet, build_model, count_parameters, parse_funnels
-from .trainer import FitResult, TrainConfig, Trainer, predict, seed_everything
+from .trainer import FitResult, TrainConfig, Trainer, fit_epochs, predict, seed_everything
 
 VALID_DAY = LAST_TRAIN_DAY
 
@@ -271,7 +271,7 @@ def run_offline(store, arch: str, cfg: dict) -> RunResult:
     trainer = new_trainer(arch, enc, store, cfg, train)
     _log(f"{arch}: {count_parameters(trainer.model):,} parameters, input width "
          f"{trainer.model.inputs.output_dim}")
-    fit = trainer.fit(train, float(nn_cfg["train"]["epochs"]), valid,
+    fit = trainer.fit(train, fit_epochs(nn_cfg["train"], len(train), _log), valid,
                       make_score_fn(valid, int(cfg["data"]["seed"])))
     t1 = time.perf_counter()
     gates = gate_means(trainer.model, valid, trainer.cfg.predict_batch_size,

@@ -132,7 +132,7 @@ class TrainConfig:
     progress: bool
 
     # keys of nn.train that the pipeline reads, not the trainer
-    PIPELINE_KEYS = ("epochs", "first_day")
+    PIPELINE_KEYS = ("epochs", "max_rows", "first_day")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -162,6 +162,32 @@ def eval_schedule(every: int | str, patience: int, n_rows: int, steps_per_epoch:
     if int(every) < 0:
         raise ValueError(f"nn.train.eval_every_steps={every}; expected auto or a number >= 0")
     return int(every), max(1, int(patience))
+
+
+def offline_epochs(train_cfg: dict, n_rows: int) -> float:
+    """The offline fit's epochs: ``nn.train.epochs``, cut so that the fit sees at most
+    ``nn.train.max_rows`` training rows over all its epochs, but never below one epoch (nor above
+    the configured epochs).  Click-through nets learn nearly all they will within their first
+    epoch and overfit after it (at `full` every net peaks inside epoch 1); a larger data set
+    needs fewer passes, and at the final round's size one epoch is 62.7M rows.  ``max_rows:
+    null``: always the configured epochs."""
+    epochs = float(train_cfg["epochs"])
+    cap = train_cfg.get("max_rows")
+    if cap is None:
+        return epochs
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        from ..config import ConfigError
+        raise ConfigError(f"nn.train.max_rows: expected a positive row count or null, got {cap!r}")
+    return min(epochs, max(1.0, cap / max(1, int(n_rows))))
+
+
+def fit_epochs(train_cfg: dict, n_rows: int, log: Callable[[str], None] | None = None) -> float:
+    """:func:`offline_epochs`, said in one line through ``log`` when ``max_rows`` lowers them."""
+    epochs = offline_epochs(train_cfg, n_rows)
+    if log is not None and epochs < float(train_cfg["epochs"]):
+        log(f"{n_rows:,} training rows: at most {epochs:g} epoch{'s' if epochs != 1 else ''} instead of {float(train_cfg['epochs']):g} "
+            f"(nn.train.max_rows={train_cfg['max_rows']:,})")
+    return epochs
 
 
 class _Optimizers:

@@ -13,7 +13,7 @@ from wbdc.budget import BudgetError, choose_buckets
 from wbdc.features import build
 from wbdc.features.partition import bucket_edges
 from wbdc.features.store import ROW_KEY, FeatureStore
-from wbdc.io import read_json
+from wbdc.io import InputError, read_json
 from wbdc.paths import Paths
 
 
@@ -134,6 +134,35 @@ def test_a_slice_of_a_day_reads_the_row_groups_that_can_hold_it(builds, tiny_roo
         row = np.concatenate([c[ROW_KEY].to_numpy() for c in fs.iter_rows(d, 3, 4, columns=[])])
         assert len(row) == n
         monkeypatch.undo()
+
+
+def test_gather_gives_the_values_of_load_day_as_float32(builds, tiny_root_3_buckets):
+    """``gather`` (LightGBM's reader): the rows asked for, day-table and user-table columns
+    alike, equal ``load_day``'s values cast to float32, bit for bit, from a store whose parts
+    interleave the day (``builds``) and one in user order; a part read whole equals
+    ``read_part``; rows out of order or not in the part are refused."""
+    fs_tiny = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    rng, tables = np.random.default_rng(3), set()
+    for fs in (builds[3], fs_tiny):
+        names = [c["name"] for c in fs.manifest["columns"]
+                 if {"dense", "categorical", "vector"} & set(c["roles"]) and c["name"] not in ("userid", "feedid")]
+        tables |= {fs.column_info(c)["table"] for c in names}
+        for d in (2, 14, 15):
+            whole = fs.load_day(d, names)[names].to_numpy(np.float32)
+            n = len(whole)
+            for rows in (np.arange(n), np.sort(rng.choice(n, n // 10, replace=False)), np.array([n - 1]),
+                         np.zeros(0, np.int64)):
+                np.testing.assert_array_equal(fs.gather(d, rows, names, batch_rows=7), whole[rows])
+            for i in range(len(fs.parts(d))):
+                keys = fs.read_part(d, i, [])[ROW_KEY].to_numpy()
+                np.testing.assert_array_equal(fs.gather(d, keys, names, part=i), whole[keys])
+                with pytest.raises(InputError, match=rf"^day {d} part {i}: rows differ from the part's listing$"):
+                    fs.gather(d, keys[::-1].copy(), names, part=i)
+            with pytest.raises(ValueError, match="ascending"):
+                fs.gather(d, np.array([3, 1]), names)
+            with pytest.raises(InputError, match=rf"^day {d}: 1 of the 2 rows asked for found in the store$"):
+                fs.gather(d, np.array([0, n + 5]), names)
+    assert tables == {"day", "users"}                   # the user vectors' columns are joined too
 
 
 def test_bucket_edges_balance_rows_and_cover_every_user():

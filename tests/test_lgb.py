@@ -772,11 +772,11 @@ def test_days_decoded_in_pieces_train_the_models_of_whole_days(tiny_root_3_bucke
     cfg = resolve_argv(["--preset", "tiny", "--seed", "7", "--set", "lgb.num_boost_round=12",
                         "--set", "lgb.early_stopping_rounds=4"])
     settings = LgbSettings.from_config(cfg)
-    runs, real = [], fs.iter_rows
+    runs, real = [], fs._batches
     for piece in (1 << 30, 97):
         monkeypatch.setattr(StoreRows, "PIECE_ROWS", piece)
         read = []
-        monkeypatch.setattr(fs, "iter_rows", lambda *a, **k: (read.append(len(df)) or df for df in real(*a, **k)))
+        monkeypatch.setattr(fs, "_batches", lambda *a, **k: (read.append(b.num_rows) or b for b in real(*a, **k)))
         data = load_fit_data(fs, settings, progress=False, cache_bytes=0)
         off = fit_offline(data, settings, ["read_comment", "like"], progress=False)
         runs.append((data.rows.X, off, sum(read)))

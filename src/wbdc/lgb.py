@@ -27,10 +27,11 @@ and their bin mappers kept in a one-row reference Dataset (:func:`bin_reference`
 against that reference (:func:`action_dataset`): the same bins and the same binned rows as a
 ``subset`` of the full Dataset, but only one action's rows are held at a time (the online refit
 likewise, with day 14's sampled rows appended).  Day 14 is binned against the reference from its
-parts (the validation set) and predicted part by part; the test rows too.  Memory: one action's
+parts (the validation set); once every action is trained it is read again part by part and each
+part predicted by every action's model (one pass, not one per action); the test rows likewise.  Memory: one action's
 binned rows (one to four bytes per feature and row), day 14 binned, and one decoded block (a
 day's sampled rows are cut into pieces of ``StoreRows.PIECE_ROWS`` rows, each read from the row
-groups that can hold it: ``FeatureStore.iter_rows``); the blocks are
+groups that can hold it, converting only the rows kept: ``FeatureStore.gather``); the blocks are
 kept in memory instead when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the
 stage), so small data is read once; otherwise each action reads its rows from the store again.
 The models equal those of the float matrix of the same rows, tree for tree (tests).
@@ -367,7 +368,9 @@ class StoreRows(lgb.Sequence):
                 self.on_read(len(X))
             return X
         b = self.blocks[i]
-        if b.part is not None:
+        if hasattr(self.fs, "gather"):
+            X = self.fs.gather(b.day, b.rows, self.features, part=b.part, batch_rows=self.READ_ROWS)
+        elif b.part is not None:
             # a whole part (day 14, the test rows), a batch at a time into its place: the part's
             # table is never held whole (at the final round's size a part is ~1M rows)
             X = np.empty((len(b.rows), len(self.features)), np.float32)
@@ -427,11 +430,20 @@ class StoreRows(lgb.Sequence):
 
     def predict(self, booster: lgb.Booster, iterations: Sequence[int]) -> dict[int, np.ndarray]:
         """Raw predictions of every row at each of ``iterations``, reading each block once."""
-        out = {int(it): np.empty(len(self), np.float64) for it in iterations}
+        return self.predict_many({None: (booster, iterations)})[None]
+
+    def predict_many(self, models: Mapping) -> dict:
+        """:meth:`predict` of several boosters in one pass over the rows, ``{key: (booster,
+        iterations)}`` -> ``{key: {iteration: raw predictions}}``: each block is decoded once for
+        all of them (every action's model on day 14 or the test rows: at the final round's size a
+        pass over day 14 is over a minute of reading)."""
+        out = {k: {int(it): np.empty(len(self), np.float64) for it in its} for k, (_, its) in models.items()}
         for i in range(len(self.blocks)):
             X = self.read(i)
-            for it in out:
-                out[it][self.offsets[i]:self.offsets[i + 1]] = booster.predict(X, num_iteration=it)
+            lo, hi = self.offsets[i], self.offsets[i + 1]
+            for k, (booster, _) in models.items():
+                for it, dst in out[k].items():
+                    dst[lo:hi] = booster.predict(X, num_iteration=it)
             del X
         self.release()
         return out
@@ -865,12 +877,8 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
         best[a] = int(booster.best_iteration)
         for h in HALVES:
             half_best[h][a] = half_best_iteration(metrics.get(f"uauc_{h}", []), best[a])
-        booster.free_dataset()             # this action's binned rows go before day 14 is read
+        booster.free_dataset()             # this action's binned rows go before the next is binned
         del train_ds
-        raw = data.valid_rows.X.predict(booster, [best[a], *(half_best[h][a] for h in HALVES)])
-        preds[a] = finish_predictions(raw[best[a]], settings, a)
-        for h in HALVES:
-            half_preds[h][a] = finish_predictions(raw[half_best[h][a]], settings, a)
         imp.append(pd.DataFrame({"feature": data.spec.names, "action": a,
                                  "gain": booster.feature_importance("gain", iteration=best[a])
                                  .astype(np.float64)}))
@@ -879,6 +887,15 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
                                   **{k: metrics.get(k, [np.nan] * n_hist)
                                      for k in ("uauc", "uauc_A", "uauc_B")}}))
         boosters[a] = booster
+    # day 14 read once for every action's model, its binned copy dropped first
+    del valid
+    raws = data.valid_rows.X.predict_many(
+        {a: (boosters[a], [best[a], *(half_best[h][a] for h in HALVES)]) for a in actions})
+    for a in actions:
+        preds[a] = finish_predictions(raws[a][best[a]], settings, a)
+        for h in HALVES:
+            half_preds[h][a] = finish_predictions(raws[a][half_best[h][a]], settings, a)
+    del raws
     labels = labels_frame(data.valid_rows.labels, actions)
     insample = weighted_uauc(labels, preds, groups=data.groups)
     scores = crossfit_scores(labels, half_preds["A"], half_preds["B"], data.halves)
@@ -973,10 +990,13 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
                                   data.spec, settings.params, data.base, progress, f"bin {a} days 1-14")
         booster = train_booster(settings.params, train_ds, rounds[a],
                                 desc=f"{a} online", progress=progress)
-        booster.free_dataset()             # the binned rows go before the test parts are read
+        booster.free_dataset()             # the binned rows go before the next are binned
         del train_ds
-        preds[a] = finish_predictions(test.X.predict(booster, [rounds[a]])[rounds[a]], settings, a)
         boosters[a] = booster
+    # the test rows read once for every action's model
+    raws = test.X.predict_many({a: (boosters[a], [rounds[a]]) for a in actions})
+    for a in actions:
+        preds[a] = finish_predictions(raws[a][rounds[a]], settings, a)
     preds = preds.iloc[np.argsort(test.X.day_order(), kind="stable")].reset_index(drop=True)
     return OnlineResult(boosters, rounds, preds, n_on)
 

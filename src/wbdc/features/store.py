@@ -46,6 +46,7 @@ from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..io import InputError, file_digest, read_json
@@ -197,6 +198,75 @@ class FeatureStore:
             if side is not None:
                 df = self._join_users(df, d, side, user_cols)
             yield df[order]
+
+    def gather(self, d: int, rows: np.ndarray, columns: Sequence[str], part: int | None = None,
+               batch_rows: int = 65_536) -> np.ndarray:
+        """The float32 matrix ``[len(rows), len(columns)]`` of day ``d``: with ``part`` None, the
+        rows at day positions ``rows`` (ascending), reading only the row groups that can hold
+        them; with ``part``, every row of that part in the part's order (``rows``: the part's row
+        keys, checked).  Each batch goes from arrow to the matrix column by column, and a sampled
+        read converts only the rows it keeps: the values of ``load_day(d)[columns]`` cast to
+        float32, without the DataFrame copies of ``iter_rows`` (which cost about twice the
+        parquet decoding when a few percent of the rows are kept, as LightGBM's samples are)."""
+        rows = np.asarray(rows, np.int64)
+        n = len(rows)
+        if part is None and n > 1 and not (np.diff(rows) > 0).all():
+            raise ValueError("gather: rows must be ascending day positions")
+        self._wanted(columns)                  # unknown names refused as everywhere
+        cols = list(columns)
+        own = [c for c in cols if self._col[c]["table"] == "day"]
+        user_cols = [c for c in cols if self._col[c]["table"] == "users"]
+        read = list(dict.fromkeys([*own, ROW_KEY, *(["userid"] if user_cols else [])]))
+        X = np.empty((n, len(cols)), np.float32)
+        where = {c: j for j, c in enumerate(cols)}
+        found = 0
+        indices = range(len(self.parts(d))) if part is None else [int(part)]
+        first, last = (int(rows[0]), int(rows[-1])) if n else (0, -1)
+        for i in indices:
+            meta = self.parts(d)[i]
+            groups = None
+            if part is None:
+                ranges = self.row_ranges(d, i)
+                if ranges is not None:
+                    groups = np.flatnonzero((ranges[:, 0] <= last) & (ranges[:, 1] >= first)).tolist()
+                    if not groups:
+                        continue
+            side = self._users(d, meta.get("users"), user_cols) if user_cols else None
+            for batch in self._batches(d, i, read, batch_rows, groups):
+                r = batch.column(ROW_KEY).to_numpy()
+                if part is None:
+                    pos = np.searchsorted(rows, r)
+                    hit = pos < n
+                    hit[hit] = rows[pos[hit]] == r[hit]
+                    if not hit.any():
+                        continue
+                    keep = np.flatnonzero(hit)
+                    dst = pos[keep]
+                    if len(keep) < len(r):
+                        batch = batch.take(pa.array(keep))
+                else:
+                    k = len(r)
+                    if found + k > n or not np.array_equal(r, rows[found:found + k]):
+                        raise InputError(f"day {d} part {part}: rows differ from the part's listing")
+                    dst = slice(found, found + k)
+                for c in own:
+                    X[dst, where[c]] = batch.column(c).to_numpy(zero_copy_only=False)
+                if side is not None:
+                    df = self._join_users(pd.DataFrame({"userid": batch.column("userid").to_numpy(
+                        zero_copy_only=False)}), d, side, user_cols)
+                    for c in user_cols:
+                        X[dst, where[c]] = df[c].to_numpy()
+                found += batch.num_rows
+        if found != n:
+            raise InputError(f"day {d}: {found} of the {n} rows asked for found in the store")
+        return X
+
+    def _batches(self, d: int, index: int, columns: list[str], batch_rows: int,
+                 row_groups: Sequence[int] | None = None) -> Iterator[pa.RecordBatch]:
+        """Arrow batches of part ``index`` of day ``d`` (day-table ``columns`` only; the row groups
+        ``row_groups``, default all)."""
+        pf = self._parquet(self.dir / self.parts(d)[index]["file"])
+        yield from pf.iter_batches(batch_size=int(batch_rows), row_groups=row_groups, columns=columns)
 
     def row_groups(self, d: int, index: int) -> list[int]:
         """Row counts of the parquet row groups of part ``index`` of day ``d`` (each at most

@@ -220,17 +220,14 @@ class FeatureStore:
         X = np.empty((n, len(cols)), np.float32)
         where = {c: j for j, c in enumerate(cols)}
         found = 0
-        indices = range(len(self.parts(d))) if part is None else [int(part)]
+        parts = self.parts(d)
+        indices = range(len(parts)) if part is None else [int(part)]
         first, last = (int(rows[0]), int(rows[-1])) if n else (0, -1)
         for i in indices:
-            meta = self.parts(d)[i]
-            groups = None
-            if part is None:
-                ranges = self.row_ranges(d, i)
-                if ranges is not None:
-                    groups = np.flatnonzero((ranges[:, 0] <= last) & (ranges[:, 1] >= first)).tolist()
-                    if not groups:
-                        continue
+            meta = parts[i]
+            groups = self._groups_holding(d, i, first, last) if part is None else None
+            if groups == []:
+                continue
             side = self._users(d, meta.get("users"), user_cols) if user_cols else None
             for batch in self._batches(d, i, read, batch_rows, groups):
                 r = batch.column(ROW_KEY).to_numpy()
@@ -316,14 +313,18 @@ class FeatureStore:
         of the day, whether the day's order follows the buckets or interleaves them."""
         wanted = self._wanted(columns)
         for i, part in enumerate(self.parts(d)):
-            ranges = self.row_ranges(d, i)
-            if ranges is None:
-                groups = None
-            else:
-                groups = np.flatnonzero((ranges[:, 0] <= last) & (ranges[:, 1] >= first)).tolist()
-                if not groups:
-                    continue
+            groups = self._groups_holding(d, i, first, last)
+            if groups == []:
+                continue
             yield from self._read_part(d, part, wanted, batch_rows, groups)
+
+    def _groups_holding(self, d: int, index: int, first: int, last: int) -> list[int] | None:
+        """The row groups of part ``index`` of day ``d`` whose ``row`` keys can fall in
+        ``[first, last]`` ([] = none); None when the file has no statistics (every group may)."""
+        ranges = self.row_ranges(d, index)
+        if ranges is None:
+            return None
+        return np.flatnonzero((ranges[:, 0] <= last) & (ranges[:, 1] >= first)).tolist()
 
     def read_part(self, d: int, index: int, columns: Sequence[str] | None = None) -> pd.DataFrame:
         """Part ``index`` of day ``d`` (``parts(d)[index]``): key columns, ``columns`` and ``row``."""

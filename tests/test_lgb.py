@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from wbdc.baselines import popularity_columns, popularity_predictions
-from wbdc.lgb import (LgbSettings, UAUCEval, action_rows, calibrate, finish_predictions,
+from wbdc.lgb import (LgbSettings, UAUCEval, action_rows, calibrate, eval_period, finish_predictions,
                       fit_offline, fit_online,
                       keep_mask, load_fit_data, online_rounds, parse_actions, row_uniforms,
                       scale_rounds, select_features, union_mask)
@@ -253,6 +253,61 @@ def test_uauc_eval_matches_metric():
     ua = uauc(y[halves.row_in_a], p[halves.row_in_a], users[halves.row_in_a])
     ub = uauc(y[~halves.row_in_a], p[~halves.row_in_a], users[~halves.row_in_a])
     assert [v for _, v, _ in out] == pytest.approx([value, ua, ub], nan_ok=True)
+
+
+def test_eval_period_scores_every_round_up_to_eval_rows_then_spaces_the_rounds():
+    assert eval_period(610_000, 2_000_000) == 1              # `full`'s day 14: every round
+    assert eval_period(2_000_000, 2_000_000) == 1
+    assert eval_period(2_000_001, 2_000_000) == 2
+    assert eval_period(6_103_955, 2_000_000) == 4            # the final round's day 14
+    assert eval_period(10**9, None) == 1
+    cfg = default_config()
+    assert LgbSettings.from_config(cfg).eval_rows == 2_000_000
+    cfg["lgb"]["eval_rows"] = 0
+    with pytest.raises(ValueError, match=r"lgb\.eval_rows must be >= 1 or null, got 0"):
+        LgbSettings.from_config(cfg)
+
+
+def test_a_spaced_uauc_eval_scores_rounds_one_and_every_kth_after():
+    users = np.array([1, 1, 1, 2, 2, 2, 3, 3])
+    y = np.array([1, 0, 0, 0, 1, 1, 0, 0])
+    p = np.array([0.9, 0.1, 0.95, 0.2, 0.3, 0.1, 0.5, 0.4])
+    halves = split_halves(1, users)
+    ev = UAUCEval(y, halves.groups, halves, every=3)
+    scored = [not math.isnan(ev(p, None)[0][1]) for _ in range(8)]
+    assert scored == [True, False, False, True, False, False, True, False]
+    one = UAUCEval(y, group_by_user(users), every=2)
+    assert [math.isnan(one(p, None)[1]) for _ in range(3)] == [False, True, False]
+
+
+def test_spaced_evaluation_stops_early_at_scored_rounds_and_counts_patience_in_rounds(fake_fit):
+    """With day 14 scored every 3rd round (``lgb.eval_rows`` under its rows), every best
+    iteration (all users and each half) is a scored round, the history holds NaN elsewhere, and
+    the fit stops once ``early_stopping_rounds`` rounds passed without a better scored value."""
+    fs, _, data, full_off, _ = fake_fit
+    settings = fast_settings(eval_rows=-(-len(data.valid_rows) // 3))
+    k = eval_period(len(data.valid_rows), settings.eval_rows)
+    assert k == 3
+    off = fit_offline(data, settings, ["read_comment", "like"], progress=False)
+    stopped = 0
+    for a in ("read_comment", "like"):
+        h = off.history[off.history["action"] == a]
+        rounds = h["round"].to_numpy()
+        scored = ~np.isnan(h["uauc"].to_numpy())
+        np.testing.assert_array_equal(scored, (rounds - 1) % k == 0)
+        assert np.isnan(h.loc[~scored, ["uauc_A", "uauc_B"]].to_numpy()).all()
+        best = off.best_iteration[a]
+        assert (best - 1) % k == 0 and best == int(np.nanargmax(h["uauc"].to_numpy())) + 1
+        for half in ("A", "B"):
+            assert (off.half_best_iteration[half][a] - 1) % k == 0
+        # the scored values are those of the every-round fit at the same rounds (same trees)
+        ref = full_off.history[full_off.history["action"] == a]["uauc"].to_numpy()
+        n = min(len(ref), len(rounds))
+        np.testing.assert_allclose(h["uauc"].to_numpy()[:n][scored[:n]], ref[:n][scored[:n]])
+        stopped += len(rounds) < settings.num_boost_round
+        if len(rounds) < settings.num_boost_round:            # stopped early: patience in rounds
+            assert len(rounds) - best == settings.early_stopping_rounds
+    assert stopped                                            # the patience rule was exercised
 
 
 # ------------------------------------------------------------------------------ popularity

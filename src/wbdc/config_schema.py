@@ -182,6 +182,7 @@ class LgbConfig:
     early_stopping_rounds: int
     dask_eval_every: int             # cluster runs: rounds between the day-14 grid points
     max_train_rows: Union[int, None]  # neg_rate lowered so an action's sample stays under it
+    eval_rows: Union[int, None]      # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: Union[list[int], None]    # one model per seed (LightGBM's and the sampling's), averaged
     params: LgbParams
 

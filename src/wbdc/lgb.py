@@ -80,6 +80,7 @@ class LgbSettings:
     seed: int = 2021
     halves_seed: int = 2021        # data.seed: the day-14 user halves every model shares
     max_train_rows: int | None = None   # an action's offline sample at most this many rows
+    eval_rows: int | None = None   # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: tuple[int, ...] = ()    # lgb.seeds: one model per seed, predictions averaged
 
     @property
@@ -114,6 +115,9 @@ class LgbSettings:
         cap = sec.get("max_train_rows")
         if cap is not None and int(cap) < 1:
             raise ValueError(f"lgb.max_train_rows must be >= 1 or null, got {cap}")
+        eval_rows = sec.get("eval_rows")
+        if eval_rows is not None and int(eval_rows) < 1:
+            raise ValueError(f"lgb.eval_rows must be >= 1 or null, got {eval_rows}")
         seeds = sec.get("seeds")
         if seeds is not None:
             if not isinstance(seeds, (list, tuple)) or not seeds or \
@@ -128,6 +132,7 @@ class LgbSettings:
                    first_day=None if first is None else int(first), seed=seed,
                    halves_seed=int(cfg["data"]["seed"]),
                    max_train_rows=None if cap is None else int(cap),
+                   eval_rows=None if eval_rows is None else int(eval_rows),
                    seeds=tuple(int(x) for x in seeds) if seeds else ())
 
 
@@ -248,6 +253,14 @@ def capped_note(before: "LgbSettings", after: "LgbSettings", actions: Sequence[s
     if not low:
         return None
     return f"lgb.max_train_rows {after.max_train_rows:,}: neg_rate lowered for " + ", ".join(low)
+
+
+def eval_period(n_valid: int, eval_rows: int | None) -> int:
+    """Rounds between two day-14 uAUC evaluations (``lgb.eval_rows``): 1 while day 14 has at most
+    ``eval_rows`` rows (or ``eval_rows`` is None), else ``ceil(n_valid / eval_rows)``."""
+    if eval_rows is None or n_valid <= eval_rows:
+        return 1
+    return -(-int(n_valid) // int(eval_rows))
 
 
 def calibrate(p: np.ndarray, rate: float) -> np.ndarray:
@@ -562,17 +575,27 @@ class UAUCEval:
     With ``halves`` it also reports the uAUC of each half of the users (``uauc_A``,
     ``uauc_B``; each user's AUC is computed once, so this costs nothing extra); early stopping
     reads the first value only, the uAUC over all users.
+
+    ``every`` > 1 scores rounds 1, 1 + every, 1 + 2 x every, ... only (``lgb.eval_rows``) and
+    gives NaN for the others: early stopping never counts a NaN as an improvement, and the best
+    iterations (the first maximum of the scored values) are scored rounds.
     """
 
-    def __init__(self, labels: np.ndarray, groups: UserGroups, halves: Halves | None = None):
+    def __init__(self, labels: np.ndarray, groups: UserGroups, halves: Halves | None = None,
+                 every: int = 1):
         self.labels = np.asarray(labels)
         self.groups = groups
         self.halves = halves
+        self.every = max(1, int(every))
+        self.calls = 0
 
     def __call__(self, preds: np.ndarray, eval_data):
+        self.calls += 1
+        skip = (self.calls - 1) % self.every != 0
         if self.halves is None:
-            return "uauc", uauc(self.labels, preds, groups=self.groups), True
-        s = uauc_by_half(self.labels, preds, self.halves)
+            return "uauc", (math.nan if skip else uauc(self.labels, preds, groups=self.groups)), True
+        s = ({"all": math.nan, "A": math.nan, "B": math.nan} if skip
+             else uauc_by_half(self.labels, preds, self.halves))
         return [("uauc", s["all"], True), ("uauc_A", s["A"], True), ("uauc_B", s["B"], True)]
 
 
@@ -590,6 +613,8 @@ class RoundProgress:
         self.bar.update(1)
         if env.evaluation_result_list:
             _, name, value, higher = env.evaluation_result_list[0][:4]
+            if math.isnan(value):            # a round not scored (lgb.eval_rows)
+                return
             self.best = max(self.best, value) if higher else -min(-self.best, value)
             self.bar.set_postfix_str(f"{name} {value:.5f} best {self.best:.5f}", refresh=False)
 
@@ -859,6 +884,10 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     valid = _dataset(data.valid_rows.X, len(data.valid_rows), data.spec, settings.params,
                      reference=data.base, progress=progress, desc="bin day 14")
     boosters, best, n_rows = {}, {}, {}
+    every = eval_period(len(data.valid_rows), settings.eval_rows)
+    if every > 1:
+        print(f"[lgb] day 14 has {len(data.valid_rows):,} rows > lgb.eval_rows {settings.eval_rows:,}: "
+              f"its uAUC is scored every {every} rounds", file=sys.stderr)
     preds = data.valid_keys[["userid", "feedid"]].copy()
     half_preds = {h: preds.copy() for h in HALVES}
     half_best: dict[str, dict[str, int]] = {h: {} for h in HALVES}
@@ -871,7 +900,7 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
         valid.set_label(data.valid_rows.labels[:, j].astype(np.float32))
         metrics: dict[str, list[float]] = {}
         booster = train_booster(settings.params, train_ds, settings.num_boost_round, valid=valid,
-                                feval=UAUCEval(data.valid_rows.labels[:, j], data.groups, data.halves),
+                                feval=UAUCEval(data.valid_rows.labels[:, j], data.groups, data.halves, every),
                                 early_stopping_rounds=settings.early_stopping_rounds,
                                 desc=f"{a} offline", progress=progress, metrics=metrics)
         best[a] = int(booster.best_iteration)

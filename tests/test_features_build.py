@@ -270,6 +270,25 @@ def test_store_errors_are_clear(built, tmp_path):
         fs.columns("label")
 
 
+def test_the_code_digest_leaves_out_the_store_reader_but_not_the_builders(tmp_path):
+    """A change to the store's reader (``FeatureStore``) keeps every table and pretrained vector;
+    a change to any module that computes or writes values rebuilds."""
+    import shutil
+    pkg = Path(build.__file__).parent
+    copy = tmp_path / "features"
+    shutil.copytree(pkg, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    assert build.code_digest(copy) == build.code_digest()
+    (copy / "store.py").write_text((copy / "store.py").read_text() + "\n# a reader refactor\n")
+    assert build.code_digest(copy) == build.code_digest()
+    for name in ("families.py", "window_stats.py", "build.py", "w2v.py"):
+        p = copy / name
+        before = p.read_text()
+        p.write_text(before + "\n# changed\n")
+        assert build.code_digest(copy) != build.code_digest(), name
+        p.write_text(before)
+    assert build.READER_MODULES == ("store.py",)
+
+
 def test_incremental_skips_unchanged_days_and_rebuilds_on_config_change(tmp_path):
     paths = make_world(tmp_path, seed=2)
     cfg = small_config(days=[3, 6, 15])

@@ -25,7 +25,7 @@ Every per-key sum adds the same rows in the same order whatever P is, so the val
 depend on the number of buckets (tests/test_features_buckets.py checks P = 1 against P = 3).
 
 Incremental: each day carries a fingerprint = digest of (features config, seed, digests of the
-prepared inputs, this package's source, d).  A day whose parts exist and whose manifest
+prepared inputs, this package's source but the store reader, d).  A day whose parts exist and whose manifest
 fingerprint matches is skipped; when every day matches, nothing is loaded at all.  A build that
 stops part-way resumes at the first unfinished bucket.  Pretrained tables carry their own
 fingerprints, so e.g. changing a window reuses the word2vec vectors.
@@ -62,9 +62,21 @@ def _log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- fingerprints
 
-def code_digest() -> str:
-    here = Path(__file__).resolve().parent
-    return obj_digest({p.name: file_digest(p) for p in sorted(here.glob("*.py"))})
+#: modules of this package that only read the store (``FeatureStore``): the values a build writes
+#: do not depend on them, so changing them keeps every table and pretrained vector (a rebuild at
+#: the final round's size is two hours); the layout constants the build takes from them are in
+#: the digest instead
+READER_MODULES = ("store.py",)
+
+
+def code_digest(here: Path | None = None) -> str:
+    """Digest of the source that shapes the written values: every module of this package but
+    :data:`READER_MODULES`, plus the store layout the build writes with."""
+    here = Path(__file__).resolve().parent if here is None else Path(here)
+    layout = {"key_columns": list(KEY_COLUMNS), "manifest": MANIFEST, "row_group_rows": ROW_GROUP_ROWS,
+              "row_key": ROW_KEY, "part": part_file(2, 3), "user_part": user_part_file(2, 3)}
+    return obj_digest({"layout": layout, **{p.name: file_digest(p) for p in sorted(here.glob("*.py"))
+                                            if p.name not in READER_MODULES}})
 
 
 def input_digests(prepared: Path) -> dict[str, str]:

@@ -199,3 +199,28 @@ def test_random_world_matches_pandas_reference(tmp_path):
                     np.testing.assert_allclose(got, exp, rtol=1e-5, atol=1e-6, err_msg=f"{name}_{wl}_{stat} day {d}")
                     checked += 1
     assert checked == 5 * 4 * 3 * 18
+
+
+def test_sums_over_the_keys_asked_for_equal_the_sums_over_every_key_cut_to_them():
+    """``window_sum_of`` and ``history_mean`` add up only the rows of the keys asked for (a user
+    bucket's users, not every user of the world): bit-identical to summing every key and
+    cutting, for vector and scalar columns, per-row ids with repeats, absent keys and none."""
+    from wbdc.features.history import aggregate_vectors, history_mean
+
+    rng = np.random.default_rng(5)
+    n_keys, dim, m = 5_000, 8, 40_000
+    key, day = rng.integers(0, n_keys, m), np.sort(rng.integers(1, 14, m))
+    t = aggregate_vectors(key, day, n_keys, rng.integers(-1, 300, m), rng.normal(size=(300, dim)))
+    for lo, hi in ((1, 13), (4, 9), (7, 7)):
+        for keys in (np.unique(rng.integers(0, n_keys, 700)), np.arange(n_keys), np.array([3, n_keys - 1]),
+                     np.zeros(0, np.int64)):
+            for name in ("count", "vec"):
+                assert np.array_equal(t.window_sum_of(name, lo, hi, keys), t.window_sum(name, lo, hi)[keys])
+        ids = rng.integers(0, n_keys, 3_000)          # per-row ids: repeats, some without history
+        cnt = t.window_sum("count", lo, hi)
+        mean = t.window_sum("vec", lo, hi) / np.maximum(cnt, 1)[:, None]
+        got_mean, got_cnt = history_mean(t.before(hi + 1), ids, lo, hi)
+        assert np.array_equal(got_mean, mean[ids]) and np.array_equal(got_cnt, cnt[ids])
+        assert (got_cnt == 0).any() and (got_cnt > 0).any()
+    empty_mean, empty_cnt = history_mean(t, np.array([1, 2]), 5, 4)
+    assert empty_mean.shape == (2, dim) and not empty_cnt.any()

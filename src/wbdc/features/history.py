@@ -80,6 +80,24 @@ class DailyTable:
         return np.stack([np.bincount(ids, weights=v[:, j].astype(np.float64, copy=False),
                                      minlength=self.n_keys) for j in range(v.shape[1])], axis=1)
 
+    def window_sum_of(self, name: str, lo: int, hi: int, keys: np.ndarray) -> np.ndarray:
+        """``window_sum(name, lo, hi)[keys]`` for ascending distinct ``keys``, adding up only
+        their rows: the same values (each key's rows are added in the same order from zero), at
+        the cost of the window's rows instead of ``n_keys`` per column (a user bucket asks for
+        its ~25k users of the final round's 200k)."""
+        a, b = self._bounds(lo, hi)
+        ids, v = self.key_id[a:b], self.values[name][a:b]
+        if len(keys) == 0:
+            return np.zeros((0, *v.shape[1:]))
+        pos = np.minimum(np.searchsorted(keys, ids), len(keys) - 1)
+        hit = keys[pos] == ids
+        if not hit.all():
+            pos, v = pos[hit], v[hit]
+        if v.ndim == 1:
+            return np.bincount(pos, weights=v.astype(np.float64, copy=False), minlength=len(keys))
+        return np.stack([np.bincount(pos, weights=v[:, j].astype(np.float64, copy=False),
+                                     minlength=len(keys)) for j in range(v.shape[1])], axis=1)
+
     def active_days(self, lo: int, hi: int) -> np.ndarray:
         """Per key: number of days in [lo, hi] with at least one row."""
         a, b = self._bounds(lo, hi)
@@ -156,7 +174,8 @@ def history_mean(table: DailyTable, ids: np.ndarray, lo: int, hi: int) -> tuple[
     dim = table.values["vec"].shape[1]
     if hi < lo:
         return np.zeros((len(ids), dim)), np.zeros(len(ids))
-    cnt = table.window_sum("count", lo, hi)
-    total = table.window_sum("vec", lo, hi)
+    keys, inv = np.unique(ids, return_inverse=True)     # only the keys asked for are summed
+    cnt = table.window_sum_of("count", lo, hi, keys)
+    total = table.window_sum_of("vec", lo, hi, keys)
     mean = total / np.maximum(cnt, 1)[:, None]
-    return mean[ids], cnt[ids]
+    return mean[inv.reshape(-1)], cnt[inv.reshape(-1)]

@@ -74,11 +74,7 @@ class DailyTable:
     def window_sum(self, name: str, lo: int, hi: int) -> np.ndarray:
         """Per-key sum of ``name`` over days [lo, hi] as float64 [n_keys] (or [n_keys, k])."""
         a, b = self._bounds(lo, hi)
-        ids, v = self.key_id[a:b], self.values[name][a:b]
-        if v.ndim == 1:
-            return np.bincount(ids, weights=v.astype(np.float64, copy=False), minlength=self.n_keys)
-        return np.stack([np.bincount(ids, weights=v[:, j].astype(np.float64, copy=False),
-                                     minlength=self.n_keys) for j in range(v.shape[1])], axis=1)
+        return _sum_by(self.key_id[a:b], self.values[name][a:b], self.n_keys)
 
     def window_sum_of(self, name: str, lo: int, hi: int, keys: np.ndarray) -> np.ndarray:
         """``window_sum(name, lo, hi)[keys]`` for ascending distinct ``keys``, adding up only
@@ -93,10 +89,7 @@ class DailyTable:
         hit = keys[pos] == ids
         if not hit.all():
             pos, v = pos[hit], v[hit]
-        if v.ndim == 1:
-            return np.bincount(pos, weights=v.astype(np.float64, copy=False), minlength=len(keys))
-        return np.stack([np.bincount(pos, weights=v[:, j].astype(np.float64, copy=False),
-                                     minlength=len(keys)) for j in range(v.shape[1])], axis=1)
+        return _sum_by(pos, v, len(keys))
 
     def active_days(self, lo: int, hi: int) -> np.ndarray:
         """Per key: number of days in [lo, hi] with at least one row."""
@@ -134,6 +127,14 @@ def dense_codes(*cols: np.ndarray) -> tuple[np.ndarray, int]:
         code = code * (int(c.max()) + 1 if len(c) else 1) + c
     ids, uniq = pd.factorize(code, sort=False)
     return ids.astype(np.int64), max(len(uniq), 1)
+
+
+def _sum_by(ids: np.ndarray, v: np.ndarray, n: int) -> np.ndarray:
+    """float64 sums of ``v`` ([m] or [m, k]) per id in [0, n), rows added in their order."""
+    if v.ndim == 1:
+        return np.bincount(ids, weights=v.astype(np.float64, copy=False), minlength=n)
+    return np.stack([np.bincount(ids, weights=v[:, j].astype(np.float64, copy=False), minlength=n)
+                     for j in range(v.shape[1])], axis=1)
 
 
 def aggregate_vectors(key_id: np.ndarray, day: np.ndarray, n_keys: int, item_row: np.ndarray,

@@ -845,6 +845,95 @@ def test_days_decoded_in_pieces_train_the_models_of_whole_days(tiny_root_3_bucke
     assert read_pieces < len(pieces.blocks) / len(whole.blocks) * read_whole / 2
 
 
+def test_every_action_cut_from_rows_binned_once_trains_the_models_of_each_action_binned_alone(
+        tiny_root_3_buckets, monkeypatch):
+    """``lgb.bin_once``: every action's rows (days 1-13 and day 14's share for the refit) binned
+    in one pass over the store and each action's Dataset cut from them gives the models, the
+    day-14 and the test predictions of each action reading and binning its own rows, offline and
+    online, from a store read without any cache, while reading far fewer rows from the store."""
+    import dataclasses
+
+    from wbdc.config import resolve_argv
+    from wbdc.features.store import FeatureStore
+    from wbdc.paths import Paths
+    fs = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    cfg = resolve_argv(["--preset", "tiny", "--seed", "7", "--set", "lgb.num_boost_round=12",
+                        "--set", "lgb.early_stopping_rounds=4"])
+    acts = ["read_comment", "like", "follow"]
+    runs, real = {}, fs._batches
+    for once in (False, True):
+        st = dataclasses.replace(LgbSettings.from_config(cfg), bin_once=once)
+        read = []
+        monkeypatch.setattr(fs, "_batches", lambda *a, **k: (read.append(b.num_rows) or b for b in real(*a, **k)))
+        data = load_fit_data(fs, st, progress=False, cache_bytes=0)
+        off = fit_offline(data, st, acts, progress=False)
+        held = data.union is not None
+        on = fit_online(data, fs, st, acts, best_iteration=off.best_iteration, progress=False)
+        runs[once] = (off, on, sum(read), data.once, held, data.union)
+    (a_off, a_on, read_each, o0, h0, _), (b_off, b_on, read_once, o1, h1, left) = runs[False], runs[True]
+    assert (o0, h0, o1, h1, left) == (False, False, True, True, None)   # freed after the refit
+    for a in acts:
+        assert a_off.boosters[a].model_to_string() == b_off.boosters[a].model_to_string(), a
+        assert a_on.boosters[a].model_to_string() == b_on.boosters[a].model_to_string(), a
+    pd.testing.assert_frame_equal(a_off.preds, b_off.preds, check_exact=True)
+    pd.testing.assert_frame_equal(a_on.preds, b_on.preds, check_exact=True)
+    assert a_off.scores == b_off.scores and a_off.train_rows == b_off.train_rows
+    assert a_on.train_rows == b_on.train_rows and a_on.rounds == b_on.rounds
+    assert read_once < 0.7 * read_each
+
+
+def test_bin_once_auto_bins_once_only_within_the_memory_left_and_says_so(capsys):
+    """``lgb.bin_once: auto`` bins every action's rows at once when their binned size (about a
+    byte per row and feature) fits the memory the stage's budget leaves, and says which it chose
+    in one line; true / false force it; anything else is refused."""
+    from wbdc.lgb import BINNED_BYTES_PER_FEATURE, bins_once, refit_sample
+    fs = FakeStore()
+    auto = fast_settings()
+    data = load_fit_data(fs, auto, progress=False)
+    n = len(data.rows) + len(refit_sample(data, data.settings)[0])
+    need = n * len(data.spec.names) * BINNED_BYTES_PER_FEATURE
+    capsys.readouterr()
+    for value, room, expect in (("auto", need * 1.01, True), ("auto", need * 0.99, False),
+                                (True, 0.0, True), (False, math.inf, False)):
+        data.once, data.union_bytes = None, room
+        st = fast_settings(bin_once=value)
+        assert bins_once(data, st) is expect and bins_once(data, st) is expect
+        line = capsys.readouterr().err
+        assert line.count("\n") == 1 and f"({n:,} rows" in line    # said once, not per call
+        assert ("binned once" in line) == expect
+    with pytest.raises(ValueError, match="lgb.bin_once must be auto, true or false, got 'yes'"):
+        fast_settings(bin_once="yes")
+
+
+def test_the_bin_sample_reads_the_store_once(tiny_root_3_buckets, monkeypatch):
+    """The rows LightGBM samples for its bin bounds (a Sequence it reads twice: row by row for
+    the sample, then in batches) are decoded from the store once: as many store rows as one pass
+    over the sampled rows reads."""
+    import dataclasses
+
+    import lightgbm as lgb
+    from wbdc.config import resolve_argv
+    from wbdc.features.store import FeatureStore
+    from wbdc.lgb import _dataset_params, feature_spec, load_rows, sample_reference
+    from wbdc.paths import Paths
+    fs = FeatureStore(Paths.at(tiny_root_3_buckets[0]))
+    st = LgbSettings.from_config(resolve_argv(["--preset", "tiny", "--seed", "7"]))
+    st = dataclasses.replace(st, params={**st.params, "bin_construct_sample_cnt": 300})
+    spec = feature_spec(fs, st)
+    rows = load_rows(fs, [d for d in fs.days if d < 14], spec.names, st)
+    assert len(rows) > 20 * 300                   # only the sample is binned
+    real, read = fs._batches, []
+    monkeypatch.setattr(fs, "_batches", lambda *a, **k: (read.append(b.num_rows) or b for b in real(*a, **k)))
+    ref = sample_reference(rows.X, spec, st.params)
+    once = sum(read)
+    idx = np.sort(lgb.Dataset(np.zeros((1, 1)), params=_dataset_params(st.params))
+                  ._create_sample_indices(len(rows)).astype(np.int64))
+    read.clear()
+    sub = rows.X.take(idx)
+    sub[0:len(sub)]                               # one pass over the sampled rows
+    assert ref.num_data() == 1 and 0 < once == sum(read)
+
+
 def test_packed_labels_unpack_to_the_label_table(tiny_root):
     """LightGBM reads the labels one byte per row in one pass (no whole-file label table):
     unpacked, they are the store's label columns, day by day, on the tiny preset and a store

@@ -262,12 +262,14 @@ def main() -> int:
         seconds: dict[str, float] = {}
         # decoded feature blocks are kept when they fit a quarter of the budget and what the
         # binned rows leave of it (small data: nothing read twice); beyond, they are read from
-        # the store when LightGBM needs them
+        # the store when LightGBM needs them.  What the estimate leaves of the budget (less the
+        # kept blocks) may hold every action's rows binned once (lgb.bin_once auto)
         budget = memory_budget_gb(cfg)
         cache = max(0.0, min(budget / 4, budget - need_gb)) * 2**30
 
         def load(st):
-            data = load_fit_data(fs, st, progress=progress, cache_bytes=cache)
+            data = load_fit_data(fs, st, progress=progress, cache_bytes=cache,
+                                 union_bytes=max(0.0, budget - need_gb) * 2**30)
             st = data.settings                             # neg_rate capped by lgb.max_train_rows
             info = dict(features=len(data.spec.names), categorical=data.spec.categorical,
                         train_days=data.days, neg_rate={a: st.neg_rate[a] for a in actions},

@@ -184,6 +184,7 @@ class LgbConfig:
     max_train_rows: Union[int, None]  # neg_rate lowered so an action's sample stays under it
     eval_rows: Union[int, None]      # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: Union[list[int], None]    # one model per seed (LightGBM's and the sampling's), averaged
+    bin_once: Union[Literal["auto"], bool]   # every action's rows binned once, each cut from them
     params: LgbParams
 
 

@@ -35,6 +35,15 @@ groups that can hold it, converting only the rows kept: ``FeatureStore.gather``)
 kept in memory instead when they fit ``cache_bytes`` (a quarter of ``data.memory_gb`` in the
 stage), so small data is read once; otherwise each action reads its rows from the store again.
 The models equal those of the float matrix of the same rows, tree for tree (tests).
+
+Binning once (``lgb.bin_once``, :func:`bins_once`): where the binned union of every action's rows
+(days first..13, then day 14's share for the refit; about a byte per row and feature) fits what
+the memory budget leaves beside the stage's estimate, the union is read from the store and binned
+once (:func:`binned_union`) and each action's Dataset, offline and online, is cut from it
+(``Dataset.subset``, :func:`_action_subset`): the same Datasets and models, the store read once
+instead of once per action and fit (at the final round's size, 8.85M union rows against 5M rows
+per action, read 14 times).  The rows LightGBM samples for the bin bounds are decoded once too
+(:func:`sample_reference`).
 """
 from __future__ import annotations
 
@@ -82,6 +91,7 @@ class LgbSettings:
     max_train_rows: int | None = None   # an action's offline sample at most this many rows
     eval_rows: int | None = None   # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: tuple[int, ...] = ()    # lgb.seeds: one model per seed, predictions averaged
+    bin_once: str | bool = "auto"  # lgb.bin_once: every action's rows binned once (bins_once)
 
     @property
     def fit_seeds(self) -> tuple[int, ...]:
@@ -118,6 +128,9 @@ class LgbSettings:
         eval_rows = sec.get("eval_rows")
         if eval_rows is not None and int(eval_rows) < 1:
             raise ValueError(f"lgb.eval_rows must be >= 1 or null, got {eval_rows}")
+        bin_once = sec.get("bin_once", "auto")
+        if not (isinstance(bin_once, bool) or bin_once == "auto"):
+            raise ValueError(f"lgb.bin_once must be auto, true or false, got {bin_once!r}")
         seeds = sec.get("seeds")
         if seeds is not None:
             if not isinstance(seeds, (list, tuple)) or not seeds or \
@@ -133,7 +146,7 @@ class LgbSettings:
                    halves_seed=int(cfg["data"]["seed"]),
                    max_train_rows=None if cap is None else int(cap),
                    eval_rows=None if eval_rows is None else int(eval_rows),
-                   seeds=tuple(int(x) for x in seeds) if seeds else ())
+                   seeds=tuple(int(x) for x in seeds) if seeds else (), bin_once=bin_once)
 
 
 def parse_actions(spec: str | Sequence[str] | None) -> list[str]:
@@ -687,6 +700,11 @@ class FitData:
     cache_bytes: float = 0.0
     settings: LgbSettings | None = None   # the settings the rows were sampled with (neg_rate
                                           # capped by max_train_rows): the fits must use these
+    fs: object = None                     # the store the rows come from
+    union_bytes: float = math.inf         # memory the binned union may take (lgb.bin_once auto)
+    union: lgb.Dataset | None = None      # every action's rows of days first..14 binned once
+                                          # (binned_union), while the fits use it
+    once: bool | None = None              # bins_once's choice, made once
 
     @property
     def valid_order(self) -> np.ndarray:
@@ -734,12 +752,14 @@ def _dataset(X, n: int, spec: FeatureSpec, params: dict, reference=None, progres
     return ds
 
 
-def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes: float = 0.0) -> FitData:
+def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes: float = 0.0,
+                  union_bytes: float = math.inf) -> FitData:
     """Training rows (days first..13, sampled) binned into one Dataset read from the store block
     by block, and day 14.  The negative rates are capped first (``lgb.max_train_rows``,
     :func:`cap_settings`): ``FitData.settings`` are the ones to fit with.  ``cache_bytes``: keep
     the decoded float blocks when they fit (the in-memory speed at small sizes; 0 = read every
-    block when needed)."""
+    block when needed).  ``union_bytes``: the memory the binned union of every action's rows may
+    take (``lgb.bin_once: auto``, :func:`bins_once`)."""
     spec = feature_spec(fs, settings)
     days = training_days(fs, settings, VALID_DAY - 1)
     if VALID_DAY not in fs.days:
@@ -752,8 +772,10 @@ def load_fit_data(fs, settings: LgbSettings, progress: bool = True, cache_bytes:
     valid_rows, valid_keys = load_day_rows(fs, VALID_DAY, spec.names, settings, cache_bytes=cache_bytes)
     base = sample_reference(rows.X, spec, settings.params, progress=progress, desc="bin train days")
     groups = group_by_user(valid_keys["userid"].to_numpy())
+    kept = sum(len(x) * len(spec.names) * 4 for x in (rows.X, valid_rows.X) if getattr(x, "keep_all", False))
     return FitData(spec, days, rows, base, valid_rows, valid_keys, groups,
-                   split_halves(settings.halves_seed, groups=groups), cache_bytes, settings)
+                   split_halves(settings.halves_seed, groups=groups), cache_bytes, settings, fs,
+                   union_bytes - kept)
 
 
 def bin_reference(full: lgb.Dataset, X, spec: FeatureSpec, params: dict) -> lgb.Dataset:
@@ -794,10 +816,18 @@ def sample_reference(X, spec: FeatureSpec, params: dict, progress: bool = False,
     if len(idx) >= n or LGB_DATASET_MIN_DATA_IN_LEAF * len(idx) // n > 0:
         return bin_reference(_dataset(X, n, spec, params, progress=progress, desc=desc), X, spec, params)
     sub = _take(X, idx)
+    if isinstance(sub, StoreRows):
+        # LightGBM reads a Sequence twice (its bin sample, then every row): the sample's decoded
+        # blocks are kept so the store is read once (bin_construct_sample_cnt rows: about 190 MB
+        # at 238 features; at the final round's size each read decodes almost the whole union)
+        sub.keep_all = True
     sample = _dataset(sub, len(idx), spec, {**params, "feature_pre_filter": False},
                       progress=progress, desc=f"{desc} ({len(idx):,} sampled of {n:,})")
     sample.params = dict(dparams)          # later Datasets inherit the real parameters
-    return bin_reference(sample, sub, spec, params)
+    ref = bin_reference(sample, sub, spec, params)
+    if isinstance(sub, StoreRows):
+        sub._cache.clear()
+    return ref
 
 
 def _take(X, idx: np.ndarray):
@@ -836,6 +866,66 @@ def _action_subset(base: lgb.Dataset, labels: np.ndarray, u: np.ndarray, action:
     ds = base.subset(idx).construct()
     ds.set_label(labels[idx, ACTIONS.index(action)].astype(np.float32))
     return ds
+
+
+#: bytes a binned row takes per feature column (LightGBM's dense bins: one byte per column of
+#: up to 256 bins, half a byte up to 16, two for a categorical column of more levels): 0.92
+#: measured on `small`'s 238 columns (the union's ``save_binary`` file, 220 bytes a row)
+BINNED_BYTES_PER_FEATURE = 1.0
+
+
+def refit_sample(data: FitData, settings: LgbSettings) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The online refit's extra rows: day 14's rows some action keeps (positions in the day,
+    ascending), and the labels and uniforms of the refit's rows (days first..13 as
+    ``data.rows``, then those)."""
+    lab14 = np.empty_like(data.valid_rows.labels)        # day 14's labels, already read: in day order
+    lab14[data.valid_order] = data.valid_rows.labels
+    u14 = row_uniforms(VALID_DAY, len(lab14), settings.seed)
+    extra = np.flatnonzero(union_mask(lab14, u14, settings.neg_rate, ACTIONS))
+    return (extra, np.concatenate([data.rows.labels, lab14[extra]]),
+            np.concatenate([data.rows.u, u14[extra]]))
+
+
+def bins_once(data: FitData, settings: LgbSettings) -> bool:
+    """Whether every action's rows are binned once (:func:`binned_union`) and each action's
+    Dataset is cut from them (``Dataset.subset``), instead of each action reading and binning its
+    own rows from the store (:func:`action_dataset`: at the final round's size about 220 s per
+    action, offline and again online).  The models are the same.  ``lgb.bin_once: auto`` does it
+    when the union's binned rows (days first..13 and day 14's share, about one byte per row and
+    feature) fit ``data.union_bytes``, what the stage's budget leaves beside its estimate."""
+    if data.once is None:
+        n = len(data.rows) + len(refit_sample(data, settings)[0])
+        need = n * len(data.spec.names) * BINNED_BYTES_PER_FEATURE
+        data.once = bool(settings.bin_once) if settings.bin_once != "auto" else need <= data.union_bytes
+        how = ("binned once, each action's rows cut from them" if data.once else
+               "not binned at once: each action reads and bins its own rows from the store")
+        why = (f"lgb.bin_once {str(settings.bin_once).lower()}" if settings.bin_once != "auto" else
+               f"lgb.bin_once auto: {'within' if data.once else 'over'} the "
+               f"{max(0.0, data.union_bytes) / 2**30:,.1f} GB the memory budget leaves")
+        print(f"[lgb] every action's rows of days {data.days[0]}-{VALID_DAY} ({n:,} rows, about "
+              f"{need / 2**30:,.1f} GB binned) {how} ({why})", file=sys.stderr)
+    return data.once
+
+
+def binned_union(data: FitData, settings: LgbSettings, progress: bool = False) -> lgb.Dataset:
+    """The rows some action keeps of days first..13 (``data.rows``, first) and of day 14 (the
+    refit's extra rows, :func:`refit_sample`) binned against ``data.base`` in one pass over the
+    store, kept on ``data`` until :func:`release_union`: the offline fits cut their actions' rows
+    from the first ``len(data.rows)`` rows, the online refits from all of them."""
+    if data.union is None:
+        extra, labels, _ = refit_sample(data, settings)
+        day14 = StoreRows(data.fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
+        data.union = _dataset([data.rows.X, day14], len(labels), data.spec, settings.params,
+                              reference=data.base, progress=progress,
+                              desc=f"bin every action's rows, days {data.days[0]}-{VALID_DAY}")
+        data.rows.X.keep_all = False       # the decoded blocks kept for small data are not read again
+        data.rows.X.release()
+    return data.union
+
+
+def release_union(data: FitData) -> None:
+    """Free the binned union (after the last fit that cuts from it)."""
+    data.union = None
 
 
 def finish_predictions(raw: np.ndarray, settings: LgbSettings, action: str) -> np.ndarray:
@@ -892,10 +982,15 @@ def fit_offline(data: FitData, settings: LgbSettings, actions: Sequence[str],
     half_preds = {h: preds.copy() for h in HALVES}
     half_best: dict[str, dict[str, int]] = {h: {} for h in HALVES}
     imp, hist = [], []
+    union = binned_union(data, settings, progress) if bins_once(data, settings) else None
     for a in actions:
         j = ACTIONS.index(a)
-        train_ds = action_dataset([data.rows.X], data.rows.labels, data.rows.u, a, settings.neg_rate[a],
-                                  data.spec, settings.params, data.base, progress, f"bin {a}")
+        if union is not None:              # the offline rows are the union's first len(data.rows)
+            train_ds = _action_subset(union, data.rows.labels, data.rows.u, a, settings.neg_rate[a])
+        else:
+            train_ds = action_dataset([data.rows.X], data.rows.labels, data.rows.u, a,
+                                      settings.neg_rate[a], data.spec, settings.params, data.base,
+                                      progress, f"bin {a}")
         n_rows[a] = train_ds.num_data()
         valid.set_label(data.valid_rows.labels[:, j].astype(np.float32))
         metrics: dict[str, list[float]] = {}
@@ -996,13 +1091,7 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     ``settings.round_scaling`` (see :func:`online_rounds`).
     """
     # day 14's sampled rows in the day's order, as the in-memory refit took them
-    lab14 = np.empty_like(data.valid_rows.labels)        # day 14's labels, already read: in day order
-    lab14[data.valid_order] = data.valid_rows.labels
-    u14 = row_uniforms(VALID_DAY, len(lab14), settings.seed)
-    extra = np.flatnonzero(union_mask(lab14, u14, settings.neg_rate, ACTIONS))
-    labels = np.concatenate([data.rows.labels, lab14[extra]])
-    u = np.concatenate([data.rows.u, u14[extra]])
-    extra_rows = StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
+    extra, labels, u = refit_sample(data, settings)
     n_off = {a: len(action_rows(data.rows.labels, data.rows.u, a, settings.neg_rate[a]))
              for a in actions}
     n_on = {a: len(action_rows(labels, u, a, settings.neg_rate[a])) for a in actions}
@@ -1014,14 +1103,22 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     test, test_keys = load_day_rows(fs, TEST_DAY, data.spec.names, settings, data.cache_bytes)
     boosters = {}
     preds = test_keys[["userid", "feedid"]].copy()
+    union = binned_union(data, settings, progress) if bins_once(data, settings) else None
+    extra_rows = StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
     for a in actions:
-        train_ds = action_dataset([data.rows.X, extra_rows], labels, u, a, settings.neg_rate[a],
-                                  data.spec, settings.params, data.base, progress, f"bin {a} days 1-14")
+        if union is not None:
+            train_ds = _action_subset(union, labels, u, a, settings.neg_rate[a])
+        else:
+            train_ds = action_dataset([data.rows.X, extra_rows], labels, u, a, settings.neg_rate[a],
+                                      data.spec, settings.params, data.base, progress,
+                                      f"bin {a} days 1-14")
         booster = train_booster(settings.params, train_ds, rounds[a],
                                 desc=f"{a} online", progress=progress)
         booster.free_dataset()             # the binned rows go before the next are binned
         del train_ds
         boosters[a] = booster
+    del union
+    release_union(data)                    # the last fit on these rows: free them before the test rows
     # the test rows read once for every action's model
     raws = test.X.predict_many({a: (boosters[a], [rounds[a]]) for a in actions})
     for a in actions:

@@ -6,7 +6,8 @@ the input); features cuts its rows into user buckets sized from the budget (``ch
 the nets hold their encoded rows in memory when they fit and stream them from the feature store
 in shuffle buffers when not (``wbdc.nn.pipeline.plan_rows``).  LightGBM holds one action's sampled
 rows and day 14 binned, so its peak grows with the number of rows and the negative sampling
-rate.  Before any work, it estimates its peak from the prepared row count (a fixed part plus a
+rate; what its estimate leaves of the budget may hold every action's rows binned at once
+(``lgb.bin_once: auto``, ``wbdc.lgb.bins_once``).  Before any work, it estimates its peak from the prepared row count (a fixed part plus a
 per-row cost fitted to measured runs at the `full` and `final` presets, README "LightGBM from
 the store") and stops with a one-line error giving the figure it needs when that is over the
 budget, instead of running out of memory an hour in.

@@ -4,11 +4,14 @@ side by side in one run (each in a fresh child process).
 "in memory": every decoded float block is kept (the stage's choice when they fit a quarter of
 data.memory_gb), so each day is read once -- the old in-memory path's footprint.  "streamed":
 nothing kept (cache 0), LightGBM reads the store block by block (its bin sample, then the rows),
-day 14 and the test rows part by part -- the path for data larger than memory.  Both fit the
-offline models (early stopping on day 14, cross-fitted scores) and, with --online, the refit.
+day 14 and the test rows part by part -- the path for data larger than memory; every action's
+rows binned once and each action cut from them (``lgb.bin_once``, the stage's choice when the
+binned rows fit the budget).  "each action": streamed with ``lgb.bin_once=false``, every action
+reading and binning its own rows (offline, and again for the refit).  All fit the offline models
+(early stopping on day 14, cross-fitted scores) and, with --online, the refit.
 Printed per run: wall and CPU seconds, peak RSS of the child, training rows per second
 (sum over actions of rows x rounds trained / wall), day-14 weighted uAUC (honest), and the
-ratios streamed / in memory; then whether the predictions are identical.
+ratios to in memory and to each action; then whether the predictions are identical.
 
     nice .venv/bin/python benchmarks/bench_lgb_stream.py --root /tmp/wbdc_full --preset full
 """
@@ -84,8 +87,10 @@ def main() -> int:
     tmp = root / "bench_lgb_stream"
     tmp.mkdir(exist_ok=True)
     results = {}   # each child reports its own peak RSS (getrusage of itself)
-    for name, cache in (("streamed", 0.0), ("in memory", 1e15)):
-        results[name] = run_child(root, argv, args.actions, cache, args.online, str(tmp / name.replace(" ", "_")))
+    for name, cache, extra in (("streamed", 0.0, []), ("each action", 0.0, ["--set", "lgb.bin_once=false"]),
+                               ("in memory", 1e15, [])):
+        results[name] = run_child(root, argv + extra, args.actions, cache, args.online,
+                                  str(tmp / name.replace(" ", "_")))
     print(f"\nLightGBM {args.preset}, actions {args.actions or 'all 7'}; training rows (union sample): "
           f"{results['streamed']['train_rows']:,}")
     head = f"{'path':<12}{'wall s':>9}{'CPU s':>9}{'peak MB':>10}{'rows/s':>12}{'day-14 uAUC':>13}"
@@ -94,12 +99,14 @@ def main() -> int:
     for name, r in results.items():
         print(f"{name:<12}{r['wall_s']:>9.1f}{r['cpu_s']:>9.1f}{r['peak_mb']:>10,.0f}"
               f"{r['work_rows'] / r['wall_s']:>12,.0f}{r['weighted']:>13.5f}")
-    s, m = results["streamed"], results["in memory"]
+    s, e, m = results["streamed"], results["each action"], results["in memory"]
     print(f"streamed / in memory: wall {s['wall_s'] / m['wall_s']:.2f}, peak {s['peak_mb'] / m['peak_mb']:.2f}")
+    print(f"streamed / each action: wall {s['wall_s'] / e['wall_s']:.2f}, peak {s['peak_mb'] / e['peak_mb']:.2f}")
     import pandas as pd
-    same = pd.read_parquet(tmp / "streamed_offline.parquet").equals(pd.read_parquet(tmp / "in_memory_offline.parquet"))
-    if args.online:
-        same &= pd.read_parquet(tmp / "streamed_online.parquet").equals(pd.read_parquet(tmp / "in_memory_online.parquet"))
+    same = True
+    for kind in ("offline", "online") if args.online else ("offline",):
+        first = pd.read_parquet(tmp / f"streamed_{kind}.parquet")
+        same &= all(first.equals(pd.read_parquet(tmp / f"{n}_{kind}.parquet")) for n in ("each_action", "in_memory"))
     print(f"predictions identical: {same}")
     return 0
 

@@ -1104,7 +1104,8 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
     boosters = {}
     preds = test_keys[["userid", "feedid"]].copy()
     union = binned_union(data, settings, progress) if bins_once(data, settings) else None
-    extra_rows = StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)], data.cache_bytes)
+    extra_rows = None if union is not None else StoreRows(fs, data.spec.names, [Block(VALID_DAY, extra)],
+                                                          data.cache_bytes)
     for a in actions:
         if union is not None:
             train_ds = _action_subset(union, labels, u, a, settings.neg_rate[a])

@@ -481,6 +481,11 @@ class StoreRows(lgb.Sequence):
         if not self.keep_all:
             self._cache.clear()
 
+    def forget(self) -> None:
+        """Stop keeping the decoded blocks and drop them (no further pass will read them)."""
+        self.keep_all = False
+        self._cache.clear()
+
     def day_order(self) -> np.ndarray:
         """Position in the day of each row (single-day sequences)."""
         return np.concatenate([b.rows for b in self.blocks]) if self.blocks else np.zeros(0, np.int64)
@@ -826,7 +831,7 @@ def sample_reference(X, spec: FeatureSpec, params: dict, progress: bool = False,
     sample.params = dict(dparams)          # later Datasets inherit the real parameters
     ref = bin_reference(sample, sub, spec, params)
     if isinstance(sub, StoreRows):
-        sub._cache.clear()
+        sub.forget()
     return ref
 
 
@@ -918,8 +923,7 @@ def binned_union(data: FitData, settings: LgbSettings, progress: bool = False) -
         data.union = _dataset([data.rows.X, day14], len(labels), data.spec, settings.params,
                               reference=data.base, progress=progress,
                               desc=f"bin every action's rows, days {data.days[0]}-{VALID_DAY}")
-        data.rows.X.keep_all = False       # the decoded blocks kept for small data are not read again
-        data.rows.X.release()
+        data.rows.X.forget()               # the decoded blocks kept for small data are not read again
     return data.union
 
 

@@ -123,6 +123,27 @@ def test_online_without_offline_run_says_what_to_do(nn_root):
     assert "Traceback" not in r.stderr
 
 
+def test_neg_rate_trains_on_a_share_of_the_rows_with_no_action_and_says_so(nn_root, tmp_path):
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    (root / "data" / "prepared").symlink_to(nn_root / "data" / "prepared")
+    (root / "features").symlink_to(nn_root / "features")
+    r = _run(root, "--arch", "mmoe", "--mode", "offline", "--epochs", "1", *SMALL,
+             "--set", "nn.train.neg_rate=0.25")
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(x for x in r.stderr.splitlines() if "down-sampled" in x)
+    assert "rows with no action down-sampled to 0.25 per pass (nn.train.neg_rate): a pass sees" in line
+    scores = json.loads((root / "models" / "mmoe" / "scores.json").read_text())
+    n_all = int(line.split(" of ")[1].split(" rows")[0].replace(",", ""))
+    assert scores["n_train_rows"] < 0.5 * n_all and 0.5 < scores["offline"]["weighted"] < 1
+    # refused in one line, before any work: a share outside (0, 1], or beside a Dask cluster
+    for sets in (["--set", "nn.train.neg_rate=0"],
+                 ["--set", "nn.train.neg_rate=0.5", "--set", "cluster.address=local:1"]):
+        r = _run(root, "--arch", "sb", "--mode", "offline", *SMALL, *sets)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
+        assert "nn.train.neg_rate: " in r.stderr and "Traceback" not in r.stderr
+
+
 def test_missing_features_is_a_one_line_error(tmp_path):
     r = _run(tmp_path, "--arch", "mmoe")
     assert r.returncode == 2

@@ -157,3 +157,96 @@ def test_real_store_rows_stream_the_same_from_small_row_groups(tiny_root_3_bucke
     batches = list(rows.epoch_batches(512, torch.Generator().manual_seed(0)))
     got = _rows_bytes(*(torch.cat([b[k] for b in batches]) for k in ("cat", "keys", "dense", "labels")))
     assert got == _rows_bytes(ref.cat, ref.keys, ref.dense, ref.labels)
+
+
+# ------------------------------------------------------------------------------ negative sampling
+
+def _pass_rows(rows, seed: int, bs: int = 256):
+    """One pass of ``rows`` (a row source): the batches and every row's bytes."""
+    batches = list(rows.epoch_batches(bs, torch.Generator().manual_seed(seed)))
+    cols = [torch.cat([b[k] for b in batches]) for k in ("cat", "keys", "dense", "labels")]
+    return batches, _rows_bytes(*cols)
+
+
+@pytest.mark.parametrize("streamed", [False, True])
+def test_negative_sampling_keeps_every_row_with_an_action_and_a_fresh_share_of_the_rest(fake, streamed):
+    from wbdc.nn.data import NegativeSampled
+    store, _, enc = fake
+    full = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=300)
+    ref = full.materialize()
+    rows = NegativeSampled(full if streamed else ref, 0.3)
+    y = ref.labels.numpy()
+    pos, neg = y.any(1), ~y.any(1)
+    assert 0 < pos.sum() < len(y) and len(rows) == pos.sum() + round(0.3 * neg.sum()) < len(y)
+    assert rows.label_means() == pytest.approx((y.sum(0) / len(rows)).tolist())
+
+    batches, got = _pass_rows(rows, 5)
+    assert len(batches) == -(-len(rows) // 256) and all(len(b["cat"]) == 256 for b in batches[:-1])
+    assert len(got) == len(rows)
+    with_action = _rows_bytes(ref.cat[pos], ref.keys[pos], ref.dense[pos], ref.labels[pos])
+    without = _rows_bytes(ref.cat[neg], ref.keys[neg], ref.dense[neg], ref.labels[neg])
+    assert [r for r in got if _has_action(r)] == with_action
+    picked = [r for r in got if not _has_action(r)]
+    assert len(picked) == round(0.3 * neg.sum()) and set(picked) <= set(without)
+    # the same seed draws the same rows in memory and streamed; the next pass draws others
+    assert _pass_rows(NegativeSampled(ref if streamed else full, 0.3), 5)[1] == got
+    gen = torch.Generator().manual_seed(5)
+    first, second = rows.keep(gen), rows.keep(gen)
+    assert first.sum() == second.sum() == len(rows) and not np.array_equal(first, second)
+    assert np.all(first[pos] & second[pos])
+
+
+def _has_action(row: bytes) -> bool:
+    """Whether a row of :func:`_rows_bytes` has an action (its last 7 bytes are the labels)."""
+    return any(row[-len(ACTIONS):])
+
+
+def test_negative_sampled_rows_train_the_configured_steps(fake):
+    from wbdc.nn.pipeline import make_score_fn, negative_sampled
+    store, cfg, enc = fake
+    full = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=600)
+    train = negative_sampled(full, {**cfg["nn"]["train"], "neg_rate": 0.5})
+    valid = StreamedRows(store, enc, [14], labels=True).materialize()
+    trainer = new_trainer("mmoe", enc, store, cfg, train)
+    fit = trainer.fit(train, 2, valid, make_score_fn(valid))
+    assert len(train) < 0.8 * len(full)
+    assert fit.steps == 2 * -(-len(train) // 256) and fit.samples == 2 * len(train)
+    assert fit.best_score > 0.55
+
+
+@pytest.mark.parametrize("rate,ok", [(None, True), (1, True), (1.0, True), (0.25, True), ("auto", True),
+                                     (0, False), (1.5, False), (-0.1, False), (True, False), ("half", False)])
+def test_neg_rate_is_auto_a_share_or_null_and_one_means_every_row(fake, rate, ok):
+    from wbdc.config import ConfigError
+    from wbdc.nn.data import NegativeSampled
+    from wbdc.nn.pipeline import negative_sampled
+    store, cfg, enc = fake
+    rows = StreamedRows(store, enc, [12, 13], labels=True)
+    tcfg = {**cfg["nn"]["train"], "neg_rate": rate}
+    if not ok:
+        with pytest.raises(ConfigError, match=r"^nn.train.neg_rate: expected auto, a share in \(0, 1\] or null, got "):
+            negative_sampled(rows, tcfg)
+        return
+    out = negative_sampled(rows, tcfg)
+    assert isinstance(out, NegativeSampled) == (rate == 0.25)
+    assert (out is rows) == (rate != 0.25)
+
+
+def test_auto_neg_rate_cuts_a_pass_to_max_rows_only_when_a_pass_is_over_it(fake):
+    from wbdc.nn.data import NegativeSampled
+    from wbdc.nn.pipeline import AUTO_NEG_FLOOR, auto_neg_rate, negative_sampled
+    assert auto_neg_rate(100, 90, None) is None and auto_neg_rate(100, 90, 100) is None
+    assert auto_neg_rate(100, 90, 55) == pytest.approx(0.5)          # 10 + 0.5 x 90 = 55
+    assert auto_neg_rate(100, 90, 11) == AUTO_NEG_FLOOR               # never below the floor
+    assert auto_neg_rate(100, 0, 50) is None                          # nothing to down-sample
+    store, cfg, enc = fake
+    rows = StreamedRows(store, enc, TRAIN_DAYS, labels=True)
+    n_pos = int((~np.all(unpack_labels(rows.labels_bits) == 0, axis=1)).sum())
+    tcfg = {**cfg["nn"]["train"], "neg_rate": "auto"}
+    assert negative_sampled(rows, {**tcfg, "max_rows": len(rows)}) is rows
+    assert negative_sampled(rows, {**tcfg, "max_rows": None}) is rows
+    cap = (len(rows) + n_pos) // 2
+    out = negative_sampled(rows, {**tcfg, "max_rows": cap})
+    assert isinstance(out, NegativeSampled) and abs(len(out) - cap) <= 1
+    from wbdc.nn.trainer import offline_epochs
+    assert offline_epochs({**tcfg, "max_rows": cap}, len(out)) == 1.0

@@ -323,12 +323,47 @@ def test_max_rows_cuts_the_offline_epochs_to_one_at_the_final_rounds_size():
 
 
 def test_an_offline_fit_over_max_rows_trains_one_epoch_and_says_so(store, capsys):
-    cfg = small_nn_config("sb", epochs=3, max_rows=100, eval_every_steps=0, patience=5)
+    cfg = small_nn_config("sb", epochs=3, max_rows=100, eval_every_steps=0, patience=5, neg_rate=None)
     res = run_offline(store, "sb", cfg)
     n = res.n_train
     assert n > 100 and res.fit.epochs_run == 1.0
     assert len([h for h in res.fit.history if "valid_weighted" in h]) == 1
     err = capsys.readouterr().err
     assert f"{n:,} training rows: at most 1 epoch instead of 3 (nn.train.max_rows=100)" in err
+    # neg_rate auto: the one epoch is cut to max_rows by down-sampling the rows with no action
+    cfg["nn"]["train"].update(neg_rate="auto", max_rows=n * 2 // 3)
+    res = run_offline(store, "sb", cfg)
+    assert abs(res.n_train - n * 2 // 3) <= 1 and res.fit.epochs_run == 1.0
+    assert res.fit.samples == res.n_train
+    assert "per pass (nn.train.neg_rate auto: one epoch of" in capsys.readouterr().err
     cfg["nn"]["train"]["max_rows"] = None                       # the cap off: every epoch runs
-    assert run_offline(store, "sb", cfg).fit.epochs_run == 3.0
+    res = run_offline(store, "sb", cfg)
+    assert res.fit.epochs_run == 3.0 and res.n_train == n
+
+
+def test_lr_decay_scales_every_learning_rate_between_epochs_only(store):
+    from wbdc.config import ConfigError
+    lrs = {}
+    for decay in (1.0, 0.5):
+        _, _, train, _, trainer = _setup(store, "sb", lr=0.01, lr_decay=decay, epochs=3)
+        seen = []
+        step = trainer.train_step
+
+        def spy(batch, step=step, trainer=trainer, seen=seen):
+            seen.append(trainer.optimizer.optimizers[0].param_groups[0]["lr"])
+            return step(batch)
+
+        trainer.train_step = spy
+        fit = trainer.fit(train, 3)
+        per_epoch = -(-len(train) // 256)
+        assert fit.steps == 3 * per_epoch
+        lrs[decay] = sorted(set(seen), reverse=True)
+        # each epoch trains at one rate; no decay after the last epoch
+        assert [seen[0], seen[per_epoch], seen[-1]] == pytest.approx(
+            [0.01, 0.01 * decay, 0.01 * decay ** 2])
+        assert trainer.optimizer.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.01 * decay ** 2)
+    assert lrs[1.0] == [0.01] and lrs[0.5] == pytest.approx([0.01, 0.005, 0.0025])
+    cfg = small_nn_config("sb")
+    for bad in (0, 1.5, True, "x"):
+        with pytest.raises(ConfigError, match=r"^nn.train.lr_decay: expected a factor in \(0, 1\], got "):
+            TrainConfig.from_dict({**cfg["nn"]["train"], "lr_decay": bad, "seed": 1})

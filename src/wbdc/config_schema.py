@@ -231,10 +231,12 @@ class TrainSection:
     patience: int
     eval_every_steps: Union[int, Literal["auto"]]
     first_day: Union[int, None]
+    neg_rate: Union[Literal["auto"], float, None]
     predict_batch_size: int
     device: Literal["cpu", "cuda", "auto"]
     precision: Literal["auto", "fp32", "bf16"]
     progress: bool
+    lr_decay: float
 
 
 @dataclass

@@ -222,10 +222,18 @@ class EncodedArrays:
         return None if self.aux is None else self.aux.double().mean(0).tolist()
 
     # -- the row-source interface the trainer reads (shared with StreamedRows)
-    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
-        """One shuffled pass: ``ceil(len / batch_size)`` batches."""
-        for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
-            yield self.batch(idx)
+    def epoch_batches(self, batch_size: int, generator: torch.Generator,
+                      keep: np.ndarray | None = None) -> Iterator[dict[str, Tensor]]:
+        """One shuffled pass: ``ceil(len / batch_size)`` batches; with ``keep`` (bool [N]) over
+        the kept rows only, ``ceil(keep.sum() / batch_size)`` batches."""
+        if keep is None:
+            for idx in batch_indices(len(self), batch_size, shuffle=True, generator=generator):
+                yield self.batch(idx)
+            return
+        rows = torch.from_numpy(np.flatnonzero(keep))
+        order = rows[torch.randperm(len(rows), generator=generator)]
+        for s in range(0, len(order), batch_size):
+            yield self.batch(order[s:s + batch_size])
 
     def ordered_batches(self, batch_size: int) -> Iterator[tuple[np.ndarray, dict[str, Tensor]]]:
         """Row-order batches with the row positions they hold."""
@@ -686,10 +694,17 @@ class StreamedRows:
         bits = self.labels_bits
         return [float(((bits >> i) & 1).mean()) if len(bits) else 0.0 for i in range(len(ACTIONS))]
 
-    def _block(self, block: tuple[int, int, int, int]) -> tuple[EncodedArrays, np.ndarray]:
+    def _block(self, block: tuple[int, int, int, int],
+               keep: np.ndarray | None = None) -> tuple[EncodedArrays, np.ndarray]:
+        """One block encoded and its rows' positions; with ``keep`` (bool over every row) only
+        the kept rows, dropped before encoding."""
         d, i, g, _ = block
         df = self.store.read_row_group(d, i, g, columns=self.encoder.selection.columns())
         row = df[self.row_key].to_numpy(np.int64)
+        if keep is not None:
+            sel = np.flatnonzero(keep[self.day_offset[d] + row])
+            if len(sel) < len(row):
+                df, row = df.take(sel), row[sel]
         arr = self.encoder.encode(df)
         if self.packed is not None:
             arr.labels = torch.from_numpy(unpack_labels(self.packed[d][row]))
@@ -697,10 +712,11 @@ class StreamedRows:
             arr.aux = torch.from_numpy(self.aux[d][row])
         return arr, self.day_offset[d] + row
 
-    def _load(self, blocks: Sequence[tuple[int, int, int, int]]) -> EncodedArrays:
+    def _load(self, blocks: Sequence[tuple[int, int, int, int]],
+              keep: np.ndarray | None = None) -> EncodedArrays:
         """A shuffle buffer's blocks, read part by part (the buffer is shuffled after: the order
         it is read in changes nothing but how often a part's footer is parsed)."""
-        return EncodedArrays.concat([self._block(b)[0] for b in sorted(blocks)])
+        return EncodedArrays.concat([self._block(b, keep)[0] for b in sorted(blocks)])
 
     def _prefetched(self, jobs: Sequence, fn) -> Iterator:
         """``fn(job)`` for each job in order, the next one computed in a background thread."""
@@ -734,10 +750,14 @@ class StreamedRows:
             out.append(cur)
         return out
 
-    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+    def epoch_batches(self, batch_size: int, generator: torch.Generator,
+                      keep: np.ndarray | None = None) -> Iterator[dict[str, Tensor]]:
+        """One shuffled pass (see the class); with ``keep`` (bool [N]) over the kept rows only,
+        the others dropped as each block is read, before encoding."""
         groups = self.buffers(generator)
         left: EncodedArrays | None = None
-        for k, loaded in enumerate(self._prefetched(groups, self._load)):
+        load = self._load if keep is None else (lambda blocks: self._load(blocks, keep))
+        for k, loaded in enumerate(self._prefetched(groups, load)):
             buf = loaded if left is None else EncodedArrays.concat([left, loaded])
             order = torch.randperm(len(buf), generator=generator)
             last = k == len(groups) - 1
@@ -814,3 +834,69 @@ class ShardRows(StreamedRows):
 
     def materialize(self) -> EncodedArrays:
         return self.materialize_with_positions()[0]
+
+
+# ------------------------------------------------------------------------------ negative sampling
+
+def label_bits(rows: EncodedArrays | StreamedRows) -> np.ndarray:
+    """One byte per row, bit i = ``ACTIONS[i]`` (0 = a row with no action)."""
+    if isinstance(rows, StreamedRows):
+        return rows.labels_bits
+    assert rows.labels is not None, "rows read without labels"
+    y = rows.labels.numpy().astype(np.uint8)
+    return (y << np.arange(y.shape[1], dtype=np.uint8)).sum(1, dtype=np.uint8)
+
+
+class NegativeSampled:
+    """Training rows whose rows with no action (all 7 labels 0) are down-sampled per pass.
+
+    Each pass keeps every row with at least one action and a fresh seeded draw of exactly
+    ``round(rate * negatives)`` of the others (so every pass has ``len(self)`` rows and the
+    trainer's step count stays exact); across passes the net sees different negatives.  The
+    rows stay where they are (in memory, or in the feature store for streamed rows, where the
+    dropped rows are never encoded).  The output bias starts from the label means of the kept
+    population.  Ranking inside a user is what uAUC reads; the probabilities of a net trained so
+    are inflated for every action alike, and the blend fits its own weights on them (or on
+    their per-user ranks).
+    """
+
+    def __init__(self, rows: EncodedArrays | StreamedRows, rate: float):
+        if not 0.0 < float(rate) <= 1.0:
+            raise ValueError(f"negative sampling rate must be in (0, 1], got {rate!r}")
+        self.rows, self.rate = rows, float(rate)
+        bits = label_bits(rows)
+        self.any_action = bits != 0
+        self.negatives = np.flatnonzero(~self.any_action)
+        self.n_negatives_kept = int(round(self.rate * len(self.negatives)))
+        self.n = int(self.any_action.sum()) + self.n_negatives_kept
+        counts = [int(((bits >> i) & 1).sum()) for i in range(len(ACTIONS))]
+        self._label_means = [c / max(1, self.n) for c in counts]
+
+    # the trainer asks these of its training rows
+    @property
+    def labels(self):
+        return getattr(self.rows, "labels", None)
+
+    @property
+    def packed(self):
+        return getattr(self.rows, "packed", None)
+
+    def __len__(self) -> int:
+        return self.n
+
+    def label_means(self) -> list[float]:
+        return list(self._label_means)
+
+    def aux_means(self) -> list[float] | None:
+        return self.rows.aux_means()
+
+    def keep(self, generator: torch.Generator) -> np.ndarray:
+        """This pass's rows: bool [N], every row with an action and a seeded draw of the others."""
+        mask = self.any_action.copy()
+        n = len(self.negatives)       # int32 draws: half the transient memory (58M at the final round)
+        pick = torch.randperm(n, generator=generator, dtype=torch.int32 if n < 2**31 else torch.int64)
+        mask[self.negatives[pick[:self.n_negatives_kept].numpy()]] = True
+        return mask
+
+    def epoch_batches(self, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, Tensor]]:
+        return self.rows.epoch_batches(batch_size, generator, keep=self.keep(generator))

@@ -22,13 +22,13 @@ import torch
 from ..io import InputError, atomic_path
 from ..metrics import HALVES, crossfit_scores, mean_predictions, seed_curve, split_halves, weighted_uauc
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
-from .data import (EncodedArrays, Encoder, FeatureSelection, StreamedRows, encoded_row_bytes,
-                   select_features)
+from .data import (EncodedArrays, Encoder, FeatureSelection, NegativeSampled, StreamedRows, encoded_row_bytes,
+                   label_bits, select_features)
 from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
 from .models import MultiTaskNet, build_model, count_parameters, parse_funnels
-from .trainer import FitResult, TrainConfig, Trainer, fit_epochs, predict, seed_everything
+from .trainer import FitResult, TrainConfig, Trainer, fit_epochs, offline_epochs, predict, seed_everything
 
 VALID_DAY = LAST_TRAIN_DAY
 
@@ -239,7 +239,56 @@ def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection, pla
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
          f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
          f"{len(selection.pretrained)} pretrained; {plan.describe()} ({time.perf_counter() - t0:.1f} s)")
-    return enc, arrays
+    return enc, negative_sampled(arrays, cfg["nn"]["train"])
+
+
+#: ``nn.train.neg_rate: auto`` never keeps less than this share of the rows with no action.
+AUTO_NEG_FLOOR = 0.05
+
+
+def neg_rate(train_cfg: dict) -> float | str | None:
+    """``nn.train.neg_rate`` checked: None (or 1) = every training row each pass, ``"auto"``, or
+    the share of the rows with no action kept per pass; anything else is refused in one line."""
+    rate = train_cfg.get("neg_rate")
+    if rate is None or rate == "auto":
+        return rate
+    if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not 0.0 < float(rate) <= 1.0:
+        from ..config import ConfigError
+        raise ConfigError(f"nn.train.neg_rate: expected auto, a share in (0, 1] or null, got {rate!r}")
+    return None if float(rate) == 1.0 else float(rate)
+
+
+def auto_neg_rate(n_rows: int, n_negatives: int, max_rows: int | None) -> float | None:
+    """``neg_rate: auto``: None (every row) while one epoch fits ``nn.train.max_rows``; above it,
+    the share of the rows with no action that brings one epoch to ``max_rows`` rows with every
+    row with an action kept (at least :data:`AUTO_NEG_FLOOR`)."""
+    if max_rows is None or n_rows <= int(max_rows) or n_negatives == 0:
+        return None
+    n_pos = n_rows - n_negatives
+    return float(min(1.0, max(AUTO_NEG_FLOOR, (int(max_rows) - n_pos) / n_negatives)))
+
+
+def negative_sampled(rows, train_cfg: dict):
+    """The training rows as the trainer sees them: ``rows``, or with ``nn.train.neg_rate`` the
+    rows with no action down-sampled afresh each pass (:class:`NegativeSampled`)."""
+    rate = neg_rate(train_cfg)
+    why = "nn.train.neg_rate"
+    if rate == "auto":
+        cap = train_cfg.get("max_rows")
+        offline_epochs(train_cfg, len(rows))           # a bad max_rows is refused here first
+        if cap is None or len(rows) <= int(cap):
+            return rows
+        n_neg = int((label_bits(rows) == 0).sum())
+        rate = auto_neg_rate(len(rows), n_neg, cap)
+        why = f"nn.train.neg_rate auto: one epoch of {len(rows):,} rows is over nn.train.max_rows {int(cap):,}"
+    if rate is None or rate >= 1.0:
+        return rows
+    out = NegativeSampled(rows, rate)
+    n_neg = len(out.negatives)
+    _log(f"rows with no action down-sampled to {rate:.4g} per pass ({why}): a pass sees "
+         f"{len(out):,} of {len(rows):,} rows ({len(rows) - n_neg:,} with an action, "
+         f"{out.n_negatives_kept:,} of {n_neg:,} without)")
+    return out
 
 
 def new_trainer(arch: str, enc: Encoder, store, cfg: dict,

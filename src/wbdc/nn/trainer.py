@@ -130,9 +130,10 @@ class TrainConfig:
     precision: str                    # auto | fp32 | bf16 (autocast of the forward pass; losses in fp32)
     seed: int
     progress: bool
+    lr_decay: float = 1.0             # every learning rate times this at each epoch's end (1 = constant)
 
     # keys of nn.train that the pipeline reads, not the trainer
-    PIPELINE_KEYS = ("epochs", "max_rows", "first_day")
+    PIPELINE_KEYS = ("epochs", "max_rows", "first_day", "neg_rate")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -144,7 +145,12 @@ class TrainConfig:
         missing = [k for k in fields if k not in d]
         if missing:
             raise ValueError(f"nn.train: missing key {missing[0]!r}")
-        return cls(**{k: d[k] for k in fields})
+        out = cls(**{k: d[k] for k in fields})
+        g = out.lr_decay
+        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < float(g) <= 1.0:
+            from ..config import ConfigError
+            raise ConfigError(f"nn.train.lr_decay: expected a factor in (0, 1], got {g!r}")
+        return out
 
 
 #: ``eval_every_steps: auto``: one evaluation per AUTO_EVAL_ROWS training rows of an epoch,
@@ -204,6 +210,12 @@ class _Optimizers:
     def step(self) -> None:
         for o in self.optimizers:
             o.step()
+
+    def scale_lr(self, factor: float) -> None:
+        """Every group's learning rate times ``factor`` (``nn.train.lr_decay`` at an epoch's end)."""
+        for o in self.optimizers:
+            for g in o.param_groups:
+                g["lr"] *= factor
 
 
 def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -381,6 +393,8 @@ class Trainer:
                 if stop or last:
                     break
             bar.close()
+            if not (stop or step >= total_steps) and self.cfg.lr_decay != 1.0:
+                self.optimizer.scale_lr(float(self.cfg.lr_decay))
         train_time = time.perf_counter() - t_start - eval_time
         res.cpu_seconds = time.process_time() - c_start - eval_cpu
         res.steps = step

@@ -27,6 +27,8 @@ SMALL = ["--set", "nn.embedding.dim=4", "--set", "nn.embedding.bag_dim=4",
          "--set", "nn.threads=1", "--set", "nn.train.epochs=2",
          # one epoch all the same: nn.train.max_rows cuts it, on one process and on the ranks
          "--set", "nn.train.max_rows=1",
+         # every row on both (neg_rate auto would down-sample on one process only: DDP trains every row)
+         "--set", "nn.train.neg_rate=null",
          # the stage comparison below is calibrated on tiny's shuffle noise without the history
          # block (more parameters, noisier on 4 rows per user); DDP with the history block is
          # checked step for step in test_two_ddp_ranks_follow_one_process_step_for_step

@@ -136,6 +136,13 @@ def test_neg_rate_trains_on_a_share_of_the_rows_with_no_action_and_says_so(nn_ro
     scores = json.loads((root / "models" / "mmoe" / "scores.json").read_text())
     n_all = int(line.split(" of ")[1].split(" rows")[0].replace(",", ""))
     assert scores["n_train_rows"] < 0.5 * n_all and 0.5 < scores["offline"]["weighted"] < 1
+    # the online refit reads the offline days' encoder statistics from models/.nn_encoder
+    cached = sorted((root / "models" / ".nn_encoder").glob("day=*.pkl"))
+    assert len(cached) == 13 - int(cached[0].name[4:6]) + 1
+    r = _run(root, "--arch", "mmoe", "--mode", "online", *SMALL, "--set", "nn.train.neg_rate=0.25")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert f"the encoder's statistics of {len(cached)} of {len(cached) + 1} days read from" in r.stderr
+    assert (root / "models" / "mmoe" / "pred_online.parquet").exists()
     # refused in one line, before any work: a share outside (0, 1], or beside a Dask cluster
     for sets in (["--set", "nn.train.neg_rate=0"],
                  ["--set", "nn.train.neg_rate=0.5", "--set", "cluster.address=local:1"]):

@@ -250,3 +250,53 @@ def test_auto_neg_rate_cuts_a_pass_to_max_rows_only_when_a_pass_is_over_it(fake)
     assert isinstance(out, NegativeSampled) and abs(len(out) - cap) <= 1
     from wbdc.nn.trainer import offline_epochs
     assert offline_epochs({**tcfg, "max_rows": cap}, len(out)) == 1.0
+
+
+# ------------------------------------------------------------------------------ encoder cache
+
+def _same_encoder(a, b) -> None:
+    assert a.vocab.keys() == b.vocab.keys() and all(np.array_equal(a.vocab[k], b.vocab[k]) for k in a.vocab)
+    assert all(np.array_equal(a.dense_stats[k], b.dense_stats[k]) for k in ("log", "mean", "std"))
+    assert a.key_ids.keys() == b.key_ids.keys() and all(np.array_equal(a.key_ids[k], b.key_ids[k]) for k in a.key_ids)
+    assert all(np.array_equal(a.token_vocab[k], b.token_vocab[k]) for k in a.token_vocab)
+
+
+def test_the_encoder_cache_gives_the_same_encoder_and_is_read_by_later_fits(tiny_root_3_buckets, tmp_path, monkeypatch):
+    from wbdc.features.store import FeatureStore
+    from wbdc.nn import data as nd
+    from wbdc.paths import Paths
+
+    root, _ = tiny_root_3_buckets
+    store = FeatureStore(Paths.at(root))
+    sel = select_features(store, small_nn_config("mmoe")["nn"]["features"])
+    offline, online = [d for d in store.days if d <= 13], [d for d in store.days if d <= 14]
+    cache = tmp_path / "cache"
+    plain = Encoder.fit_days(store, online, sel)
+    first = Encoder.fit_days(store, offline, sel, cache_dir=cache)
+    assert first.cached_days == 0 and len(list(cache.glob("day=*.pkl"))) == len(offline)
+    # the online refit fits day 14 only; the others come from the cache
+    fitted = []
+    real = Encoder.fit_partial
+    monkeypatch.setattr(Encoder, "fit_partial", staticmethod(lambda fr, s: fitted.append(1) or real(fr, s)))
+    again = Encoder.fit_days(store, online, sel, cache_dir=cache)
+    assert again.cached_days == len(offline) and len(fitted) == 1
+    _same_encoder(again, plain)
+    # one pass over all the days gives the same vocabularies and the moments up to rounding
+    single = Encoder.fit((df for d in online for df in store.iter_day(d, columns=sel.columns())), store, sel)
+    assert all(np.array_equal(single.vocab[k], plain.vocab[k]) for k in plain.vocab)
+    np.testing.assert_allclose(single.dense_stats["mean"], plain.dense_stats["mean"], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(single.dense_stats["std"], plain.dense_stats["std"], rtol=1e-12)
+    # other columns: another key, fitted again and the day's old partial replaced
+    fewer = nd.FeatureSelection(**{**sel.__dict__, "dense": sel.dense[:-1]})
+    assert nd.partial_key(store, 3, fewer) != nd.partial_key(store, 3, sel)
+    fitted.clear()
+    Encoder.fit_days(store, [3], fewer, cache_dir=cache)
+    assert len(fitted) == 1 and len(list(cache.glob("day=03-*.pkl"))) == 1
+    # an unreadable partial is fitted again and rewritten, never an error
+    bad = next(cache.glob("day=05-*.pkl"))
+    bad.write_bytes(b"not a pickle")
+    fitted.clear()
+    enc = Encoder.fit_days(store, [5], sel, cache_dir=cache)
+    assert len(fitted) == 1 and enc.cached_days == 0 and bad.stat().st_size > 100
+    # a store without fingerprints (the fakes) caches nothing
+    assert nd.partial_key(FakeStore(rows_per_day=20), 3, sel) is None

@@ -201,6 +201,7 @@ class NNFeatures:
     dense_dtype: Literal["float16", "float32"]
     pretrained: Union[Literal["all"], list[str]]
     history_len: int
+    encoder_cache: bool
 
 
 

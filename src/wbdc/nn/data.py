@@ -10,7 +10,11 @@ token vocabularies of the multi-hot fields (tokens of feeds seen in training).  
 from __future__ import annotations
 
 import fnmatch
+import hashlib
+import json
+import pickle
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Iterable, Iterator, Sequence
 
 import numba
@@ -359,6 +363,7 @@ class Encoder:
             raise ValueError(f"dense_dtype must be float16 or float32, got {dense_dtype!r}")
         self.dense_dtype = dense_dtype
         self.history = history                # (user, day) -> last exposures before the day
+        self.cached_days = 0                  # fit_days: days whose partial came from the cache
 
     # -- fitting
     @classmethod
@@ -433,23 +438,42 @@ class Encoder:
 
     @classmethod
     def fit_days(cls, store, days: Sequence[int], selection: FeatureSelection,
-                 max_list_len: int = 16, dense_dtype: str = "float32", progress: bool = False) -> "Encoder":
+                 max_list_len: int = 16, dense_dtype: str = "float32", progress: bool = False,
+                 cache_dir: str | Path | None = None) -> "Encoder":
         """Fit in one streaming pass over the days' parts (one user bucket of one day at a time;
-        ``progress``: a bar of the rows read, on stderr)."""
+        ``progress``: a bar of the rows read, on stderr), one :meth:`fit_partial` per day merged
+        in day order.  With ``cache_dir`` each day's partial is kept there under a key of the
+        day's store fingerprint and the selected columns (:func:`partial_key`) and read back by
+        any later fit that needs that day: the online refit reads the offline fit's days, and the
+        next net all of them.  The same encoder with or without the cache; ``cached_days`` on
+        the result says how many days came from it."""
         import sys
 
         from tqdm.auto import tqdm
         cols = selection.columns()
         total = sum(store.n_rows(d) for d in days) if progress else 0
+        parts, hits = [], 0
         with tqdm(total=total, desc="fit the encoder", unit="row", unit_scale=True, file=sys.stderr,
                   disable=not progress) as bar:
-            def frames():
-                for d in days:
-                    for df in store.iter_day(d, columns=cols):
-                        yield df
-                        bar.update(len(df))
-            return cls.fit(frames(), store, selection, max_list_len, dense_dtype)
-
+            for d in days:
+                key = partial_key(store, d, selection) if cache_dir is not None else None
+                path = Path(cache_dir) / f"day={int(d):02d}-{key}.pkl" if key else None
+                part = _read_partial(path) if path is not None else None
+                if part is not None:
+                    hits += 1
+                    bar.update(store.n_rows(d) if progress else 0)
+                else:
+                    def frames(d=d):
+                        for df in store.iter_day(d, columns=cols):
+                            yield df
+                            bar.update(len(df))
+                    part = cls.fit_partial(frames(), selection)
+                    if path is not None:
+                        _write_partial(path, part)
+                parts.append(part)
+        enc = cls.from_partials(parts, store, selection, max_list_len, dense_dtype)
+        enc.cached_days = hits
+        return enc
 
     # -- shapes
     @property
@@ -605,6 +629,55 @@ class Encoder:
                    state["max_list_len"], state.get("dense_dtype", "float32"),
                    None if hist is None else HistoryTable.from_state_dict(
                        {k: v.numpy() for k, v in hist.items()}))
+
+
+# ------------------------------------------------------------------------------ encoder cache
+
+#: What :meth:`Encoder.fit_partial` computes, versioned: a cached partial of another version is
+#: never read (bump it when fit_partial or RunningStats change).
+PARTIAL_VERSION = 1
+
+
+def partial_key(store, d: int, selection: FeatureSelection) -> str | None:
+    """The cache key of day ``d``'s encoder partial: a digest of the day's store fingerprint and
+    parts (``manifest.json``) and of the columns the partial reads; None for a store without
+    fingerprints (nothing is cached)."""
+    manifest = getattr(store, "manifest", None)
+    entry = (manifest or {}).get("day_tables", {}).get(str(int(d)))
+    if not entry or not entry.get("fingerprint"):
+        return None
+    blob = json.dumps({"version": PARTIAL_VERSION, "fingerprint": entry["fingerprint"],
+                       "parts": entry.get("parts"), "categorical": list(selection.categorical),
+                       "dense": list(selection.dense), "days": bool(selection.history_len)},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:24]
+
+
+def _read_partial(path: Path) -> dict | None:
+    """A cached partial, or None when it is missing or unreadable (then it is fitted again)."""
+    try:
+        with open(path, "rb") as fh:
+            part = pickle.load(fh)
+    except (OSError, EOFError, pickle.UnpicklingError, AttributeError, ValueError, TypeError):
+        return None
+    return part if isinstance(part, dict) and {"vocab", "feeds", "stats"} <= set(part) else None
+
+
+def _write_partial(path: Path, part: dict) -> None:
+    """Keep a partial (written to a temporary name, then renamed); the day's partials under
+    other keys (an older store or column selection) are removed.  A cache that cannot be written
+    only costs the next fit its time."""
+    from ..io import atomic_path
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "wb") as fh:
+                pickle.dump(part, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        day = path.name.split("-", 1)[0]
+        for old in path.parent.glob(f"{day}-*.pkl"):
+            if old != path:
+                old.unlink(missing_ok=True)
+    except OSError:
+        pass
 
 
 # ------------------------------------------------------------------------------ streamed rows

@@ -232,14 +232,31 @@ def _prepare(store, cfg: dict, days: list[int], selection: FeatureSelection, pla
     second pass encodes them; streamed: read block by block while training)."""
     t0 = time.perf_counter()
     fcfg = cfg["nn"]["features"]
+    cache = encoder_cache_dir(store, cfg)
     enc = Encoder.fit_days(store, days, selection, int(fcfg["max_list_len"]), str(fcfg["dense_dtype"]),
-                           progress=bool(cfg["nn"]["train"]["progress"]))
+                           progress=bool(cfg["nn"]["train"]["progress"]), cache_dir=cache)
     arrays = load_rows(store, enc, days, True, plan.train_streamed, plan, cfg,
                        aux=list(cfg["nn"]["aux"]["tasks"]))
+    cached = f"; the encoder's statistics of {enc.cached_days} of {len(days)} days read from {cache}" \
+        if enc.cached_days else ""
     _log(f"days {days[0]}..{days[-1]}: {len(arrays):,} rows, {len(selection.categorical)} ids, "
          f"{len(selection.dense)} dense, {len(selection.bags)} multi-hot, "
-         f"{len(selection.pretrained)} pretrained; {plan.describe()} ({time.perf_counter() - t0:.1f} s)")
+         f"{len(selection.pretrained)} pretrained; {plan.describe()}{cached} ({time.perf_counter() - t0:.1f} s)")
     return enc, negative_sampled(arrays, cfg["nn"]["train"])
+
+
+#: Where the nets keep each training day's encoder statistics (``nn.features.encoder_cache``),
+#: under the root's models/ (a dot folder: no model's).
+ENCODER_CACHE = ".nn_encoder"
+
+
+def encoder_cache_dir(store, cfg: dict) -> Path | None:
+    """``models/.nn_encoder`` of the store's root with ``nn.features.encoder_cache`` (a store
+    without a root, as in the tests' fakes: None)."""
+    paths = getattr(store, "paths", None)
+    if not cfg["nn"]["features"].get("encoder_cache", True) or paths is None:
+        return None
+    return Path(paths.models) / ENCODER_CACHE
 
 
 #: ``nn.train.neg_rate: auto`` never keeps less than this share of the rows with no action.

@@ -235,3 +235,32 @@ def test_input_layer_puts_the_learned_columns_first(trainable):
     assert all(g is None or torch.count_nonzero(g) == 0 for g in after)
     before = torch.autograd.grad(x[:, :k].sum(), params, allow_unused=True)
     assert all(g is not None and torch.count_nonzero(g) > 0 for g in before)
+
+
+def test_dot_interactions_are_every_pairs_inner_product_among_the_learned_columns():
+    from wbdc.nn.inputs import BagField, InputLayer, PretrainedTable
+    torch.manual_seed(0)
+    bags = [BagField("tags", torch.tensor([[0, 0], [1, 2], [3, 0]]), 4, key_slot=0),
+            BagField("kw", torch.tensor([[0, 0], [2, 0], [1, 3]]), 4, key_slot=0)]
+    tables = [PretrainedTable("vec", torch.randn(3, 4), key_slot=0)]
+    plain = InputLayer([5, 6, 7], 3, n_dense=2, bags=bags, pretrained=tables)
+    layer = InputLayer([5, 6, 7], 3, n_dense=2, bags=bags, pretrained=tables, interactions="dot")
+    layer.load_state_dict(plain.state_dict())
+    batch = {"cat": torch.tensor([[1, 2, 3], [0, 5, 6]]), "keys": torch.tensor([[1], [2]]),
+             "dense": torch.randn(2, 2)}
+    x, ref = layer(batch), plain(batch)
+    n_pairs = 5 * 4 // 2                             # 3 ids + 2 bags of the embedding width
+    assert layer.output_dim == plain.output_dim + n_pairs == x.shape[1]
+    assert layer.grad_cols == plain.grad_cols + n_pairs
+    learned = 3 * 3 + 2 * 3
+    fields = ref[:, :learned].view(2, 5, 3)
+    want = torch.stack([(fields[:, i] * fields[:, j]).sum(1)
+                        for i in range(5) for j in range(i + 1, 5)], 1)
+    torch.testing.assert_close(x[:, learned:learned + n_pairs], want)
+    torch.testing.assert_close(x[:, :learned], ref[:, :learned])      # the rest unchanged
+    torch.testing.assert_close(x[:, learned + n_pairs:], ref[:, learned:])
+    # bags of another width are not fields; an unknown kind is refused
+    narrow = InputLayer([5, 6, 7], 3, n_dense=2, bags=bags, bag_dim=2, interactions="dot")
+    assert narrow.output_dim == 3 * 3 + 2 * 2 + 3 + 2
+    with pytest.raises(ValueError, match="interactions"):
+        InputLayer([5, 6], 3, n_dense=2, interactions="fm")

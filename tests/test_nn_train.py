@@ -63,6 +63,20 @@ def test_predictions_are_probabilities_one_row_per_input(store, arch):
     assert np.isfinite(p).all() and (p >= 0).all() and (p <= 1).all()
 
 
+def test_dot_interactions_go_through_build_net_and_train(store):
+    cfg = small_nn_config("mmoe")
+    cfg["nn"]["embedding"]["interactions"] = "dot"
+    _, enc, train, _, plain = _setup(store, "mmoe")
+    model = build_net("mmoe", enc, store, cfg["nn"])
+    fields = model.inputs.n_cat + len(model.inputs.bags)          # bag_dim == dim in the config
+    assert model.inputs.output_dim == plain.model.inputs.output_dim + fields * (fields - 1) // 2
+    trainer = Trainer(model, build_balancer({"balancing": "competition", "init_log_var": 0.0}),
+                      TrainConfig.from_dict({**cfg["nn"]["train"], "seed": 11}))
+    before = _full_loss(trainer, train)
+    trainer.fit(train, epochs=1.0)
+    assert _full_loss(trainer, train) < 0.95 * before
+
+
 def test_same_seed_gives_identical_predictions(store):
     preds = []
     for _ in range(2):
@@ -367,3 +381,42 @@ def test_lr_decay_scales_every_learning_rate_between_epochs_only(store):
     for bad in (0, 1.5, True, "x"):
         with pytest.raises(ConfigError, match=r"^nn.train.lr_decay: expected a factor in \(0, 1\], got "):
             TrainConfig.from_dict({**cfg["nn"]["train"], "lr_decay": bad, "seed": 1})
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine"])
+def test_lr_schedule_anneals_step_by_step_to_the_floor_then_holds(store, kind):
+    from wbdc.config import ConfigError
+    _, _, train, _, trainer = _setup(store, "sb", lr=0.01, lr_schedule=kind, lr_floor=0.1,
+                                     lr_schedule_epochs=1.0, epochs=2)
+    seen = []
+    step = trainer.train_step
+
+    def spy(batch):
+        seen.append([g["lr"] for o in trainer.optimizer.optimizers for g in o.param_groups])
+        return step(batch)
+
+    trainer.train_step = spy
+    fit = trainer.fit(train, 2)
+    per_epoch = -(-len(train) // 256)
+    assert fit.steps == len(seen) == 2 * per_epoch
+    first = [s[0] for s in seen]
+    assert first[0] == pytest.approx(0.01)                         # the first step at lr
+    assert all(a > b for a, b in zip(first[:per_epoch], first[1:per_epoch]))   # falls every step
+    mid = per_epoch // 2
+    t = mid / per_epoch
+    shape = 1 - t if kind == "linear" else 0.5 * (1 + np.cos(np.pi * t))
+    assert first[mid] == pytest.approx(0.01 * (0.1 + 0.9 * shape))
+    assert first[per_epoch:] == pytest.approx([0.001] * per_epoch)  # the second epoch at the floor
+    assert all(len(set(s)) == 1 for s in seen)                     # every group alike
+    cfg = small_nn_config("sb")
+    for key, bad in (("lr_schedule", "step"), ("lr_floor", 0), ("lr_floor", 2.0),
+                     ("lr_schedule_epochs", 0), ("lr_schedule_epochs", "x")):
+        with pytest.raises(ConfigError, match=rf"^nn.train.{key}: expected "):
+            TrainConfig.from_dict({**cfg["nn"]["train"], key: bad, "seed": 1})
+
+
+def test_constant_schedule_leaves_the_rate_alone(store):
+    _, _, train, _, trainer = _setup(store, "sb", lr=0.01, epochs=2)
+    assert trainer.cfg.lr_schedule == "constant" and trainer.cfg.lr_factor(0.5) == 1.0
+    trainer.fit(train, 1.5)
+    assert trainer.optimizer.optimizers[0].param_groups[0]["lr"] == 0.01

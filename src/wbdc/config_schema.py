@@ -210,6 +210,7 @@ class EmbeddingConfig:
     dim: int
     bag_dim: Union[int, None]
     history_dim: int
+    interactions: Literal["none", "dot"]
     pretrained_trainable: bool
     sparse: bool
 
@@ -238,6 +239,9 @@ class TrainSection:
     precision: Literal["auto", "fp32", "bf16"]
     progress: bool
     lr_decay: float
+    lr_schedule: Literal["constant", "linear", "cosine"]
+    lr_floor: float
+    lr_schedule_epochs: float
 
 
 @dataclass

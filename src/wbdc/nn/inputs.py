@@ -10,6 +10,11 @@ Side tables hang off a key slot: a multi-hot field is a padded ``[n_rows, L]`` m
 indices (0 = padding, excluded from the mean) pooled by ``nn.EmbeddingBag``; a pretrained table
 is an ``nn.Embedding.from_pretrained`` matrix (row 0 = zeros for unknown keys), frozen or not.
 
+With ``interactions="dot"`` the layer also emits the inner product of every pair of learned
+field vectors of width ``emb_dim`` (the id embeddings and the pooled multi-hot fields of that
+width): the factorisation-machine / DLRM interaction, which an MLP over the concatenated
+vectors learns poorly (a user-feed dot product is the collaborative signal itself).
+
 The history block (``HistoryAttention``, DIN-style) hangs off the last ``keys`` column: the
 row's (user, day) row of a ``[n_pairs + 1, N]`` table of the user's last N feeds before the day
 and the action bits of each, pooled by attention against the candidate feed.
@@ -114,8 +119,10 @@ class InputLayer(nn.Module):
                  bags: Sequence[BagField] = (), pretrained: Sequence[PretrainedTable] = (),
                  bag_dim: int | None = None, pretrained_trainable: bool = False,
                  sparse: bool = False, history: HistoryField | None = None,
-                 history_dim: int = 32):
+                 history_dim: int = 32, interactions: str = "none"):
         super().__init__()
+        if interactions not in ("none", "dot"):
+            raise ValueError(f"nn.embedding.interactions={interactions!r}: expected none or dot")
         cards = [int(c) for c in cat_cardinalities]
         self.n_cat, self.n_dense, self.emb_dim = len(cards), int(n_dense), int(emb_dim)
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else \
@@ -148,12 +155,21 @@ class InputLayer(nn.Module):
                                             [int(pretrained[i].matrix.shape[1]) for i in self.history_tables])
         history_dim = self.history.output_dim if self.history is not None else 0
         pretrained_dim = sum(int(p.matrix.shape[1]) for p in pretrained)
+        #: the fields in the pairwise inner products: the id columns, then the bags of emb_dim
+        self.dot_bags = len(self.bags) if bag_dim == self.emb_dim else 0
+        n_fields = self.n_cat + self.dot_bags if interactions == "dot" else 0
+        pairs = torch.triu_indices(n_fields, n_fields, offset=1) if n_fields > 1 else \
+            torch.zeros(2, 0, dtype=torch.long)
+        self.register_buffer("pair_index", (pairs[0] * max(n_fields, 1) + pairs[1]).to(torch.long),
+                             persistent=False)
+        self.n_fields = n_fields
+        n_pairs = int(self.pair_index.numel())
         self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
-                           + pretrained_dim + self.n_dense)
-        #: the leading output columns that carry a gradient (the learned tables); the rest
-        #: (frozen pretrained vectors, dense features) are constants
+                           + n_pairs + pretrained_dim + self.n_dense)
+        #: the leading output columns that carry a gradient (the learned tables and their
+        #: products); the rest (frozen pretrained vectors, dense features) are constants
         self.grad_cols = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
-                          + (pretrained_dim if pretrained_trainable else 0))
+                          + n_pairs + (pretrained_dim if pretrained_trainable else 0))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``[cat embeddings | pooled bags | history | pretrained | dense]``: the learned columns
@@ -170,8 +186,20 @@ class InputLayer(nn.Module):
         if self.history is not None:
             tables = [self.pretrained[i].weight for i in self.history_tables]
             parts.append(self.history(keys, tables).to(self.cat_embedding.weight.dtype))
+        if self.pair_index.numel():
+            parts.append(self._dots(parts))
         for slot, table in zip(self.pretrained_slots, self.pretrained):
             parts.append(table(keys[:, slot]))
         if self.n_dense:
             parts.append(batch["dense"])
         return torch.cat(parts, dim=1)
+
+    def _dots(self, parts: list[Tensor]) -> Tensor:
+        """``[B, n_pairs]``: the inner product of every pair of fields (i < j), in the order of
+        ``torch.triu_indices``; ``parts`` starts with the id embeddings and then the bags."""
+        start = 1 if self.n_cat else 0
+        fields = [parts[0].view(parts[0].shape[0], self.n_cat, self.emb_dim)] if self.n_cat else []
+        fields += [p.unsqueeze(1) for p in parts[start:start + self.dot_bags]]
+        f = torch.cat(fields, dim=1)                                     # [B, F, d]
+        gram = torch.bmm(f, f.transpose(1, 2)).flatten(1)                # [B, F * F]
+        return gram.index_select(1, self.pair_index)

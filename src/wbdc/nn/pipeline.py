@@ -124,7 +124,8 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
                         bags, tables, bag_dim=int(emb["bag_dim"] or emb["dim"]),
                         pretrained_trainable=bool(emb["pretrained_trainable"]),
                         sparse=bool(emb["sparse"]), history=encoder.history_field(),
-                        history_dim=int(emb["history_dim"]))
+                        history_dim=int(emb["history_dim"]),
+                        interactions=str(emb["interactions"]))
     return build_model(arch, inputs, list(ACTIONS), nn_cfg[arch],
                        parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)),
                        aux=list(nn_cfg["aux"]["tasks"]))

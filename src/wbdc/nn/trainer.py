@@ -131,6 +131,9 @@ class TrainConfig:
     seed: int
     progress: bool
     lr_decay: float = 1.0             # every learning rate times this at each epoch's end (1 = constant)
+    lr_schedule: str = "constant"     # constant | linear | cosine: per step, from lr to lr x lr_floor
+    lr_floor: float = 0.1             #   over the first lr_schedule_epochs, then held at the floor
+    lr_schedule_epochs: float = 1.0
 
     # keys of nn.train that the pipeline reads, not the trainer
     PIPELINE_KEYS = ("epochs", "max_rows", "first_day", "neg_rate")
@@ -146,11 +149,31 @@ class TrainConfig:
         if missing:
             raise ValueError(f"nn.train: missing key {missing[0]!r}")
         out = cls(**{k: d[k] for k in fields})
-        g = out.lr_decay
-        if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < float(g) <= 1.0:
-            from ..config import ConfigError
-            raise ConfigError(f"nn.train.lr_decay: expected a factor in (0, 1], got {g!r}")
+        from ..config import ConfigError
+        for key in ("lr_decay", "lr_floor"):
+            g = getattr(out, key)
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not 0.0 < float(g) <= 1.0:
+                raise ConfigError(f"nn.train.{key}: expected a factor in (0, 1], got {g!r}")
+        if out.lr_schedule not in LR_SCHEDULES:
+            raise ConfigError(f"nn.train.lr_schedule: expected one of {', '.join(LR_SCHEDULES)}, "
+                              f"got {out.lr_schedule!r}")
+        e = out.lr_schedule_epochs
+        if isinstance(e, bool) or not isinstance(e, (int, float)) or not float(e) > 0.0:
+            raise ConfigError(f"nn.train.lr_schedule_epochs: expected a number of epochs > 0, got {e!r}")
         return out
+
+    def lr_factor(self, epochs_done: float) -> float:
+        """The schedule's factor on ``lr`` after ``epochs_done`` epochs of training (the
+        per-epoch ``lr_decay`` is applied apart, at epoch ends)."""
+        if self.lr_schedule == "constant":
+            return 1.0
+        t = min(1.0, max(0.0, epochs_done / float(self.lr_schedule_epochs)))
+        shape = 1.0 - t if self.lr_schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * t))
+        return float(self.lr_floor) + (1.0 - float(self.lr_floor)) * shape
+
+
+#: ``nn.train.lr_schedule``: the learning rate within and across epochs, per step.
+LR_SCHEDULES = ("constant", "linear", "cosine")
 
 
 #: ``eval_every_steps: auto``: one evaluation per AUTO_EVAL_ROWS training rows of an epoch,
@@ -202,6 +225,8 @@ class _Optimizers:
 
     def __init__(self, optimizers: list[torch.optim.Optimizer]):
         self.optimizers = optimizers
+        #: each group's learning rate as built: the schedule's factors are relative to it
+        self.base_lrs = [[float(g["lr"]) for g in o.param_groups] for o in optimizers]
 
     def zero_grad(self) -> None:
         for o in self.optimizers:
@@ -211,11 +236,11 @@ class _Optimizers:
         for o in self.optimizers:
             o.step()
 
-    def scale_lr(self, factor: float) -> None:
-        """Every group's learning rate times ``factor`` (``nn.train.lr_decay`` at an epoch's end)."""
-        for o in self.optimizers:
-            for g in o.param_groups:
-                g["lr"] *= factor
+    def set_lr_factor(self, factor: float) -> None:
+        """Every group's learning rate = its built rate times ``factor``."""
+        for o, base in zip(self.optimizers, self.base_lrs):
+            for g, lr in zip(o.param_groups, base):
+                g["lr"] = lr * factor
 
 
 def _sparse_parameters(model: nn.Module) -> list[nn.Parameter]:
@@ -334,6 +359,7 @@ class Trainer:
         step = samples = epoch = 0
         eval_time = eval_cpu = 0.0
         stop = False
+        scheduled = self.cfg.lr_schedule != "constant"      # the rate set before every step
         t_start, c_start = time.perf_counter(), time.process_time()
         while step < total_steps and not stop:
             epoch += 1
@@ -345,6 +371,9 @@ class Trainer:
             loss_sum, loss_n = 0.0, 0
             for batch in train.epoch_batches(bs, self.generator):
                 rows = int(batch["cat"].shape[0])
+                if scheduled:
+                    self.optimizer.set_lr_factor(float(self.cfg.lr_decay) ** (epoch - 1)
+                                                 * self.cfg.lr_factor(step / steps_per_epoch))
                 loss, _ = self.train_step(batch)
                 loss_sum += loss
                 loss_n += 1
@@ -393,8 +422,8 @@ class Trainer:
                 if stop or last:
                     break
             bar.close()
-            if not (stop or step >= total_steps) and self.cfg.lr_decay != 1.0:
-                self.optimizer.scale_lr(float(self.cfg.lr_decay))
+            if not (stop or step >= total_steps) and self.cfg.lr_decay != 1.0 and not scheduled:
+                self.optimizer.set_lr_factor(float(self.cfg.lr_decay) ** epoch)
         train_time = time.perf_counter() - t_start - eval_time
         res.cpu_seconds = time.process_time() - c_start - eval_cpu
         res.steps = step

@@ -207,7 +207,8 @@ def test_negative_sampled_rows_train_the_configured_steps(fake):
     full = StreamedRows(store, enc, TRAIN_DAYS, labels=True, buffer_rows=600)
     train = negative_sampled(full, {**cfg["nn"]["train"], "neg_rate": 0.5})
     valid = StreamedRows(store, enc, [14], labels=True).materialize()
-    trainer = new_trainer("mmoe", enc, store, cfg, train)
+    cfg = {**cfg, "nn": {**cfg["nn"], "train": {**cfg["nn"]["train"], "lr_schedule": "constant"}}}
+    trainer = new_trainer("mmoe", enc, store, cfg, train)   # 2 x 14 steps: at a constant rate
     fit = trainer.fit(train, 2, valid, make_score_fn(valid))
     assert len(train) < 0.8 * len(full)
     assert fit.steps == 2 * -(-len(train) // 256) and fit.samples == 2 * len(train)

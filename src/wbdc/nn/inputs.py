@@ -160,9 +160,8 @@ class InputLayer(nn.Module):
         n_fields = self.n_cat + self.dot_bags if interactions == "dot" else 0
         pairs = torch.triu_indices(n_fields, n_fields, offset=1) if n_fields > 1 else \
             torch.zeros(2, 0, dtype=torch.long)
-        self.register_buffer("pair_index", (pairs[0] * max(n_fields, 1) + pairs[1]).to(torch.long),
+        self.register_buffer("pair_index", (pairs[0] * n_fields + pairs[1]).to(torch.long),
                              persistent=False)
-        self.n_fields = n_fields
         n_pairs = int(self.pair_index.numel())
         self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
                            + n_pairs + pretrained_dim + self.n_dense)

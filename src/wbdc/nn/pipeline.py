@@ -255,7 +255,7 @@ def encoder_cache_dir(store, cfg: dict) -> Path | None:
     """``models/.nn_encoder`` of the store's root with ``nn.features.encoder_cache`` (a store
     without a root, as in the tests' fakes: None)."""
     paths = getattr(store, "paths", None)
-    if not cfg["nn"]["features"].get("encoder_cache", True) or paths is None:
+    if not cfg["nn"]["features"]["encoder_cache"] or paths is None:
         return None
     return Path(paths.models) / ENCODER_CACHE
 

@@ -359,7 +359,6 @@ class Trainer:
         step = samples = epoch = 0
         eval_time = eval_cpu = 0.0
         stop = False
-        scheduled = self.cfg.lr_schedule != "constant"      # the rate set before every step
         t_start, c_start = time.perf_counter(), time.process_time()
         while step < total_steps and not stop:
             epoch += 1
@@ -371,9 +370,9 @@ class Trainer:
             loss_sum, loss_n = 0.0, 0
             for batch in train.epoch_batches(bs, self.generator):
                 rows = int(batch["cat"].shape[0])
-                if scheduled:
-                    self.optimizer.set_lr_factor(float(self.cfg.lr_decay) ** (epoch - 1)
-                                                 * self.cfg.lr_factor(step / steps_per_epoch))
+                # the rate of this step: lr_decay per finished epoch times the schedule
+                self.optimizer.set_lr_factor(float(self.cfg.lr_decay) ** (epoch - 1)
+                                             * self.cfg.lr_factor(step / steps_per_epoch))
                 loss, _ = self.train_step(batch)
                 loss_sum += loss
                 loss_n += 1
@@ -422,8 +421,6 @@ class Trainer:
                 if stop or last:
                     break
             bar.close()
-            if not (stop or step >= total_steps) and self.cfg.lr_decay != 1.0 and not scheduled:
-                self.optimizer.set_lr_factor(float(self.cfg.lr_decay) ** epoch)
         train_time = time.perf_counter() - t_start - eval_time
         res.cpu_seconds = time.process_time() - c_start - eval_cpu
         res.steps = step

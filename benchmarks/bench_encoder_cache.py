@@ -62,8 +62,7 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             enc = Encoder.fit_days(store, days, sel, *fcfg, progress=args.progress, cache_dir=cache)
             sec = time.perf_counter() - t0
-            read = sum(store.n_rows(d) for d in days[enc.cached_days:]) if enc.cached_days else \
-                rows["offline" if days is offline else "online"]
+            read = sum(store.n_rows(d) for d in days[enc.cached_days:])   # cached: the first days
             runs.append((name, days, sec, read, enc))
             print(f"[bench] {name}: {sec:.1f} s", file=sys.stderr, flush=True)
     print(f"encoder fits, root {args.root}: {len(sel.categorical)} ids, {len(sel.dense)} dense; "

@@ -218,6 +218,47 @@ def test_per_action_interest_similarities_and_feed_columns_match_a_plain_recompu
     assert nonzero > 20
 
 
+def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_days(tmp_path, built):
+    """features.{w2v,pca}.today_sims add today_{feed,author}_w2v_sim and today_pca_sim: the
+    cosine between the candidate's vector and the mean vector of the user's other exposures of
+    the same day (0 for a user's only row); the test day has them too, from its exposures; the
+    other columns stay as they were."""
+    paths = make_world(tmp_path, seed=1)
+    cfg = small_config()
+    cfg["features"]["w2v"]["today_sims"] = cfg["features"]["pca"]["today_sims"] = True
+    build.run(paths, cfg, progress=False)
+    fs, plain = FeatureStore(paths), FeatureStore(built[0])
+    new = ["today_feed_w2v_sim", "today_author_w2v_sim", "today_pca_sim"]
+    assert [c for c in fs.columns("dense") if c not in plain.columns("dense")] == new
+    feeds = pd.read_parquet(paths.prepared / "feeds.parquet", columns=["feedid", "authorid"])
+    author_of = dict(zip(feeds["feedid"].tolist(), feeds["authorid"].tolist()))
+    tables = {k: dict(zip(ids.tolist(), vec.astype(np.float64))) for k, (ids, vec) in
+              (("today_feed_w2v_sim", fs.pretrained("feed_w2v")), ("today_author_w2v_sim", fs.pretrained("author_w2v")),
+               ("today_pca_sim", fs.pretrained("feed_pca")))}
+    checked, singles = 0, 0
+    for d in (6, 15):
+        df = fs.load_day(d)
+        pd.testing.assert_frame_equal(df[plain.columns("dense")], plain.load_day(d)[plain.columns("dense")],
+                                      check_exact=True)
+        by_user = df.groupby("userid")["feedid"].apply(list).to_dict()
+        for i in range(0, len(df), 3):
+            u, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
+            others = list(by_user[u])
+            others.remove(f)
+            for col, vmap in tables.items():
+                key = (lambda x: author_of[x]) if col == "today_author_w2v_sim" else (lambda x: x)
+                if not others:
+                    assert df.at[i, col] == 0.0, col
+                    continue
+                m = np.mean([vmap[key(x)] for x in others], axis=0)
+                v = vmap[key(f)]
+                cos = m @ v / (np.linalg.norm(m) * np.linalg.norm(v))
+                assert df.at[i, col] == pytest.approx(cos, abs=1e-5), (d, col)
+                checked += 1
+            singles += not others
+    assert checked > 100 and checked > 3 * singles
+
+
 def test_feed_columns_stop_at_the_vectors_dim_and_a_negative_count_is_refused(tmp_path):
     paths = make_world(tmp_path, seed=1)
     cfg = small_config()

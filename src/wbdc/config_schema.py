@@ -90,6 +90,7 @@ class W2VConfig:
     user_vectors: bool
     feed_columns: int
     action_sims: Union[Literal["all", "main"], list[Action]]
+    today_sims: bool
 
 
 @dataclass
@@ -97,6 +98,7 @@ class PCAConfig:
     dim: int
     feed_columns: int
     action_sims: Union[Literal["all", "main"], list[Action]]
+    today_sims: bool
 
 
 @dataclass

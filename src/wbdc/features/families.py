@@ -40,7 +40,8 @@ from ..schema import ACTIONS, TEST_DAY
 from . import partition
 from . import static as static_mod
 from .embedding_pca import fit_pca
-from .history import DailyTable, aggregate_vectors, cosine, dense_codes, history_mean, id_rows, window_days
+from .history import (DailyTable, aggregate_vectors, cosine, dense_codes, history_mean, id_rows, same_day_cosine,
+                      window_days)
 from .w2v import train_word2vec, user_sequences, vector_table, write_sentences
 from .window_stats import (VALUE_COLUMNS, WindowSpec, action_list, build_histories, check_bucketable,
                            distinct_per_key, shared_value_needs, user_keyed, window_features, window_label)
@@ -453,6 +454,9 @@ class Word2Vec(Family):
         cols = [_col(f"user_{kind}_w2v_sim", "float32", ["dense"], "similarity") for kind, _, _ in self.KINDS]
         cols += action_sim_specs(sim_actions(w), "feed_w2v_sim")
         cols += vector_column_specs("feed_w2v", self.n_feed_columns)
+        if w.get("today_sims", False):
+            cols += [_col(f"today_{kind}_w2v_sim", "float32", ["dense"], "same_day_similarity")
+                     for kind, _, _ in self.KINDS]
         if w.get("user_vectors", True):
             for kind, _, _ in self.KINDS:
                 cols += [_col(f"user_{kind}_w2v_{i}", "float32", ["vector"], "user_vectors", "users")
@@ -534,6 +538,8 @@ class Word2Vec(Family):
             mean_u, _ = history_mean(vec[kind].before(d), users, lo, hi)
             cand = mat[np.maximum(id_rows(ids_tab.astype(np.int64), ex[item][rows].astype(np.int64)), 0)]
             day[f"user_{kind}_w2v_sim"] = cosine(mean_u[upos], cand).astype(np.float32)
+            if self.ctx.fcfg["w2v"].get("today_sims", False):
+                day[f"today_{kind}_w2v_sim"] = same_day_cosine(uid, cand).astype(np.float32)
             for i in range(mean_u.shape[1]):
                 side[f"user_{kind}_w2v_{i}"] = mean_u[:, i].astype(np.float32)
             if kind == "feed":
@@ -556,7 +562,9 @@ class PcaAffinity(Family):
         return [_col("user_feed_pca_affinity", "float32", ["dense"], "similarity"),
                 _col("user_engaged_count", "float32", ["dense"], "similarity"),
                 *action_sim_specs(sim_actions(self.ctx.fcfg["pca"]), "pca_sim"),
-                *vector_column_specs("feed_pca", self.n_feed_columns())]
+                *vector_column_specs("feed_pca", self.n_feed_columns()),
+                *([_col("today_pca_sim", "float32", ["dense"], "same_day_similarity")]
+                  if self.ctx.fcfg["pca"].get("today_sims", False) else [])]
 
     def describe(self) -> str:
         return ("feed_embedding PCA and the cosine between the candidate and the mean PCA vector of "
@@ -602,10 +610,12 @@ class PcaAffinity(Family):
         mean_e, cnt_e = history_mean(engaged.before(d), uid, lo, hi)
         prow = id_rows(ids_tab.astype(np.int64), ex["feedid"][rows].astype(np.int64))
         cand = np.where((prow >= 0)[:, None], mat[np.maximum(prow, 0)], 0.0)
+        today = ({"today_pca_sim": same_day_cosine(uid, cand).astype(np.float32)}
+                 if self.ctx.fcfg["pca"].get("today_sims", False) else {})
         return {"user_feed_pca_affinity": cosine(mean_e, cand).astype(np.float32),
                 "user_engaged_count": cnt_e.astype(np.float32),
                 **action_sim_columns(per_action, d, lo, hi, uid, cand, "pca_sim"),
-                **vector_columns("feed_pca", self.n_feed_columns(), cand)}, {}
+                **vector_columns("feed_pca", self.n_feed_columns(), cand), **today}, {}
 
 
 def call(ctx: Context, family: Family, hook: str, *args):

@@ -170,6 +170,23 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
+def same_day_cosine(uid: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Per row of one day: the cosine between the row's vector and the mean vector of the
+    user's *other* rows of that day (0 for a user's only row).  Exposures only, no labels: the
+    day's list is known on the test day too; it stands for what the recommender showed the user
+    that day.  Sums are float64 bincounts in row order, so the values do not depend on anything
+    but the day's rows."""
+    if len(uid) == 0:
+        return np.zeros(0)
+    _, upos = np.unique(uid, return_inverse=True)
+    upos = upos.reshape(-1)
+    total = _sum_by(upos, cand, int(upos.max()) + 1)
+    n = np.bincount(upos)
+    others = (total[upos] - cand) / np.maximum(n[upos] - 1, 1)[:, None]
+    others[n[upos] < 2] = 0.0
+    return cosine(others, cand)
+
+
 def history_mean(table: DailyTable, ids: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
     """(mean vector [n, dim] float64, count [n]) of the ``vec`` rows of days [lo, hi] per key."""
     dim = table.values["vec"].shape[1]

@@ -14,7 +14,9 @@ from test_features_world import make_world, small_config
 
 from wbdc.config import ConfigError
 from wbdc.features import build
+from wbdc.features.families import today_keep_rate
 from wbdc.features.store import FeatureStore, part_file
+from wbdc.hashing import pair_uniform
 from wbdc.io import read_json
 from wbdc.paths import Paths
 from wbdc.schema import ACTIONS
@@ -218,14 +220,17 @@ def test_per_action_interest_similarities_and_feed_columns_match_a_plain_recompu
     assert nonzero > 20
 
 
-def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_days(tmp_path, built):
+@pytest.mark.parametrize("keep", [1.0, 0.5])
+def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_days(tmp_path, built, keep):
     """features.{w2v,pca}.today_sims add today_{feed,author}_w2v_sim and today_pca_sim: the
     cosine between the candidate's vector and the mean vector of the user's other exposures of
-    the same day (0 for a user's only row); the test day has them too, from its exposures; the
-    other columns stay as they were."""
+    the same day (0 without one); on a training day only the rows a hash of (user, feed, day,
+    seed) keeps at features.today_keep enter the mean, on the test day every row; the other
+    columns stay as they were."""
     paths = make_world(tmp_path, seed=1)
     cfg = small_config()
     cfg["features"]["w2v"]["today_sims"] = cfg["features"]["pca"]["today_sims"] = True
+    cfg["features"]["today_keep"] = keep
     build.run(paths, cfg, progress=False)
     fs, plain = FeatureStore(paths), FeatureStore(built[0])
     new = ["today_feed_w2v_sim", "today_author_w2v_sim", "today_pca_sim"]
@@ -235,16 +240,19 @@ def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_
     tables = {k: dict(zip(ids.tolist(), vec.astype(np.float64))) for k, (ids, vec) in
               (("today_feed_w2v_sim", fs.pretrained("feed_w2v")), ("today_author_w2v_sim", fs.pretrained("author_w2v")),
                ("today_pca_sim", fs.pretrained("feed_pca")))}
-    checked, singles = 0, 0
+    seed = cfg["features"]["seed"] if cfg["features"]["seed"] is not None else cfg["data"]["seed"]
+    checked, singles, dropped = 0, 0, 0
     for d in (6, 15):
         df = fs.load_day(d)
         pd.testing.assert_frame_equal(df[plain.columns("dense")], plain.load_day(d)[plain.columns("dense")],
                                       check_exact=True)
-        by_user = df.groupby("userid")["feedid"].apply(list).to_dict()
+        u = pair_uniform(df["userid"].to_numpy(), df["feedid"].to_numpy(), seed * 64 + d)
+        kept = df.loc[(u < keep) | (d == 15), ["userid", "feedid"]]
+        dropped += len(df) - len(kept)
+        by_user = kept.groupby("userid")["feedid"].apply(list).to_dict()
         for i in range(0, len(df), 3):
-            u, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
-            others = list(by_user[u])
-            others.remove(f)
+            uid, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
+            others = [x for x in by_user.get(uid, []) if x != f]
             for col, vmap in tables.items():
                 key = (lambda x: author_of[x]) if col == "today_author_w2v_sim" else (lambda x: x)
                 if not others:
@@ -257,6 +265,23 @@ def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_
                 checked += 1
             singles += not others
     assert checked > 100 and checked > 3 * singles
+    assert (dropped > 0) == (keep < 1)
+
+
+def test_today_keep_auto_matches_the_test_days_rows_and_a_bad_share_is_refused(tmp_path):
+    """auto keeps test rows / day rows of a training day (at most 1) and every test-day row;
+    a share outside (0, 1] is refused in one line before anything is written."""
+    assert today_keep_rate({"today_keep": "auto"}, {6: 200, 14: 100, 15: 70}, 6) == pytest.approx(0.35)
+    assert today_keep_rate({"today_keep": "auto"}, {6: 50, 15: 70}, 6) == 1.0
+    assert today_keep_rate({"today_keep": "auto"}, {6: 200, 15: 70}, 15) == 1.0
+    assert today_keep_rate({"today_keep": 0.25}, {6: 200, 15: 70}, 6) == 0.25
+    paths = make_world(tmp_path, seed=1)
+    cfg = small_config()
+    cfg["features"]["pca"]["today_sims"] = True
+    cfg["features"]["today_keep"] = 0
+    with pytest.raises(ConfigError, match=r"^features\.today_keep: expected auto or a share in \(0, 1\], got 0$"):
+        build.run(paths, cfg, progress=False)
+    assert not (paths.root / "features" / "manifest.json").exists()
 
 
 def test_feed_columns_stop_at_the_vectors_dim_and_a_negative_count_is_refused(tmp_path):

@@ -110,6 +110,7 @@ class FeaturesConfig:
     window_stats: WindowStatsConfig
     w2v: W2VConfig
     pca: PCAConfig
+    today_keep: Union[Literal["auto"], float]
     feed_lists: list[str]
 
 

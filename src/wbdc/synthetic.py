@@ -50,6 +50,7 @@ from scipy.special import expit, ndtri
 from tqdm import tqdm
 
 from . import schema
+from .hashing import pair_uniform
 from .io import atomic_dir, write_json
 from .runinfo import peak_rss_mb
 from .schema import ACTIONS, REAL_POSITIVE_RATES, Column, FileSpec
@@ -422,15 +423,7 @@ def _sample_distinct_ids(rng: np.random.Generator, n: int, spread: float) -> np.
 def _hash_normal(a: np.ndarray, b: np.ndarray, salt: int) -> np.ndarray:
     """A fixed standard-normal value per (a, b) pair: splitmix64 of the pair, then ndtri.
     Gives an idiosyncratic user-author term without an n_users x n_authors table."""
-    salt_mix = np.uint64((int(salt) * 0x632BE59BD9B4E019) % (1 << 64))
-    x = (a.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)) ^ (b.astype(np.uint64) + salt_mix)
-    x = x ^ (x >> np.uint64(30))
-    x = x * np.uint64(0xBF58476D1CE4E5B9)
-    x = x ^ (x >> np.uint64(27))
-    x = x * np.uint64(0x94D049BB133111EB)
-    x = x ^ (x >> np.uint64(31))
-    u = ((x >> np.uint64(11)).astype(np.float64) + 0.5) / float(1 << 53)
-    return ndtri(u).astype(np.float32)
+    return ndtri(pair_uniform(a, b, salt)).astype(np.float32)
 
 
 def _rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -34,6 +34,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from ..config import ConfigError
+from ..hashing import pair_uniform
 from ..io import InputError, obj_digest, write_npy
 from ..prepare import load_meta
 from ..schema import ACTIONS, TEST_DAY
@@ -399,6 +400,34 @@ def action_sim_specs(actions: tuple[str, ...], suffix: str) -> list[dict]:
     return [_col(f"user_{a}_{suffix}", "float32", ["dense"], "action_similarity") for a in actions]
 
 
+def today_keep_rate(fcfg: dict, day_rows: dict[int, int], d: int) -> float:
+    """The share of day d's rows whose vectors enter the same-day means (``features.today_keep``):
+    1 on the test day; on a training day ``auto`` = test rows / day d's rows (at most 1), so a
+    user's list is as long on average as on the test day, whose file may hold fewer rows per
+    user than a whole day (the models then learn the features at the test day's noise)."""
+    spec = fcfg.get("today_keep", 1.0)
+    if d == TEST_DAY:
+        return 1.0
+    if spec == "auto":
+        return min(1.0, day_rows.get(TEST_DAY, 0) / max(day_rows.get(d, 0), 1)) if day_rows.get(TEST_DAY) else 1.0
+    try:
+        rate = float(spec)
+    except (TypeError, ValueError):
+        rate = float("nan")
+    if not 0.0 < rate <= 1.0:
+        raise ConfigError(f"features.today_keep: expected auto or a share in (0, 1], got {spec!r}")
+    return rate
+
+
+def today_kept(ctx: "Context", d: int, uid: np.ndarray, feedid: np.ndarray) -> np.ndarray | None:
+    """Which of day d's rows enter the same-day means: a fixed hash of (user, feed, day, seed)
+    below :func:`today_keep_rate` (None = every row), the same whatever the user buckets."""
+    rate = today_keep_rate(ctx.fcfg, ctx.staged.day_rows if ctx.staged else {}, d)
+    if rate >= 1.0:
+        return None
+    return pair_uniform(uid, feedid, ctx.seed * 64 + d) < rate
+
+
 def feed_column_count(section: dict, key: str, dim: int) -> int:
     """``<section>.feed_columns``, at most the vector's ``dim`` (a negative count is refused)."""
     k = int(section.get("feed_columns", 0))
@@ -455,6 +484,7 @@ class Word2Vec(Family):
         cols += action_sim_specs(sim_actions(w), "feed_w2v_sim")
         cols += vector_column_specs("feed_w2v", self.n_feed_columns)
         if w.get("today_sims", False):
+            today_keep_rate(self.ctx.fcfg, {}, 1)       # a bad features.today_keep refused before any work
             cols += [_col(f"today_{kind}_w2v_sim", "float32", ["dense"], "same_day_similarity")
                      for kind, _, _ in self.KINDS]
         if w.get("user_vectors", True):
@@ -539,7 +569,8 @@ class Word2Vec(Family):
             cand = mat[np.maximum(id_rows(ids_tab.astype(np.int64), ex[item][rows].astype(np.int64)), 0)]
             day[f"user_{kind}_w2v_sim"] = cosine(mean_u[upos], cand).astype(np.float32)
             if self.ctx.fcfg["w2v"].get("today_sims", False):
-                day[f"today_{kind}_w2v_sim"] = same_day_cosine(uid, cand).astype(np.float32)
+                keep = today_kept(self.ctx, d, uid, ex["feedid"][rows])
+                day[f"today_{kind}_w2v_sim"] = same_day_cosine(uid, cand, keep).astype(np.float32)
             for i in range(mean_u.shape[1]):
                 side[f"user_{kind}_w2v_{i}"] = mean_u[:, i].astype(np.float32)
             if kind == "feed":
@@ -559,6 +590,8 @@ class PcaAffinity(Family):
         return feed_column_count(p, "features.pca", p["dim"])
 
     def columns(self) -> list[dict]:
+        if self.ctx.fcfg["pca"].get("today_sims", False):
+            today_keep_rate(self.ctx.fcfg, {}, 1)       # a bad features.today_keep refused before any work
         return [_col("user_feed_pca_affinity", "float32", ["dense"], "similarity"),
                 _col("user_engaged_count", "float32", ["dense"], "similarity"),
                 *action_sim_specs(sim_actions(self.ctx.fcfg["pca"]), "pca_sim"),
@@ -610,7 +643,8 @@ class PcaAffinity(Family):
         mean_e, cnt_e = history_mean(engaged.before(d), uid, lo, hi)
         prow = id_rows(ids_tab.astype(np.int64), ex["feedid"][rows].astype(np.int64))
         cand = np.where((prow >= 0)[:, None], mat[np.maximum(prow, 0)], 0.0)
-        today = ({"today_pca_sim": same_day_cosine(uid, cand).astype(np.float32)}
+        today = ({"today_pca_sim": same_day_cosine(uid, cand, today_kept(self.ctx, d, uid, ex["feedid"][rows]))
+                  .astype(np.float32)}
                  if self.ctx.fcfg["pca"].get("today_sims", False) else {})
         return {"user_feed_pca_affinity": cosine(mean_e, cand).astype(np.float32),
                 "user_engaged_count": cnt_e.astype(np.float32),

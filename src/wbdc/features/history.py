@@ -170,20 +170,22 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(den > 0, num / np.where(den > 0, den, 1.0), 0.0)
 
 
-def same_day_cosine(uid: np.ndarray, cand: np.ndarray) -> np.ndarray:
+def same_day_cosine(uid: np.ndarray, cand: np.ndarray, keep: np.ndarray | None = None) -> np.ndarray:
     """Per row of one day: the cosine between the row's vector and the mean vector of the
-    user's *other* rows of that day (0 for a user's only row).  Exposures only, no labels: the
-    day's list is known on the test day too; it stands for what the recommender showed the user
-    that day.  Sums are float64 bincounts in row order, so the values do not depend on anything
-    but the day's rows."""
+    user's *other* rows of that day that ``keep`` marks (every row by default; 0 where the user
+    has no other such row).  Exposures only, no labels: the day's list is known on the test day
+    too; it stands for what the recommender showed the user that day.  Sums are float64
+    bincounts in row order, so the values do not depend on anything but the day's rows."""
     if len(uid) == 0:
         return np.zeros(0)
     _, upos = np.unique(uid, return_inverse=True)
     upos = upos.reshape(-1)
-    total = _sum_by(upos, cand, int(upos.max()) + 1)
-    n = np.bincount(upos)
-    others = (total[upos] - cand) / np.maximum(n[upos] - 1, 1)[:, None]
-    others[n[upos] < 2] = 0.0
+    kept = np.ones(len(uid), bool) if keep is None else np.asarray(keep, bool)
+    n_users = int(upos.max()) + 1
+    total = _sum_by(upos[kept], cand[kept], n_users)
+    n_others = np.bincount(upos[kept], minlength=n_users)[upos] - kept
+    others = (total[upos] - np.where(kept[:, None], cand, 0.0)) / np.maximum(n_others, 1)[:, None]
+    others[n_others < 1] = 0.0
     return cosine(others, cand)
 
 

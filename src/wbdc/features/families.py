@@ -563,13 +563,14 @@ class Word2Vec(Family):
         users = np.unique(uid)
         upos = np.searchsorted(users, uid)
         day, side = {}, {"userid": users.astype(np.int32), "date_": np.full(len(users), d, dtype=np.int8)}
+        today = self.ctx.fcfg["w2v"].get("today_sims", False)
+        keep = today_kept(self.ctx, d, uid, ex["feedid"][rows]) if today else None
         for kind, item, _ in self.KINDS:
             ids_tab, mat = self.tables[f"{kind}_w2v"]
             mean_u, _ = history_mean(vec[kind].before(d), users, lo, hi)
             cand = mat[np.maximum(id_rows(ids_tab.astype(np.int64), ex[item][rows].astype(np.int64)), 0)]
             day[f"user_{kind}_w2v_sim"] = cosine(mean_u[upos], cand).astype(np.float32)
-            if self.ctx.fcfg["w2v"].get("today_sims", False):
-                keep = today_kept(self.ctx, d, uid, ex["feedid"][rows])
+            if today:
                 day[f"today_{kind}_w2v_sim"] = same_day_cosine(uid, cand, keep).astype(np.float32)
             for i in range(mean_u.shape[1]):
                 side[f"user_{kind}_w2v_{i}"] = mean_u[:, i].astype(np.float32)

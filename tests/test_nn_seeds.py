@@ -69,10 +69,55 @@ def test_stage_with_two_seeds_writes_the_average_and_the_curve(tiny_root, tmp_pa
               "checkpoint_online_seed4.pt", "pred_online.parquet"):
         assert (out / f).exists(), f
     assert "honest weighted uAUC by seeds averaged: 1:" in r.stderr
-    # one seed again: the other seed's files go
-    r = run_stage("train_nn.py", root, "--arch", "sb", "--mode", "offline", "--epochs", "1",
+    # one seed again (offline and online): the other seed's files go
+    r = run_stage("train_nn.py", root, "--arch", "sb", "--mode", "all", "--epochs", "1",
                   "--set", "nn.train.progress=false", "--set", "nn.sb.bottom_dims=[32]")
     assert r.returncode == 0, r.stderr[-2000:]
     assert not list(out.glob("checkpoint_*_seed*.pt"))
+    assert (out / "checkpoint_online.pt").exists()
     assert "seeds" not in read_json(out / "scores.json")
     shutil.rmtree(root)
+
+
+def test_with_offline_averages_the_refits_and_the_offline_nets_of_every_seed(tiny_root, tmp_path):
+    """nn.online.with_offline: pred_online.parquet is the mean of the online refit and the offline
+    net of each seed on the test day; a missing offline net stops the online mode in one line,
+    before the refit trains, and leaves the written predictions as they were."""
+    import pandas as pd
+    from wbdc.features.store import FeatureStore
+    from wbdc.metrics import mean_predictions
+    from wbdc.nn.pipeline import predict_test_day
+    from wbdc.paths import Paths
+    root = tmp_path / "root"
+    root.mkdir()
+    for sub in ("data", "features"):
+        (root / sub).symlink_to(tiny_root / sub)
+    args = ("--arch", "sb", "--epochs", "1", "--set", "nn.seeds=[3, 4]", "--set", "nn.train.progress=false",
+            "--set", "nn.sb.bottom_dims=[32]", "--set", "nn.online.with_offline=true")
+    r = run_stage("train_nn.py", root, "--mode", "all", *args)
+    assert r.returncode == 0, r.stderr[-2000:]
+    out = root / "models" / "sb"
+    assert read_json(out / "scores.json")["online"]["with_offline"] == 2
+    written = pd.read_parquet(out / "pred_online.parquet")
+    cfg = read_json(out / "config.json")
+    store = FeatureStore(Paths.at(root))
+    each = {f: predict_test_day(store, out / f, cfg) for f in
+            ("checkpoint_online.pt", "checkpoint_online_seed4.pt", "checkpoint_offline.pt",
+             "checkpoint_offline_seed4.pt")}
+    expected = mean_predictions(list(each.values()))
+    refits_only = mean_predictions([each["checkpoint_online.pt"], each["checkpoint_online_seed4.pt"]])
+    assert (written[["userid", "feedid"]].to_numpy() == expected[["userid", "feedid"]].to_numpy()).all()
+    for a in ACTIONS:
+        np.testing.assert_allclose(written[a], expected[a], rtol=1e-5, atol=1e-7)
+    assert not np.allclose(written[ACTIONS[0]], refits_only[ACTIONS[0]], rtol=1e-4)
+    (out / "checkpoint_offline_seed4.pt").unlink()
+    import subprocess
+    import sys
+    from conftest import REPO
+    r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "train_nn.py"), "--root", str(root),
+                        "--mode", "online", *args], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert "checkpoint_offline_seed4.pt missing" in last and "--mode offline first" in last, last
+    assert "epoch 1" not in r.stderr                      # refused before the refit trained
+    pd.testing.assert_frame_equal(pd.read_parquet(out / "pred_online.parquet"), written)

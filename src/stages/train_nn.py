@@ -77,8 +77,9 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.metrics import HALF_PRED_FILES
     from wbdc.nn.diagnostics import write_gate_diagnostics
     from wbdc.cluster import client_for, worker_peaks_mb
-    from wbdc.nn.pipeline import (average_offline, average_online, net_seed, run_offline, run_online,
-                                  save_checkpoint, seed_configs)
+    from wbdc.metrics import mean_predictions
+    from wbdc.nn.pipeline import (aligned, average_offline, average_online, net_seed, offline_checkpoints,
+                                  predict_test_day, run_offline, run_online, save_checkpoint, seed_configs)
 
     from wbdc.nn.models import parse_funnels
     from wbdc.schema import ACTIONS
@@ -183,6 +184,16 @@ def main(argv: list[str] | None = None) -> int:
                 (out / stale).unlink(missing_ok=True)
         if args.mode in ("online", "all"):
             fixed = cfg["nn"]["online"].get("epochs")
+            with_offline = offline_checkpoints(out, [net_seed(c) for c in cfgs]) \
+                if cfg["nn"]["online"]["with_offline"] else []
+            missing = [p.name for p in with_offline if not p.exists()]
+            if missing:     # before the refit trains
+                raise FileNotFoundError(
+                    f"{out}: {', '.join(missing)} missing; nn.online.with_offline averages the offline "
+                    f"nets with the refit: run train_nn --arch {args.arch} --mode offline first (or "
+                    "--set nn.online.with_offline=false)")
+            for stale in out.glob("checkpoint_online_seed*.pt"):   # a bag of other seeds before
+                stale.unlink()
             runs = []
             for c in cfgs:
                 s = str(net_seed(c))
@@ -193,11 +204,17 @@ def main(argv: list[str] | None = None) -> int:
                     save_checkpoint(out / f"checkpoint_online_seed{s}.pt", args.arch, runs[-1], cfg["nn"])
             save_checkpoint(out / "checkpoint_online.pt", args.arch, runs[0], cfg["nn"])
             res = average_online(runs)
+            if with_offline:
+                log(f"{args.arch}: the test day predicted by the {len(with_offline)} offline net(s) too "
+                    "(nn.online.with_offline), averaged with the refit")
+                keys = runs[0].preds
+                res.preds = mean_predictions([r.preds for r in runs] + [aligned(predict_test_day(store, p, cfg), keys)
+                                                                         for p in with_offline])
             write_parquet(res.preds, out / "pred_online.parquet")
             scores["online"] = {"epochs": round(float(online_epochs), 4),
                                 "samples_per_s": round(res.fit.samples_per_s, 1),
                                 "n_train_rows": res.n_train, "n_test_rows": len(res.preds),
-                                "seconds": res.seconds}
+                                "seconds": res.seconds, "with_offline": len(with_offline)}
             if getattr(res, "distributed", None):
                 scores["online"]["distributed"] = res.distributed
             print(f"[train_nn] {args.arch} online: {res.n_train:,} training rows, "

@@ -257,6 +257,7 @@ class StreamSection:
 @dataclass
 class OnlineSection:
     epochs: Union[float, None]
+    with_offline: bool
 
 
 @dataclass

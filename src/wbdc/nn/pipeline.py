@@ -28,7 +28,8 @@ from .diagnostics import gate_means
 from .inputs import InputLayer
 from .losses import build_balancer
 from .models import MultiTaskNet, build_model, count_parameters, parse_funnels
-from .trainer import FitResult, TrainConfig, Trainer, fit_epochs, offline_epochs, predict, seed_everything
+from .trainer import (FitResult, TrainConfig, Trainer, fit_epochs, offline_epochs, predict, resolve_device,
+                      seed_everything)
 
 VALID_DAY = LAST_TRAIN_DAY
 
@@ -412,6 +413,38 @@ def load_checkpoint(path: str | Path, store) -> tuple[MultiTaskNet, Encoder]:
     model.eval()
     model.precision = state.get("precision", "fp32")
     return model, enc
+
+
+def offline_checkpoints(out_dir: str | Path, seeds: Sequence[int]) -> list[Path]:
+    """The offline nets of ``seeds`` as the stage saved them: the first seed's
+    ``checkpoint_offline.pt``, the others' ``checkpoint_offline_seed<s>.pt``."""
+    out_dir = Path(out_dir)
+    return [out_dir / ("checkpoint_offline.pt" if i == 0 else f"checkpoint_offline_seed{s}.pt")
+            for i, s in enumerate(seeds)]
+
+
+def predict_test_day(store, checkpoint: str | Path, cfg: dict) -> pd.DataFrame:
+    """The test day's rows as a saved net predicts them, with the net's own encoder (the rows
+    streamed where ``data.memory_gb`` says, as the online refit's), on ``nn.train.device``."""
+    if TEST_DAY not in store.days:
+        raise InputError(f"the feature store has no test day {TEST_DAY}")
+    model, enc = load_checkpoint(checkpoint, store)
+    model.to(resolve_device(cfg["nn"]["train"]["device"]))
+    plan = plan_rows(store, cfg, enc.selection, [], [TEST_DAY])
+    rows = load_rows(store, enc, [TEST_DAY], False, plan.eval_streamed, plan, cfg)
+    preds = predict(model, rows, int(cfg["nn"]["train"]["predict_batch_size"]), model.precision)
+    return prediction_frame(rows, preds)
+
+
+def aligned(frame: pd.DataFrame, like: pd.DataFrame) -> pd.DataFrame:
+    """``frame``'s predictions in the row order of ``like`` (the same userid, feedid pairs)."""
+    keys = ["userid", "feedid"]
+    if len(frame) == len(like) and (frame[keys].to_numpy() == like[keys].to_numpy()).all():
+        return frame
+    out = like[keys].merge(frame, on=keys, how="left", validate="one_to_one")
+    if len(out) != len(like) or out.drop(columns=keys).isna().any().any():
+        raise ValueError("the predictions hold other rows than the test day's")
+    return out
 
 
 def predict_rows(model: MultiTaskNet, enc: Encoder, df: pd.DataFrame,

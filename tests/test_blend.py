@@ -482,8 +482,9 @@ def test_blend_stage_model_subset_and_missing_inputs(fake_root, tmp_path):
 
 
 def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
-    """On the tiny synthetic world: the blend of the LightGBM and popularity models is at least
-    as good as the best single model (day 14, in-sample), and the submission is scored online."""
+    """On the tiny synthetic world: the blend of the models it averages (LightGBM; the popularity
+    baseline is left out, blend.equal_exclude) is at least as good as the best of them (day 14,
+    in-sample), and the submission is scored online."""
     import shutil
     root = tmp_path / "tiny"
     shutil.copytree(tiny_root, root, symlinks=True)
@@ -497,10 +498,14 @@ def test_blend_on_tiny_pipeline(tiny_root, tmp_path):
     assert names == ["lgb", "popularity"]
     run_stage("blend.py", root, "--preset", "tiny", "--seed", "7", "--no-progress")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
-    best = max(m["weighted"] for m in s["insample"]["models"].values())
+    assert s["blend_weights"]["like"] == {"lgb": 1.0, "popularity": 0.0}
+    best = max(m["weighted"] for n, m in s["insample"]["models"].items() if n != "popularity")
     assert s["insample"]["blend"]["weighted"] >= best - 1e-6
     assert s["oracle"]["weighted"] > s["insample"]["blend"]["weighted"] > 0.5
-    assert 0.5 < s["blend"]["weighted"] <= s["insample"]["blend"]["weighted"] + 0.02
+    # one model averaged: the held-out blend is LightGBM's own cross-fitted score (not a quality
+    # check: tiny's day 14, about 4 rows per user, puts a 30-round LightGBM anywhere from about
+    # 0.49 to 0.59 by its seed and columns)
+    assert s["blend"]["weighted"] == pytest.approx(s["models"]["lgb"]["weighted"], abs=1e-6)
     run_stage("submit.py", root, "--preset", "tiny", "--seed", "7")
     s = json.loads((root / "ensemble" / "scores.json").read_text())
     from wbdc.scoring import score_files

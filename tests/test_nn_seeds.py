@@ -79,11 +79,17 @@ def test_stage_with_two_seeds_writes_the_average_and_the_curve(tiny_root, tmp_pa
     shutil.rmtree(root)
 
 
-def test_with_offline_averages_the_refits_and_the_offline_nets_of_every_seed(tiny_root, tmp_path):
-    """nn.online.with_offline: pred_online.parquet is the mean of the online refit and the offline
-    net of each seed on the test day; a missing offline net stops the online mode in one line,
-    before the refit trains, and leaves the written predictions as they were."""
+def test_online_predict_both_and_offline_average_the_right_nets_of_every_seed(tiny_root, tmp_path):
+    """nn.online.predict: ``both`` writes the mean of every seed's online refit and offline net on
+    the test day, ``offline`` the mean of the offline nets with no refit (and no online checkpoint
+    left), ``refit`` the refits alone; a missing offline net stops the online mode in one line,
+    before anything trains, and leaves the written predictions as they were."""
+    import re
+    import subprocess
+    import sys
+
     import pandas as pd
+    from conftest import REPO
     from wbdc.features.store import FeatureStore
     from wbdc.metrics import mean_predictions
     from wbdc.nn.pipeline import predict_test_day
@@ -93,31 +99,46 @@ def test_with_offline_averages_the_refits_and_the_offline_nets_of_every_seed(tin
     for sub in ("data", "features"):
         (root / sub).symlink_to(tiny_root / sub)
     args = ("--arch", "sb", "--epochs", "1", "--set", "nn.seeds=[3, 4]", "--set", "nn.train.progress=false",
-            "--set", "nn.sb.bottom_dims=[32]", "--set", "nn.online.with_offline=true")
-    r = run_stage("train_nn.py", root, "--mode", "all", *args)
+            "--set", "nn.sb.bottom_dims=[32]")
+    r = run_stage("train_nn.py", root, "--mode", "all", *args, "--set", "nn.online.predict=both")
     assert r.returncode == 0, r.stderr[-2000:]
     out = root / "models" / "sb"
-    assert read_json(out / "scores.json")["online"]["with_offline"] == 2
+    online = read_json(out / "scores.json")["online"]
+    assert (online["predict"], online["n_refits"], online["n_offline_nets"]) == ("both", 2, 2)
     written = pd.read_parquet(out / "pred_online.parquet")
     cfg = read_json(out / "config.json")
     store = FeatureStore(Paths.at(root))
     each = {f: predict_test_day(store, out / f, cfg) for f in
             ("checkpoint_online.pt", "checkpoint_online_seed4.pt", "checkpoint_offline.pt",
              "checkpoint_offline_seed4.pt")}
-    expected = mean_predictions(list(each.values()))
-    refits_only = mean_predictions([each["checkpoint_online.pt"], each["checkpoint_online_seed4.pt"]])
-    assert (written[["userid", "feedid"]].to_numpy() == expected[["userid", "feedid"]].to_numpy()).all()
-    for a in ACTIONS:
-        np.testing.assert_allclose(written[a], expected[a], rtol=1e-5, atol=1e-7)
-    assert not np.allclose(written[ACTIONS[0]], refits_only[ACTIONS[0]], rtol=1e-4)
+
+    def same(frame, files):
+        expected = mean_predictions([each[f] for f in files])
+        assert (frame[["userid", "feedid"]].to_numpy() == expected[["userid", "feedid"]].to_numpy()).all()
+        for a in ACTIONS:
+            np.testing.assert_allclose(frame[a], expected[a], rtol=1e-5, atol=1e-7)
+
+    same(written, list(each))
+    refits, offline = ["checkpoint_online.pt", "checkpoint_online_seed4.pt"], ["checkpoint_offline.pt",
+                                                                                "checkpoint_offline_seed4.pt"]
+    assert not np.allclose(written[ACTIONS[0]], mean_predictions([each[f] for f in refits])[ACTIONS[0]], rtol=1e-4)
+    # offline: no refit trains, the offline nets alone, the refit's checkpoints go
+    r = run_stage("train_nn.py", root, "--mode", "online", *args, "--set", "nn.online.predict=offline")
+    assert "(no refit)" in r.stderr and not re.search(r"days \d+\.\.14:", r.stderr)   # no refit's rows read
+    assert read_json(out / "scores.json")["online"]["n_refits"] == 0
+    assert not list(out.glob("checkpoint_online*.pt"))
+    same(pd.read_parquet(out / "pred_online.parquet"), offline)
+    # refit: the refits alone (retrained: the same seeds give the same nets)
+    r = run_stage("train_nn.py", root, "--mode", "online", *args, "--set", "nn.online.predict=refit")
+    assert re.search(r"days \d+\.\.14:", r.stderr) and "offline net" not in r.stderr
+    same(pd.read_parquet(out / "pred_online.parquet"), refits)
+    written = pd.read_parquet(out / "pred_online.parquet")
     (out / "checkpoint_offline_seed4.pt").unlink()
-    import subprocess
-    import sys
-    from conftest import REPO
     r = subprocess.run([sys.executable, str(REPO / "src" / "stages" / "train_nn.py"), "--root", str(root),
-                        "--mode", "online", *args], capture_output=True, text=True, timeout=600)
+                        "--mode", "online", *args, "--set", "nn.online.predict=both"],
+                       capture_output=True, text=True, timeout=600)
     assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
     last = r.stderr.strip().splitlines()[-1]
     assert "checkpoint_offline_seed4.pt missing" in last and "--mode offline first" in last, last
-    assert "epoch 1" not in r.stderr                      # refused before the refit trained
+    assert not re.search(r"days \d+\.\.14:", r.stderr)   # refused before the refit read its rows
     pd.testing.assert_frame_equal(pd.read_parquet(out / "pred_online.parquet"), written)

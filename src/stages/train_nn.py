@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import gc
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -184,41 +185,57 @@ def main(argv: list[str] | None = None) -> int:
                 (out / stale).unlink(missing_ok=True)
         if args.mode in ("online", "all"):
             fixed = cfg["nn"]["online"].get("epochs")
-            with_offline = offline_checkpoints(out, [net_seed(c) for c in cfgs]) \
-                if cfg["nn"]["online"]["with_offline"] else []
-            missing = [p.name for p in with_offline if not p.exists()]
+            source = cfg["nn"]["online"]["predict"]
+            offline_nets = offline_checkpoints(out, [net_seed(c) for c in cfgs]) if source != "refit" else []
+            missing = [p.name for p in offline_nets if not p.exists()]
             if missing:     # before the refit trains
                 raise FileNotFoundError(
-                    f"{out}: {', '.join(missing)} missing; nn.online.with_offline averages the offline "
-                    f"nets with the refit: run train_nn --arch {args.arch} --mode offline first (or "
-                    "--set nn.online.with_offline=false)")
-            for stale in out.glob("checkpoint_online_seed*.pt"):   # a bag of other seeds before
-                stale.unlink()
+                    f"{out}: {', '.join(missing)} missing; nn.online.predict={source} predicts the test "
+                    f"day with the offline nets: run train_nn --arch {args.arch} --mode offline first "
+                    "(or --set nn.online.predict=refit)")
+            stale = list(out.glob("checkpoint_online_seed*.pt"))      # a bag of other seeds before
+            if source == "offline":
+                stale.append(out / "checkpoint_online.pt")             # no refit this time
+            for f in stale:
+                f.unlink(missing_ok=True)
+            t0 = time.perf_counter()
             runs = []
-            for c in cfgs:
+            for c in cfgs if source != "offline" else []:
                 s = str(net_seed(c))
                 epochs = float(fixed if fixed is not None else seed_epochs.get(s, online_epochs))
                 runs.append(online(c, epochs))
                 runs[-1].seed = net_seed(c)
                 if len(cfgs) > 1 and runs[-1] is not runs[0]:
                     save_checkpoint(out / f"checkpoint_online_seed{s}.pt", args.arch, runs[-1], cfg["nn"])
-            save_checkpoint(out / "checkpoint_online.pt", args.arch, runs[0], cfg["nn"])
-            res = average_online(runs)
-            if with_offline:
-                log(f"{args.arch}: the test day predicted by the {len(with_offline)} offline net(s) too "
-                    "(nn.online.with_offline), averaged with the refit")
-                keys = runs[0].preds
-                res.preds = mean_predictions([r.preds for r in runs] + [aligned(predict_test_day(store, p, cfg), keys)
-                                                                         for p in with_offline])
-            write_parquet(res.preds, out / "pred_online.parquet")
-            scores["online"] = {"epochs": round(float(online_epochs), 4),
-                                "samples_per_s": round(res.fit.samples_per_s, 1),
-                                "n_train_rows": res.n_train, "n_test_rows": len(res.preds),
-                                "seconds": res.seconds, "with_offline": len(with_offline)}
-            if getattr(res, "distributed", None):
-                scores["online"]["distributed"] = res.distributed
-            print(f"[train_nn] {args.arch} online: {res.n_train:,} training rows, "
-                  f"{online_epochs:g} epochs, {len(res.preds):,} test rows predicted",
+            if runs:
+                save_checkpoint(out / "checkpoint_online.pt", args.arch, runs[0], cfg["nn"])
+            frames = [r.preds for r in runs]
+            if offline_nets:
+                log(f"{args.arch}: the test day predicted by the {len(offline_nets)} offline net(s) "
+                    + ("too, averaged with the refit" if runs else "(no refit)")
+                    + f" (nn.online.predict={source})")
+                t1 = time.perf_counter()
+                frames += [predict_test_day(store, p, cfg) for p in offline_nets]
+                frames[len(runs):] = [aligned(f, frames[0]) for f in frames[len(runs):]]
+                offline_s = round(time.perf_counter() - t1, 2)
+            preds = mean_predictions(frames)
+            write_parquet(preds, out / "pred_online.parquet")
+            scores["online"] = {"predict": source, "n_refits": len(runs), "n_offline_nets": len(offline_nets),
+                                "n_test_rows": len(preds)}
+            if runs:
+                res = average_online(runs)
+                scores["online"].update({"epochs": round(float(online_epochs), 4),
+                                         "samples_per_s": round(res.fit.samples_per_s, 1),
+                                         "n_train_rows": res.n_train, "seconds": res.seconds})
+                if getattr(res, "distributed", None):
+                    scores["online"]["distributed"] = res.distributed
+            if offline_nets:
+                scores["online"]["offline_nets_seconds"] = offline_s
+            scores["online"]["total_seconds"] = round(time.perf_counter() - t0, 2)
+            print(f"[train_nn] {args.arch} online: "
+                  + (f"{res.n_train:,} training rows, {online_epochs:g} epochs, " if runs else "no refit, ")
+                  + (f"{len(offline_nets)} offline net(s) averaged in, " if offline_nets else "")
+                  + f"{len(preds):,} test rows predicted",
                   file=sys.stderr)
         write_json(scores, scores_path)
         if client is not None:           # the ranks ran in the workers: their peaks (a report)

@@ -257,7 +257,7 @@ class StreamSection:
 @dataclass
 class OnlineSection:
     epochs: Union[float, None]
-    with_offline: bool
+    predict: Literal["refit", "offline", "both"]
 
 
 @dataclass

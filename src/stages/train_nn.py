@@ -193,11 +193,6 @@ def main(argv: list[str] | None = None) -> int:
                     f"{out}: {', '.join(missing)} missing; nn.online.predict={source} predicts the test "
                     f"day with the offline nets: run train_nn --arch {args.arch} --mode offline first "
                     "(or --set nn.online.predict=refit)")
-            stale = list(out.glob("checkpoint_online_seed*.pt"))      # a bag of other seeds before
-            if source == "offline":
-                stale.append(out / "checkpoint_online.pt")             # no refit this time
-            for f in stale:
-                f.unlink(missing_ok=True)
             t0 = time.perf_counter()
             runs = []
             for c in cfgs if source != "offline" else []:
@@ -220,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
                 offline_s = round(time.perf_counter() - t1, 2)
             preds = mean_predictions(frames)
             write_parquet(preds, out / "pred_online.parquet")
+            written = {out / "checkpoint_online.pt"} if runs else set()
+            written |= {out / f"checkpoint_online_seed{r.seed}.pt" for r in runs[1:]}
+            for stale in set(out.glob("checkpoint_online*.pt")) - written:   # another bag's, or no refit now
+                stale.unlink()
             scores["online"] = {"predict": source, "n_refits": len(runs), "n_offline_nets": len(offline_nets),
                                 "n_test_rows": len(preds)}
             if runs:

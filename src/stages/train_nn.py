@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.nn.diagnostics import write_gate_diagnostics
     from wbdc.cluster import client_for, worker_peaks_mb
     from wbdc.metrics import mean_predictions
-    from wbdc.nn.pipeline import (aligned, average_offline, average_online, net_seed, offline_checkpoints,
+    from wbdc.nn.pipeline import (aligned, average_offline, average_online, checkpoint_files, net_seed,
                                   predict_test_day, run_offline, run_online, save_checkpoint, seed_configs)
 
     from wbdc.nn.models import parse_funnels
@@ -136,9 +136,8 @@ def main(argv: list[str] | None = None) -> int:
             write_parquet(res.preds, out / "pred_offline.parquet")
             for h, f in HALF_PRED_FILES.items():
                 write_parquet(res.half_preds[h], out / f)
-            save_checkpoint(out / "checkpoint_offline.pt", args.arch, runs[0], cfg["nn"])
-            for r in runs[1:]:
-                save_checkpoint(out / f"checkpoint_offline_seed{r.seed}.pt", args.arch, r, cfg["nn"])
+            for f, r in zip(checkpoint_files(out, "offline", [r.seed for r in runs]), runs):
+                save_checkpoint(f, args.arch, r, cfg["nn"])
             written = write_gate_diagnostics(
                 res.gates, out, f"{ARCHS[args.arch].title}: mean gate weight on day 14")
             scores = {
@@ -186,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.mode in ("online", "all"):
             fixed = cfg["nn"]["online"].get("epochs")
             source = cfg["nn"]["online"]["predict"]
-            offline_nets = offline_checkpoints(out, [net_seed(c) for c in cfgs]) if source != "refit" else []
+            offline_nets = checkpoint_files(out, "offline", [net_seed(c) for c in cfgs]) if source != "refit" else []
             missing = [p.name for p in offline_nets if not p.exists()]
             if missing:     # before the refit trains
                 raise FileNotFoundError(
@@ -200,10 +199,9 @@ def main(argv: list[str] | None = None) -> int:
                 epochs = float(fixed if fixed is not None else seed_epochs.get(s, online_epochs))
                 runs.append(online(c, epochs))
                 runs[-1].seed = net_seed(c)
-                if len(cfgs) > 1 and runs[-1] is not runs[0]:
-                    save_checkpoint(out / f"checkpoint_online_seed{s}.pt", args.arch, runs[-1], cfg["nn"])
-            if runs:
-                save_checkpoint(out / "checkpoint_online.pt", args.arch, runs[0], cfg["nn"])
+            written = checkpoint_files(out, "online", [r.seed for r in runs])
+            for f, r in zip(written, runs):
+                save_checkpoint(f, args.arch, r, cfg["nn"])
             frames = [r.preds for r in runs]
             if offline_nets:
                 log(f"{args.arch}: the test day predicted by the {len(offline_nets)} offline net(s) "
@@ -215,9 +213,7 @@ def main(argv: list[str] | None = None) -> int:
                 offline_s = round(time.perf_counter() - t1, 2)
             preds = mean_predictions(frames)
             write_parquet(preds, out / "pred_online.parquet")
-            written = {out / "checkpoint_online.pt"} if runs else set()
-            written |= {out / f"checkpoint_online_seed{r.seed}.pt" for r in runs[1:]}
-            for stale in set(out.glob("checkpoint_online*.pt")) - written:   # another bag's, or no refit now
+            for stale in set(out.glob("checkpoint_online*.pt")) - set(written):   # another bag's, or no refit now
                 stale.unlink()
             scores["online"] = {"predict": source, "n_refits": len(runs), "n_offline_nets": len(offline_nets),
                                 "n_test_rows": len(preds)}

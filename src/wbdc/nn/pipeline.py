@@ -415,11 +415,11 @@ def load_checkpoint(path: str | Path, store) -> tuple[MultiTaskNet, Encoder]:
     return model, enc
 
 
-def offline_checkpoints(out_dir: str | Path, seeds: Sequence[int]) -> list[Path]:
-    """The offline nets of ``seeds`` as the stage saved them: the first seed's
-    ``checkpoint_offline.pt``, the others' ``checkpoint_offline_seed<s>.pt``."""
+def checkpoint_files(out_dir: str | Path, kind: str, seeds: Sequence[int]) -> list[Path]:
+    """Where the stage keeps the nets of ``seeds`` (``kind``: offline | online): the first seed's
+    ``checkpoint_<kind>.pt``, the others' ``checkpoint_<kind>_seed<s>.pt``."""
     out_dir = Path(out_dir)
-    return [out_dir / ("checkpoint_offline.pt" if i == 0 else f"checkpoint_offline_seed{s}.pt")
+    return [out_dir / (f"checkpoint_{kind}.pt" if i == 0 else f"checkpoint_{kind}_seed{s}.pt")
             for i, s in enumerate(seeds)]
 
 

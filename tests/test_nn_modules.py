@@ -264,3 +264,31 @@ def test_dot_interactions_are_every_pairs_inner_product_among_the_learned_column
     assert narrow.output_dim == 3 * 3 + 2 * 2 + 3 + 2
     with pytest.raises(ValueError, match="interactions"):
         InputLayer([5, 6], 3, n_dense=2, interactions="fm")
+
+
+def test_content_interaction_is_the_users_embedding_times_a_map_of_the_pretrained_vectors():
+    from wbdc.nn.inputs import InputLayer, PretrainedTable
+    torch.manual_seed(0)
+    tables = [PretrainedTable("feed_vec", torch.randn(3, 4), key_slot=0),
+              PretrainedTable("author_vec", torch.randn(4, 2), key_slot=1)]
+    plain = InputLayer([5, 6], 3, n_dense=2, pretrained=tables)
+    layer = InputLayer([5, 6], 3, n_dense=2, pretrained=tables, interactions="content", user_slot=1)
+    layer.load_state_dict(plain.state_dict(), strict=False)
+    batch = {"cat": torch.tensor([[1, 2], [3, 0]]), "keys": torch.tensor([[1, 3], [2, 0]]),
+             "dense": torch.randn(2, 2)}
+    x, ref = layer(batch), plain(batch)
+    learned = 2 * 3
+    assert layer.output_dim == plain.output_dim + 3 == x.shape[1]
+    assert layer.grad_cols == plain.grad_cols + 3
+    user = ref[:, 3:6]                                  # the embedding of the second id column
+    vectors = torch.cat([tables[0].matrix[batch["keys"][:, 0]], tables[1].matrix[batch["keys"][:, 1]]], 1)
+    torch.testing.assert_close(x[:, learned:learned + 3], user * (vectors @ layer.content.weight.T))
+    torch.testing.assert_close(x[:, :learned], ref[:, :learned])      # the rest unchanged
+    torch.testing.assert_close(x[:, learned + 3:], ref[:, learned:])
+    # the product carries the gradient of the map; without a user column or a table it is refused
+    g = torch.autograd.grad(x[:, learned:learned + 3].sum(), layer.content.weight)[0]
+    assert torch.count_nonzero(g) > 0
+    with pytest.raises(ValueError, match="content"):
+        InputLayer([5, 6], 3, n_dense=2, interactions="content", user_slot=0)
+    with pytest.raises(ValueError, match="content"):
+        InputLayer([5, 6], 3, n_dense=2, pretrained=tables, interactions="content")

@@ -77,6 +77,27 @@ def test_dot_interactions_go_through_build_net_and_train(store):
     assert _full_loss(trainer, train) < 0.95 * before
 
 
+def test_content_interaction_goes_through_build_net_and_train(store):
+    cfg = small_nn_config("mmoe")
+    cfg["nn"]["embedding"]["interactions"] = "content"
+    _, enc, train, _, plain = _setup(store, "mmoe")
+    model = build_net("mmoe", enc, store, cfg["nn"])
+    assert model.inputs.user_slot == list(enc.selection.categorical).index("userid")
+    assert model.inputs.output_dim == plain.model.inputs.output_dim + int(cfg["nn"]["embedding"]["dim"])
+    trainer = Trainer(model, build_balancer({"balancing": "competition", "init_log_var": 0.0}),
+                      TrainConfig.from_dict({**cfg["nn"]["train"], "seed": 11}))
+    before = _full_loss(trainer, train)
+    trainer.fit(train, epochs=1.0)
+    assert _full_loss(trainer, train) < 0.95 * before
+    from types import SimpleNamespace
+    from wbdc.config import ConfigError
+    from wbdc.nn.pipeline import user_slot
+    no_user = SimpleNamespace(selection=SimpleNamespace(categorical=["feedid", "authorid"]))
+    assert user_slot(no_user, "dot") is None
+    with pytest.raises(ConfigError, match="userid"):
+        user_slot(no_user, "content")
+
+
 def test_same_seed_gives_identical_predictions(store):
     preds = []
     for _ in range(2):

@@ -213,7 +213,7 @@ class EmbeddingConfig:
     dim: int
     bag_dim: Union[int, None]
     history_dim: int
-    interactions: Literal["none", "dot"]
+    interactions: Literal["none", "dot", "content"]
     pretrained_trainable: bool
     sparse: bool
 

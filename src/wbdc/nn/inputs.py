@@ -14,6 +14,11 @@ With ``interactions="dot"`` the layer also emits the inner product of every pair
 field vectors of width ``emb_dim`` (the id embeddings and the pooled multi-hot fields of that
 width): the factorisation-machine / DLRM interaction, which an MLP over the concatenated
 vectors learns poorly (a user-feed dot product is the collaborative signal itself).
+With ``interactions="content"`` it emits instead the element-wise product of the user's id
+embedding and a learned linear map of the candidate's pretrained vectors (the feed's
+feed_embedding PCA and word2vec rows, its author's): the generalised matrix factorisation of
+NeuMF with a content item tower, a user-by-content bilinear form each tower weighs per task,
+known for a feed never seen in training too.
 
 The history block (``HistoryAttention``, DIN-style) hangs off the last ``keys`` column: the
 row's (user, day) row of a ``[n_pairs + 1, N]`` table of the user's last N feeds before the day
@@ -119,10 +124,13 @@ class InputLayer(nn.Module):
                  bags: Sequence[BagField] = (), pretrained: Sequence[PretrainedTable] = (),
                  bag_dim: int | None = None, pretrained_trainable: bool = False,
                  sparse: bool = False, history: HistoryField | None = None,
-                 history_dim: int = 32, interactions: str = "none"):
+                 history_dim: int = 32, interactions: str = "none", user_slot: int | None = None):
         super().__init__()
-        if interactions not in ("none", "dot"):
-            raise ValueError(f"nn.embedding.interactions={interactions!r}: expected none or dot")
+        if interactions not in ("none", "dot", "content"):
+            raise ValueError(f"nn.embedding.interactions={interactions!r}: expected none, dot or content")
+        if interactions == "content" and (user_slot is None or not pretrained):
+            raise ValueError("nn.embedding.interactions=content: needs userid among "
+                             "nn.features.categorical and at least one pretrained table")
         cards = [int(c) for c in cat_cardinalities]
         self.n_cat, self.n_dense, self.emb_dim = len(cards), int(n_dense), int(emb_dim)
         offsets = torch.tensor([0, *cards[:-1]], dtype=torch.long).cumsum(0) if cards else \
@@ -163,12 +171,17 @@ class InputLayer(nn.Module):
         self.register_buffer("pair_index", (pairs[0] * n_fields + pairs[1]).to(torch.long),
                              persistent=False)
         n_pairs = int(self.pair_index.numel())
+        #: interactions=content: the user's embedding times a map of the pretrained vectors
+        self.user_slot = user_slot if interactions == "content" else None
+        self.content = nn.Linear(pretrained_dim, self.emb_dim, bias=False) \
+            if self.user_slot is not None else None
+        n_content = self.emb_dim if self.content is not None else 0
         self.output_dim = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
-                           + n_pairs + pretrained_dim + self.n_dense)
+                           + n_pairs + n_content + pretrained_dim + self.n_dense)
         #: the leading output columns that carry a gradient (the learned tables and their
         #: products); the rest (frozen pretrained vectors, dense features) are constants
         self.grad_cols = (self.n_cat * self.emb_dim + len(self.bags) * bag_dim + history_dim
-                          + n_pairs + (pretrained_dim if pretrained_trainable else 0))
+                          + n_pairs + n_content + (pretrained_dim if pretrained_trainable else 0))
 
     def forward(self, batch: dict[str, Tensor]) -> Tensor:
         """``[cat embeddings | pooled bags | history | pretrained | dense]``: the learned columns
@@ -187,8 +200,12 @@ class InputLayer(nn.Module):
             parts.append(self.history(keys, tables).to(self.cat_embedding.weight.dtype))
         if self.pair_index.numel():
             parts.append(self._dots(parts))
-        for slot, table in zip(self.pretrained_slots, self.pretrained):
-            parts.append(table(keys[:, slot]))
+        vectors = [table(keys[:, slot]) for slot, table in zip(self.pretrained_slots, self.pretrained)]
+        if self.content is not None:
+            user = parts[0][:, self.user_slot * self.emb_dim:(self.user_slot + 1) * self.emb_dim]
+            content = self.content(torch.cat(vectors, dim=1).to(self.content.weight.dtype))
+            parts.append(user * content.to(user.dtype))
+        parts.extend(vectors)
         if self.n_dense:
             parts.append(batch["dense"])
         return torch.cat(parts, dim=1)

@@ -118,6 +118,18 @@ def train_days(store, last_day: int, first_day: int | None) -> list[int]:
     return days
 
 
+def user_slot(encoder: Encoder, interactions: str) -> int | None:
+    """Column of ``userid`` among the nets' ids (``interactions: content`` multiplies its
+    embedding); a configuration without it is refused in one line."""
+    cats = list(encoder.selection.categorical)
+    if interactions != "content":
+        return None
+    if "userid" not in cats:
+        from ..config import ConfigError
+        raise ConfigError("nn.embedding.interactions: content needs userid in nn.features.categorical")
+    return cats.index("userid")
+
+
 def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
     emb = nn_cfg["embedding"]
     bags, tables = encoder.side_tables(store)
@@ -126,7 +138,8 @@ def build_net(arch: str, encoder: Encoder, store, nn_cfg: dict) -> MultiTaskNet:
                         pretrained_trainable=bool(emb["pretrained_trainable"]),
                         sparse=bool(emb["sparse"]), history=encoder.history_field(),
                         history_dim=int(emb["history_dim"]),
-                        interactions=str(emb["interactions"]))
+                        interactions=str(emb["interactions"]),
+                        user_slot=user_slot(encoder, str(emb["interactions"])))
     return build_model(arch, inputs, list(ACTIONS), nn_cfg[arch],
                        parse_funnels(nn_cfg.get("funnels"), list(ACTIONS)),
                        aux=list(nn_cfg["aux"]["tasks"]))

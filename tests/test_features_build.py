@@ -268,6 +268,45 @@ def test_same_day_similarities_match_a_plain_recomputation_on_training_and_test_
     assert (dropped > 0) == (keep < 1)
 
 
+def test_seen_similarities_match_a_plain_recomputation_and_a_bad_window_is_refused(tmp_path, built):
+    """features.pca.seen_sims adds seen_<w>_pca_sim per window: the cosine between the
+    candidate's PCA vector and the mean vector of every feed shown to the user in the window's
+    days before d (exposures only; 0 without one), on a training day and on the test day; the
+    other columns stay as they were."""
+    paths = make_world(tmp_path, seed=1)
+    cfg = small_config()
+    cfg["features"]["pca"]["seen_sims"] = ["all", 3]
+    build.run(paths, cfg, progress=False)
+    fs, plain = FeatureStore(paths), FeatureStore(built[0])
+    assert [c for c in fs.columns("dense") if c not in plain.columns("dense")] == \
+        ["seen_all_pca_sim", "seen_w3_pca_sim"]
+    actions = pd.read_parquet(paths.prepared / "actions.parquet", columns=["userid", "feedid", "date_"])
+    ids, vec = fs.pretrained("feed_pca")
+    vmap = dict(zip(ids.tolist(), vec.astype(np.float64)))
+    checked, empty = 0, 0
+    for d in (6, 15):
+        df = fs.load_day(d)
+        pd.testing.assert_frame_equal(df[plain.columns("dense")], plain.load_day(d)[plain.columns("dense")],
+                                      check_exact=True)
+        for i in range(0, len(df), 4):
+            u, f = int(df.at[i, "userid"]), int(df.at[i, "feedid"])
+            for col, lo in (("seen_all_pca_sim", 1), ("seen_w3_pca_sim", d - 3)):
+                shown = actions.loc[(actions["userid"] == u) & (actions["date_"] >= lo) & (actions["date_"] < d),
+                                    "feedid"]
+                if len(shown) == 0:
+                    assert df.at[i, col] == 0.0, col
+                    empty += 1
+                    continue
+                m = np.mean([vmap[x] for x in shown], axis=0)
+                cos = m @ vmap[f] / (np.linalg.norm(m) * np.linalg.norm(vmap[f]))
+                assert df.at[i, col] == pytest.approx(cos, abs=1e-5), (d, col)
+                checked += 1
+    assert checked > 60 and checked > 3 * empty
+    cfg["features"]["pca"]["seen_sims"] = ["all", 0]
+    with pytest.raises(ConfigError, match=r"^features\.pca\.seen_sims: expected a list of windows"):
+        build.run(make_world(tmp_path / "bad", seed=1), cfg, progress=False)
+
+
 def test_today_keep_auto_matches_the_test_days_rows_and_a_bad_share_is_refused(tmp_path):
     """auto keeps test rows / day rows of a training day (at most 1) and every test-day row;
     a share outside (0, 1] is refused in one line before anything is written."""

@@ -34,11 +34,13 @@ def scramble_from(paths, d: int, seed: int) -> None:
 
 def leak_config() -> dict:
     """The test config with every optional family on (per-action interest vectors on the PCA
-    and word2vec tables; the same-day similarities, which read day d's exposures)."""
+    and word2vec tables; the same-day similarities, which read day d's exposures; the
+    seen-history similarities)."""
     cfg = small_config()
     cfg["features"]["pca"]["action_sims"] = "all"
     cfg["features"]["w2v"]["action_sims"] = "main"
     cfg["features"]["pca"]["today_sims"] = cfg["features"]["w2v"]["today_sims"] = True
+    cfg["features"]["pca"]["seen_sims"] = ["all", 3]
     return cfg
 
 

@@ -107,11 +107,12 @@ def small_config(**features_overrides) -> dict:
     for kind in ("feed", "author"):
         f["w2v"][kind].update({"dim": 4, "epochs": 2, "window": 3})
     f["pca"]["dim"] = 6
-    # the pinned store digests predate the feed vector columns and the per-action interest
-    # similarities and the same-day similarities (each tested on its own)
+    # the pinned store digests predate the feed vector columns, the per-action interest
+    # similarities, the same-day and the seen-history similarities (each tested on its own)
     f["pca"]["feed_columns"] = f["w2v"]["feed_columns"] = 0
     f["pca"]["action_sims"] = f["w2v"]["action_sims"] = []
     f["pca"]["today_sims"] = f["w2v"]["today_sims"] = False
+    f["pca"]["seen_sims"] = []
     for k, v in features_overrides.items():
         f[k] = v
     return copy.deepcopy(cfg)

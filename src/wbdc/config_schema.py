@@ -99,6 +99,7 @@ class PCAConfig:
     feed_columns: int
     action_sims: Union[Literal["all", "main"], list[Action]]
     today_sims: bool
+    seen_sims: list[Union[int, Literal["all"]]]
 
 
 @dataclass

@@ -590,6 +590,18 @@ class PcaAffinity(Family):
         p = self.ctx.fcfg["pca"]
         return feed_column_count(p, "features.pca", p["dim"])
 
+    def seen_windows(self) -> list:
+        """``features.pca.seen_sims``: the windows of the seen-history similarities (checked)."""
+        spec = self.ctx.fcfg["pca"].get("seen_sims") or []
+        out = []
+        for w in spec if isinstance(spec, list) else [spec]:
+            if w != "all" and (isinstance(w, bool) or not isinstance(w, int) or w < 1):
+                raise ConfigError(f"features.pca.seen_sims: expected a list of windows (days >= 1 or "
+                                  f"all), got {spec!r}")
+            if w not in out:
+                out.append(w)
+        return out
+
     def columns(self) -> list[dict]:
         if self.ctx.fcfg["pca"].get("today_sims", False):
             today_keep_rate(self.ctx.fcfg, {}, 1)       # a bad features.today_keep refused before any work
@@ -598,7 +610,9 @@ class PcaAffinity(Family):
                 *action_sim_specs(sim_actions(self.ctx.fcfg["pca"]), "pca_sim"),
                 *vector_column_specs("feed_pca", self.n_feed_columns()),
                 *([_col("today_pca_sim", "float32", ["dense"], "same_day_similarity")]
-                  if self.ctx.fcfg["pca"].get("today_sims", False) else [])]
+                  if self.ctx.fcfg["pca"].get("today_sims", False) else []),
+                *(_col(f"seen_{w if w == 'all' else f'w{w}'}_pca_sim", "float32", ["dense"], "seen_similarity")
+                  for w in self.seen_windows())]
 
     def describe(self) -> str:
         return ("feed_embedding PCA and the cosine between the candidate and the mean PCA vector of "
@@ -632,11 +646,17 @@ class PcaAffinity(Family):
         ids_tab, mat = self.table
         users = rs.expo["userid"][:n_a][engaged].astype(np.int64)
         prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a][engaged].astype(np.int64))
+        seen = None
+        if self.seen_windows():                       # every exposure of the labelled days, no label read
+            every = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a].astype(np.int64))
+            seen = aggregate_vectors(rs.expo["userid"][:n_a].astype(np.int64), rs.expo["date_"][:n_a],
+                                     self.ctx.staged.n_users, every, mat)
         return (aggregate_vectors(users, rs.expo["date_"][:n_a][engaged], self.ctx.staged.n_users, prow, mat),
-                action_histories(rs, self.ctx.staged.n_users, ids_tab, mat, sim_actions(self.ctx.fcfg["pca"])))
+                action_histories(rs, self.ctx.staged.n_users, ids_tab, mat, sim_actions(self.ctx.fcfg["pca"])),
+                seen)
 
     def transform(self, d, rs, state):
-        engaged, per_action = state
+        engaged, per_action, seen = state
         rows, ex = rs.day_rows(d), rs.expo
         lo, hi = window_days(d, "all", self.ctx.first_day)
         uid = ex["userid"][rows].astype(np.int64)
@@ -647,6 +667,11 @@ class PcaAffinity(Family):
         today = ({"today_pca_sim": same_day_cosine(uid, cand, today_kept(self.ctx, d, uid, ex["feedid"][rows]))
                   .astype(np.float32)}
                  if self.ctx.fcfg["pca"].get("today_sims", False) else {})
+        for w in self.seen_windows():
+            # the mean vector of every feed shown to the user in the window before d (what the
+            # recommender chose for the user: exposures only, no label)
+            mean_s, _ = history_mean(seen.before(d), uid, *window_days(d, w, self.ctx.first_day))
+            today[f"seen_{w if w == 'all' else f'w{w}'}_pca_sim"] = cosine(mean_s, cand).astype(np.float32)
         return {"user_feed_pca_affinity": cosine(mean_e, cand).astype(np.float32),
                 "user_engaged_count": cnt_e.astype(np.float32),
                 **action_sim_columns(per_action, d, lo, hi, uid, cand, "pca_sim"),

@@ -583,7 +583,8 @@ class Word2Vec(Family):
 class PcaAffinity(Family):
     """feed_embedding PCA (``features.pca``) and the cosine between the candidate and the mean
     PCA vector of the feeds the user engaged with (any action) before d; per action with
-    ``features.pca.action_sims``."""
+    ``features.pca.action_sims``; of every feed shown to the user in a window before d with
+    ``features.pca.seen_sims``."""
     name = "pca"
 
     def n_feed_columns(self) -> int:
@@ -616,8 +617,8 @@ class PcaAffinity(Family):
 
     def describe(self) -> str:
         return ("feed_embedding PCA and the cosine between the candidate and the mean PCA vector of "
-                "feeds the user engaged with before d (any action, and per action); the candidate's "
-                "first components.")
+                "feeds the user engaged with before d (any action, and per action) or was shown in a "
+                "window before d (seen_sims); the candidate's first components.")
 
     def fit(self) -> dict[str, dict]:
         ctx = self.ctx

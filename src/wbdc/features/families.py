@@ -603,6 +603,11 @@ class PcaAffinity(Family):
                 out.append(w)
         return out
 
+    @staticmethod
+    def seen_column(w) -> str:
+        """``seen_all_pca_sim``, ``seen_w7_pca_sim``, ...: the column of window ``w``."""
+        return f"seen_{w if w == 'all' else f'w{w}'}_pca_sim"
+
     def columns(self) -> list[dict]:
         if self.ctx.fcfg["pca"].get("today_sims", False):
             today_keep_rate(self.ctx.fcfg, {}, 1)       # a bad features.today_keep refused before any work
@@ -612,7 +617,7 @@ class PcaAffinity(Family):
                 *vector_column_specs("feed_pca", self.n_feed_columns()),
                 *([_col("today_pca_sim", "float32", ["dense"], "same_day_similarity")]
                   if self.ctx.fcfg["pca"].get("today_sims", False) else []),
-                *(_col(f"seen_{w if w == 'all' else f'w{w}'}_pca_sim", "float32", ["dense"], "seen_similarity")
+                *(_col(self.seen_column(w), "float32", ["dense"], "seen_similarity")
                   for w in self.seen_windows())]
 
     def describe(self) -> str:
@@ -645,14 +650,12 @@ class PcaAffinity(Family):
         for a in ACTIONS:
             engaged |= rs.labelled[a] > 0
         ids_tab, mat = self.table
-        users = rs.expo["userid"][:n_a][engaged].astype(np.int64)
-        prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a][engaged].astype(np.int64))
-        seen = None
-        if self.seen_windows():                       # every exposure of the labelled days, no label read
-            every = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a].astype(np.int64))
-            seen = aggregate_vectors(rs.expo["userid"][:n_a].astype(np.int64), rs.expo["date_"][:n_a],
-                                     self.ctx.staged.n_users, every, mat)
-        return (aggregate_vectors(users, rs.expo["date_"][:n_a][engaged], self.ctx.staged.n_users, prow, mat),
+        users, day = rs.expo["userid"][:n_a].astype(np.int64), rs.expo["date_"][:n_a]
+        prow = id_rows(ids_tab.astype(np.int64), rs.expo["feedid"][:n_a].astype(np.int64))
+        # every exposure of the labelled days (no label read) for the seen-history similarities
+        seen = (aggregate_vectors(users, day, self.ctx.staged.n_users, prow, mat)
+                if self.seen_windows() else None)
+        return (aggregate_vectors(users[engaged], day[engaged], self.ctx.staged.n_users, prow[engaged], mat),
                 action_histories(rs, self.ctx.staged.n_users, ids_tab, mat, sim_actions(self.ctx.fcfg["pca"])),
                 seen)
 
@@ -665,18 +668,18 @@ class PcaAffinity(Family):
         mean_e, cnt_e = history_mean(engaged.before(d), uid, lo, hi)
         prow = id_rows(ids_tab.astype(np.int64), ex["feedid"][rows].astype(np.int64))
         cand = np.where((prow >= 0)[:, None], mat[np.maximum(prow, 0)], 0.0)
-        today = ({"today_pca_sim": same_day_cosine(uid, cand, today_kept(self.ctx, d, uid, ex["feedid"][rows]))
+        extra = ({"today_pca_sim": same_day_cosine(uid, cand, today_kept(self.ctx, d, uid, ex["feedid"][rows]))
                   .astype(np.float32)}
                  if self.ctx.fcfg["pca"].get("today_sims", False) else {})
         for w in self.seen_windows():
             # the mean vector of every feed shown to the user in the window before d (what the
             # recommender chose for the user: exposures only, no label)
             mean_s, _ = history_mean(seen.before(d), uid, *window_days(d, w, self.ctx.first_day))
-            today[f"seen_{w if w == 'all' else f'w{w}'}_pca_sim"] = cosine(mean_s, cand).astype(np.float32)
+            extra[self.seen_column(w)] = cosine(mean_s, cand).astype(np.float32)
         return {"user_feed_pca_affinity": cosine(mean_e, cand).astype(np.float32),
                 "user_engaged_count": cnt_e.astype(np.float32),
                 **action_sim_columns(per_action, d, lo, hi, uid, cand, "pca_sim"),
-                **vector_columns("feed_pca", self.n_feed_columns(), cand), **today}, {}
+                **vector_columns("feed_pca", self.n_feed_columns(), cand), **extra}, {}
 
 
 def call(ctx: Context, family: Family, hook: str, *args):

@@ -121,9 +121,9 @@ def train_days(store, last_day: int, first_day: int | None) -> list[int]:
 def user_slot(encoder: Encoder, interactions: str) -> int | None:
     """Column of ``userid`` among the nets' ids (``interactions: content`` multiplies its
     embedding); a configuration without it is refused in one line."""
-    cats = list(encoder.selection.categorical)
     if interactions != "content":
         return None
+    cats = list(encoder.selection.categorical)
     if "userid" not in cats:
         from ..config import ConfigError
         raise ConfigError("nn.embedding.interactions: content needs userid in nn.features.categorical")

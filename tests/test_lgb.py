@@ -574,6 +574,57 @@ def test_tiny_online_mode_reuses_the_offline_iterations(tiny_lgb, tmp_path):
     assert scores["online_rounds"] == {a: old["online_rounds"][a] for a in ("like", "follow")}
 
 
+def _offline_trees_on_the_test_day(root: Path, actions) -> pd.DataFrame:
+    """A plain recomputation: each model_offline_<action>.txt (trimmed to its best iteration)
+    over the day-15 feature table read whole, calibrated at the run's neg_rate."""
+    import lightgbm as lgb
+    scores = json.loads((root / "models" / "lgb" / "scores.json").read_text())
+    day = pd.concat([pd.read_parquet(f) for f in sorted((root / "features" / "day=15").glob("*.parquet"))],
+                    ignore_index=True)
+    out = day[["userid", "feedid"]].copy()
+    for a in actions:
+        b = lgb.Booster(model_file=str(root / "models" / "lgb" / f"model_offline_{a}.txt"))
+        out[a] = calibrate(b.predict(day[b.feature_name()].to_numpy(np.float64)), scores["neg_rate"][a])
+    return out
+
+
+def test_online_predict_offline_and_both_use_the_offline_trees(tiny_lgb, tmp_path):
+    """lgb.online_predict: offline writes the offline trees' test predictions and refits
+    nothing; both writes the mean of those and the refit's (the default run's, reproduced);
+    a value outside refit / offline / both is refused in one line."""
+    import shutil
+
+    from conftest import TINY_SEED
+    root, _ = tiny_lgb
+    acts = ["like", "follow"]
+    ref = pd.read_parquet(root / "models" / "lgb" / "pred_online.parquet")
+    plain = ref[["userid", "feedid"]].merge(_offline_trees_on_the_test_day(root, acts),
+                                            on=["userid", "feedid"], how="left")
+    assert plain[acts].notna().all().all()
+    for mode in ("offline", "both"):
+        own = _own_root(root, tmp_path / mode)
+        (own / "models" / "lgb").mkdir(parents=True)
+        for f in [root / "models" / "lgb" / "scores.json",
+                  *(root / "models" / "lgb").glob("model_offline_*.txt")]:
+            shutil.copy(f, own / "models" / "lgb" / f.name)
+        r = _stage(own, "--seed", str(TINY_SEED), "--mode", "online", "--actions", ",".join(acts),
+                   "--set", f"lgb.online_predict={mode}")
+        assert r.returncode == 0, r.stderr[-4000:]
+        new = pd.read_parquet(own / "models" / "lgb" / "pred_online.parquet")
+        pd.testing.assert_frame_equal(new[["userid", "feedid"]], ref[["userid", "feedid"]])
+        want = plain[acts] if mode == "offline" else (plain[acts] + ref[acts].astype(np.float64)) / 2
+        np.testing.assert_allclose(new[acts].to_numpy(np.float64), want.to_numpy(), rtol=0, atol=1e-6)
+        assert not np.allclose(new[acts].to_numpy(), ref[acts].to_numpy())   # not the refit's
+        scores = json.loads((own / "models" / "lgb" / "scores.json").read_text())
+        assert scores["online_predict"] == mode
+        refits = sorted(p.name for p in (own / "models" / "lgb").glob("model_online_*.txt"))
+        assert refits == ([] if mode == "offline" else sorted(f"model_online_{a}.txt" for a in acts))
+        assert ("online" in scores.get("train_rows", {})) == (mode == "both")
+    r = _stage(own, "--mode", "online", "--set", "lgb.online_predict=refitt")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "lgb.online_predict" in r.stderr and "refit" in r.stderr
+
+
 def test_a_seed_bag_is_the_mean_of_its_seeds_scored_cross_fitted(tiny_lgb, tmp_path):
     """lgb.seeds=[s1, s2]: each seed's models are those of a run with that seed alone, the
     prediction files are the seeds' mean, the honest score is the cross-fitted score of the

@@ -6,7 +6,9 @@ offline  train on days [first..13] (negatives down-sampled per action), early-st
          scored on the other half, both ways, averaged ("offline_insample": chosen and scored
          on all day-14 users); pred_offline_sel_{a,b}.parquet hold the per-half choices.
 online   refit on days [first..14] for each action's best iteration scaled to the bigger
-         training set (or --rounds), predict the test rows (day 15).
+         training set (or --rounds), predict the test rows (day 15).  lgb.online_predict:
+         refit (default), offline (no refit: the offline trees predict the test rows) or both
+         (the mean of the two).
 all      both (default).
 
 Reads features/ (FeatureStore) and data/prepared/actions.parquet (labels); writes models/lgb/
@@ -43,9 +45,11 @@ from wbdc.cli import run_main  # noqa: E402
 from wbdc.config import add_common_args, resolve  # noqa: E402
 from wbdc.features.store import FeatureStore  # noqa: E402
 from wbdc.io import read_json, write_json  # noqa: E402
-from wbdc.lgb import (LgbSettings, average_offline, average_online, capped_note,  # noqa: E402
-                      feature_spec, fit_offline, fit_online, load_fit_data, parse_actions,
-                      remove_models, save_boosters, write_offline, write_online)
+from wbdc.lgb import (LgbSettings, OnlineResult, average_offline, average_online,  # noqa: E402
+                      capped_note, feature_spec, fit_offline, fit_online, load_boosters,
+                      load_fit_data, parse_actions, predict_test_offline, remove_models,
+                      save_boosters, write_offline, write_online)
+from wbdc.metrics import mean_predictions  # noqa: E402
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
 
@@ -53,6 +57,8 @@ ROUNDS_NOTE = {
     "rows": "online_rounds = round(best_iteration * online_train_rows / offline_train_rows) "
             "per action (rows after down-sampling)",
     "days": "online_rounds = round(best_iteration * online_days / offline_days)",
+    "offline": "no refit (lgb.online_predict offline): the offline trees at their best "
+               "iterations predict the test rows",
 }
 
 
@@ -95,13 +101,16 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
     """``--mode``'s offline fit and/or online refit for every seed of ``lgb.seeds`` (one model
     with ``lgb.params.seed`` without it), on one machine or a cluster: their files, scores and
     step seconds.  ``load(settings)`` reads one seed's sample and returns ``(data, fit_off,
-    fit_on, info)``: ``fit_off()`` -> OfflineResult, ``fit_on(best_iteration)`` -> OnlineResult,
-    ``info`` what the sample is (for scores.json).  A seed's boosters are written, and its data
+    fit_on, pred_off, info)``: ``fit_off()`` -> OfflineResult, ``fit_on(best_iteration)`` ->
+    OnlineResult, ``pred_off(boosters, rounds)`` -> the test rows predicted by offline boosters
+    (``lgb.online_predict`` offline or both: the offline trees, in memory after the fit or read
+    from their files), ``info`` what the sample is (for scores.json).  A seed's boosters are written, and its data
     freed, before the next seed's is read; a bag's predictions are the seeds' mean.  ``best``:
     the offline best iterations of an earlier run (``--mode online``; per seed in a bag).
     Returns the first seed's ``info``."""
     seeds = settings.fit_seeds
     bag = len(seeds) > 1
+    predict = settings.online_predict
     offline, online = args.mode in ("offline", "all"), args.mode in ("online", "all")
     if offline:
         remove_models(out, "offline", actions)
@@ -128,7 +137,7 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
         if bag:
             log(f"seed {seed} ({i + 1} of {len(seeds)} in lgb.seeds)")
         t0 = time.perf_counter()
-        data, fit_off, fit_on, info = load(settings.with_seed(seed))
+        data, fit_off, fit_on, pred_off, info = load(settings.with_seed(seed))
         seconds["load"] = seconds.get("load", 0.0) + time.perf_counter() - t0
         if described is None:
             note_capped(settings, data.settings, actions)
@@ -140,6 +149,7 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
             fit_seconds.append(time.perf_counter() - t0)
             seconds["offline"] = seconds.get("offline", 0.0) + fit_seconds[-1]
             save_boosters(off.boosters, out, "offline", off.best_iteration, tag)
+            trees = (off.boosters, dict(off.best_iteration))
             off.boosters = {}
             offs.append(off)
             seed_best = off.best_iteration
@@ -147,25 +157,47 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
                 write_offline_fits()
         else:
             seed_best = best.get(str(seed)) if bag and best is not None else best
-        if online:
+            trees = None
+        if online and predict != "refit":        # the offline trees over the test rows
+            t0 = time.perf_counter()
+            if trees is None:
+                boosters = load_boosters(out, "offline", actions, tag)
+                trees = (boosters, {a: b.current_iteration() for a, b in boosters.items()})
+            test_off = pred_off(*trees)
+            seconds["online_offline_trees"] = (seconds.get("online_offline_trees", 0.0)
+                                               + time.perf_counter() - t0)
+            if predict == "offline":
+                ons.append(OnlineResult({}, trees[1], test_off, {}))
+        trees = None
+        if online and predict != "offline":
             t0 = time.perf_counter()
             on = fit_on(seed_best)
             seconds["online"] = seconds.get("online", 0.0) + time.perf_counter() - t0
             save_boosters(on.boosters, out, "online", on.rounds, tag)
             on.boosters = {}
+            if predict == "both":
+                on.preds = mean_predictions([on.preds, test_off])
             ons.append(on)
         if hasattr(data, "close"):
             data.close()
-        del data, fit_off, fit_on
+        del data, fit_off, fit_on, pred_off
     if offline and bag:
         write_offline_fits()
     if online:
         on = average_online(ons) if bag else ons[0]
         write_online(on, out)
+        scores["online_predict"] = predict
         scores["online_rounds"] = on.rounds
-        scores["online_rounds_rule"] = (f"--rounds {args.rounds} for every action" if args.rounds
+        scores["online_rounds_rule"] = (ROUNDS_NOTE["offline"] if predict == "offline" else
+                                        f"--rounds {args.rounds} for every action" if args.rounds
                                         else ROUNDS_NOTE[settings.round_scaling])
-        scores.setdefault("train_rows", {})["online"] = on.train_rows
+        if predict == "both":
+            scores["online_rounds_rule"] += ("; the test rows' predictions are the mean of the "
+                                             "refit's and the offline trees' (lgb.online_predict both)")
+        if predict != "offline":
+            scores.setdefault("train_rows", {})["online"] = on.train_rows
+        else:                                # no refit: an earlier one's rows are not this run's
+            scores.get("train_rows", {}).pop("online", None)
         if bag:
             scores["seed_online_rounds"] = {str(s): o.rounds for s, o in zip(seeds, ons)}
     return described
@@ -187,7 +219,8 @@ def run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, 
         return (data, lambda: fit_offline_dask(client, data, st, actions, st.dask_eval_every,
                                                progress=not args.no_progress),
                 lambda b: fit_online_dask(client, data, st, actions, best_iteration=b,
-                                          fixed_rounds=args.rounds, progress=not args.no_progress), info)
+                                          fixed_rounds=args.rounds, progress=not args.no_progress),
+                lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds), info)
 
     info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)
     scores = {"actions": actions, **info, **scores,
@@ -277,7 +310,8 @@ def main() -> int:
             loaded.append(len(data.rows))
             return (data, lambda: fit_offline(data, st, actions, progress=progress),
                     lambda b: fit_online(data, fs, st, actions, best_iteration=b,
-                                         fixed_rounds=args.rounds, progress=progress), info)
+                                         fixed_rounds=args.rounds, progress=progress),
+                    lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds, cache), info)
 
         loaded: list[int] = []
         info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)

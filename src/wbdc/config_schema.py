@@ -189,6 +189,7 @@ class LgbConfig:
     eval_rows: Union[int, None]      # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: Union[list[int], None]    # one model per seed (LightGBM's and the sampling's), averaged
     bin_once: Union[Literal["auto"], bool]   # every action's rows binned once, each cut from them
+    online_predict: Literal["refit", "offline", "both"]   # which trees predict the test day
     params: LgbParams
 
 

@@ -68,6 +68,7 @@ from .schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
 
 VALID_DAY = LAST_TRAIN_DAY            # offline validation day (14)
 ROUND_SCALINGS = ("rows", "days")
+ONLINE_PREDICTS = ("refit", "offline", "both")   # lgb.online_predict: which trees predict the test day
 
 
 # ------------------------------------------------------------------------------ settings
@@ -92,6 +93,7 @@ class LgbSettings:
     eval_rows: int | None = None   # day-14 uAUC every ceil(day-14 rows / eval_rows) rounds
     seeds: tuple[int, ...] = ()    # lgb.seeds: one model per seed, predictions averaged
     bin_once: str | bool = "auto"  # lgb.bin_once: every action's rows binned once (bins_once)
+    online_predict: str = "refit"  # lgb.online_predict: refit, offline or both (test_predictions)
 
     @property
     def fit_seeds(self) -> tuple[int, ...]:
@@ -131,6 +133,10 @@ class LgbSettings:
         bin_once = sec.get("bin_once", "auto")
         if not (isinstance(bin_once, bool) or bin_once == "auto"):
             raise ValueError(f"lgb.bin_once must be auto, true or false, got {bin_once!r}")
+        online_predict = str(sec.get("online_predict", "refit"))
+        if online_predict not in ONLINE_PREDICTS:
+            raise ValueError(f"lgb.online_predict must be one of {', '.join(ONLINE_PREDICTS)}, "
+                             f"got {online_predict!r}")
         seeds = sec.get("seeds")
         if seeds is not None:
             if not isinstance(seeds, (list, tuple)) or not seeds or \
@@ -146,7 +152,8 @@ class LgbSettings:
                    halves_seed=int(cfg["data"]["seed"]),
                    max_train_rows=None if cap is None else int(cap),
                    eval_rows=None if eval_rows is None else int(eval_rows),
-                   seeds=tuple(int(x) for x in seeds) if seeds else (), bin_once=bin_once)
+                   seeds=tuple(int(x) for x in seeds) if seeds else (), bin_once=bin_once,
+                   online_predict=online_predict)
 
 
 def parse_actions(spec: str | Sequence[str] | None) -> list[str]:
@@ -1124,12 +1131,43 @@ def fit_online(data: FitData, fs, settings: LgbSettings, actions: Sequence[str],
         boosters[a] = booster
     del union
     release_union(data)                    # the last fit on these rows: free them before the test rows
-    # the test rows read once for every action's model
-    raws = test.X.predict_many({a: (boosters[a], [rounds[a]]) for a in actions})
+    return OnlineResult(boosters, rounds, predict_rows(test, test_keys, boosters, rounds, settings), n_on)
+
+
+def predict_rows(rows: TrainRows, keys: pd.DataFrame, boosters: Mapping[str, lgb.Booster],
+                 rounds: Mapping[str, int], settings: LgbSettings) -> pd.DataFrame:
+    """Every action's booster (at its rounds) over the rows of one day (:func:`load_day_rows`),
+    read once for all of them; probabilities in the day's row order."""
+    raws = rows.X.predict_many({a: (b, [int(rounds[a])]) for a, b in boosters.items()})
+    preds = keys[["userid", "feedid"]].copy()
+    for a in boosters:
+        preds[a] = finish_predictions(raws[a][int(rounds[a])], settings, a)
+    return preds.iloc[np.argsort(rows.X.day_order(), kind="stable")].reset_index(drop=True)
+
+
+def predict_test_offline(fs, settings: LgbSettings, boosters: Mapping[str, lgb.Booster],
+                         rounds: Mapping[str, int], cache_bytes: float = 0.0) -> pd.DataFrame:
+    """The test day predicted by the offline boosters (days first..13, each at its best
+    iteration): ``lgb.online_predict`` offline, and half of both.  ``settings`` are the fit's
+    (its neg_rate, lowered by lgb.max_train_rows where it was, calibrates)."""
+    if TEST_DAY not in fs.days:
+        raise FileNotFoundError(f"feature table of day {TEST_DAY} (the test rows) missing; "
+                                "run the features stage (src/stages/features.py)")
+    names = next(iter(boosters.values())).feature_name()
+    test, keys = load_day_rows(fs, TEST_DAY, names, settings, cache_bytes)
+    return predict_rows(test, keys, boosters, rounds, settings)
+
+
+def load_boosters(out_dir: Path, kind: str, actions: Sequence[str], seed: int | None = None) -> dict[str, lgb.Booster]:
+    """The boosters :func:`save_boosters` wrote (each trimmed to the rounds it was saved at)."""
+    boosters = {}
     for a in actions:
-        preds[a] = finish_predictions(raws[a][rounds[a]], settings, a)
-    preds = preds.iloc[np.argsort(test.X.day_order(), kind="stable")].reset_index(drop=True)
-    return OnlineResult(boosters, rounds, preds, n_on)
+        f = model_file(out_dir, kind, a, seed)
+        if not f.exists():
+            raise FileNotFoundError(f"{f}: missing; run src/stages/train_lgb.py --mode offline first "
+                                    "(lgb.online_predict offline and both predict with its trees)")
+        boosters[a] = lgb.Booster(model_file=str(f))
+    return boosters
 
 
 # ------------------------------------------------------------------------------ artifacts

@@ -430,7 +430,7 @@ def test_blend_stage_end_to_end(fake_root, world):
         assert list(block) == keys
     assert s["online"] is None
     assert set(s["blend_weights"]) == set(ACTIONS)
-    assert set(s["blend_method"].values()) <= {"prob", "rank"}
+    assert set(s["blend_method"].values()) <= {"prob", "rank", "logit"}
     # scope shared: one weight vector, never worse than a single model on the weighted score it
     # was fitted on (per action it may be; blend.scope=action guarantees that)
     assert s["insample"]["blend"]["weighted"] >= max(m["weighted"] for m in s["insample"]["models"].values())
@@ -655,6 +655,45 @@ def test_equal_scope_is_the_plain_mean_of_the_models_but_the_excluded(fake_root,
     # every model excluded: the mean of all of them
     every = fit_blend(labels, ms, dataclasses.replace(settings, equal_exclude=tuple(ms.names)), progress=False)
     assert every.weights.actions["like"].weights == pytest.approx({n: 1 / 3 for n in ms.names})
+
+
+def test_logit_input_is_the_sigmoid_of_the_mean_log_odds(fake_root, world):
+    """blend.methods=[logit] (the default): the equal blend of every day-14 row is the sigmoid of
+    the models' mean log-odds, held out as the cross-fitted score of that mean over the
+    half-chosen predictions, and the online rows likewise; one model alone comes back as it is;
+    an input the blend does not know is refused in one line naming the key."""
+    from wbdc.blend import LOGIT_EPS, blend_input, blend_output
+    from wbdc.config import resolve_argv
+    assert BlendSettings.from_config(resolve_argv([])).methods == ("logit",)
+    labels, ms = _modelset(fake_root, world)
+    settings = dataclasses.replace(SMALL, methods=("logit",), scope="equal", equal_exclude=())
+    halves = split_halves(SMALL.seed, groups=group_by_user(labels["userid"].to_numpy()))
+    hs = _half_sets(fake_root, labels, ms.names)
+    fit = fit_blend(labels, ms, settings, progress=False, half_preds=hs, halves=halves)
+
+    def plain(x):          # the models' probabilities, rows x models -> the mean log-odds' sigmoid
+        p = np.clip(x.astype(np.float64), LOGIT_EPS, 1 - LOGIT_EPS)
+        return _sigmoid(np.log(p / (1 - p)).mean(1))
+    for a in ACTIONS:
+        assert fit.weights.actions[a].method == "logit"
+        np.testing.assert_allclose(fit.offline[a].to_numpy(), plain(ms.column(a)), rtol=1e-5, atol=1e-7)
+        for h in HALVES:
+            np.testing.assert_allclose(fit.half_preds[h][a].to_numpy(), plain(hs[h].column(a)),
+                                       rtol=1e-5, atol=1e-7)
+    cf = crossfit_scores(labels, fit.half_preds["A"], fit.half_preds["B"], halves)
+    for a in ACTIONS:
+        assert fit.weights.actions[a].heldout == pytest.approx(cf[a], abs=1e-9)
+    on = open_predictions(fake_root / "models", ms.names, "online",
+                          pd.DataFrame({"userid": world["ut"], "feedid": world["ft"]}), "test")
+    applied = fit.weights.apply(on)
+    for a in ACTIONS:
+        np.testing.assert_allclose(applied[a].to_numpy(), plain(on.column(a)), rtol=1e-5, atol=1e-7)
+    p = np.array([[1e-5], [0.3], [0.999]], np.float32)
+    np.testing.assert_allclose(blend_output(blend_input(p, "logit", None) @ np.ones(1, np.float32), "logit"),
+                               p[:, 0], rtol=1e-4)
+    with pytest.raises((SystemExit, ValueError)) as e:
+        BlendSettings.from_config(resolve_argv(["--set", "blend.methods=[logits]"]))
+    assert "blend.methods" in str(e.value) and "\n" not in str(e.value).strip()
 
 
 def test_default_scope_is_equal_without_the_baseline():

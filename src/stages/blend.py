@@ -54,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="comma-separated model folders to blend (default: blend.models, else every "
                         "models/<name>/ holding both prediction files)")
     p.add_argument("--methods", default=None,
-                   help="comma-separated inputs to try per action: prob, rank (default: blend.methods)")
+                   help="comma-separated inputs to try per action: prob, rank, logit (default: blend.methods)")
     p.add_argument("--mode", choices=("offline", "online", "all"), default="all",
                    help="offline: fit and score on day 14 only (no online predictions needed); "
                         "online/all: also apply the weights to the test rows (default: all)")

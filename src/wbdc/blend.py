@@ -14,12 +14,16 @@ inputs are tried:
 * ``prob``: the models' probabilities as they are;
 * ``rank``: each model's per-user percentile ranks (:func:`per_user_pct_rank`).  uAUC only
   looks at the order inside a user, and ranks make models with different calibration (a
-  down-sampled GBDT against a net trained on all rows) comparable before they are mixed.
+  down-sampled GBDT against a net trained on all rows) comparable before they are mixed;
+* ``logit``: the models' log-odds, the blend mapped back through the sigmoid (a weighted
+  geometric mean of the odds): a model's confident rows count by how far their odds move, not
+  by how close to 0 or 1 a probability can go, and the order of one model's rows is kept as the
+  probabilities' is.
 
 Choosing weights on day 14 and scoring them on day 14 flatters the blend, so the users are
 split in the two seeded halves every model shares (``wbdc.metrics.split_halves``).  On each
 half H the models' predictions *chosen on H* (each model's iteration / epoch picked on H:
-``pred_offline_sel_<h>.parquet``) are blended with weights and an input (prob or rank) fitted
+``pred_offline_sel_<h>.parquet``) are blended with weights and an input (prob, rank or logit) fitted
 on H, and scored on the other half; the mean of the two out-of-half uAUCs is the *held-out*
 score, the blend's honest figure.  For the online predictions the input with the better
 cross-fitted score is refitted on all users over ``pred_offline.parquet`` (its day-14 score is
@@ -46,7 +50,9 @@ from .metrics import (HALF_PRED_FILES, HALVES, Halves, UAUCWarning, UserGroups, 
                       split_halves, uauc, user_codes)
 from .schema import ACTION_WEIGHTS, ACTIONS
 
-METHODS = ("prob", "rank")
+METHODS = ("prob", "rank", "logit")
+#: ``logit``: probabilities clipped to [LOGIT_EPS, 1 - LOGIT_EPS] before the log-odds
+LOGIT_EPS = 1e-6
 SCOPES = ("equal", "shared", "action")
 KEYS = ("userid", "feedid")
 PRED_FILES = {"offline": "pred_offline.parquet", "online": "pred_online.parquet",
@@ -340,17 +346,38 @@ class BlendWeights:
                              f"predictions hold {preds.names}")
         out = preds.keys.copy()
         for a in ACTIONS:
-            x = preds.column(a)
-            if self.actions[a].method == "rank":
-                if groups is None:
-                    groups = group_by_user(preds.keys["userid"].to_numpy())
-                x = rank_columns(x, groups)
-            out[a] = np.clip(x @ self.weight_vector(a), 0.0, 1.0).astype(np.float32)
+            method = self.actions[a].method
+            if method == "rank" and groups is None:
+                groups = group_by_user(preds.keys["userid"].to_numpy())
+            x = blend_input(preds.column(a), method, groups)
+            out[a] = blend_output(x @ self.weight_vector(a), method)
         return out
 
 
 def rank_columns(x: np.ndarray, groups: UserGroups) -> np.ndarray:
     return np.stack([per_user_pct_rank(x[:, j], groups) for j in range(x.shape[1])], axis=1)
+
+
+def blend_input(x: np.ndarray, method: str, groups: UserGroups | None) -> np.ndarray:
+    """The models' columns (rows x models, probabilities) as the blend mixes them: as they are
+    (prob), per-user percentile ranks (rank) or log-odds (logit); float32."""
+    if method == "prob":
+        return x
+    if method == "rank":
+        return rank_columns(x, groups)
+    if method == "logit":
+        p = np.clip(np.asarray(x, np.float64), LOGIT_EPS, 1.0 - LOGIT_EPS)
+        return np.log(p / (1.0 - p)).astype(np.float32)
+    raise ValueError(f"unknown blend input {method!r} (choose from {list(METHODS)})")
+
+
+def blend_output(z: np.ndarray, method: str) -> np.ndarray:
+    """A mix of :func:`blend_input` columns back in [0, 1] (float32): log-odds through the
+    sigmoid, probabilities and ranks clipped (a monotone map: the order, all uAUC reads, stays)."""
+    z = np.asarray(z)
+    if method == "logit":
+        return (1.0 / (1.0 + np.exp(-z.astype(np.float64)))).astype(np.float32)
+    return np.clip(z, 0.0, 1.0).astype(np.float32)
 
 
 def _nan_to_none(v: float) -> float | None:
@@ -410,9 +437,8 @@ def _half_score(x: np.ndarray, sub: _Subset | None) -> float:
 
 
 def _action_x(preds: ModelSet, a: str, method: str, groups: UserGroups) -> np.ndarray:
-    """The blend input of action ``a``: the models' probabilities or their per-user ranks."""
-    x = preds.column(a)
-    return x if method == "prob" else rank_columns(x, groups)
+    """The blend input of action ``a`` (:func:`blend_input`)."""
+    return blend_input(preds.column(a), method, groups)
 
 
 def _weighted_score(xs: Mapping[str, np.ndarray], subs: Mapping[str, "_Subset | None"],
@@ -478,7 +504,7 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
 
     Honest (held-out) blend, per user half H: the models' predictions chosen on H
     (``half_preds[H]``, e.g. LightGBM at H's best iteration; ``preds`` itself for a model with
-    no selection) are blended with weights fitted on H's users, for each input (prob, rank),
+    no selection) are blended with weights fitted on H's users, for each input of blend.methods,
     and the input that fits H better is kept; that blend scores the other half.  Nothing seen
     by the scored half's labels enters its predictions.
 
@@ -528,7 +554,7 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
             blended[method], out_of_half[method] = {}, {}
             for h in HALVES:
                 x = _action_x(half_preds[h], a, method, groups)
-                blended[method][h] = np.clip(x @ fitted[method][h][a].weights.astype(np.float32), 0.0, 1.0)
+                blended[method][h] = blend_output(x @ fitted[method][h][a].weights.astype(np.float32), method)
                 out_of_half[method][h] = _half_score(blended[method][h], subs[a][Halves.other(h)])
         # each half keeps the input that fits *it* better (ties: the first listed)
         half_method[a] = {}
@@ -568,7 +594,7 @@ def fit_blend(labels: pd.DataFrame, preds: ModelSet, settings: BlendSettings,
     for a in ACTIONS:
         method = online_method[a]
         x_all = _action_x(preds, a, method, groups)
-        offline[a] = np.clip(x_all @ full[a].weights.astype(np.float32), 0.0, 1.0)
+        offline[a] = blend_output(x_all @ full[a].weights.astype(np.float32), method)
         in_sample = full[a].score if settings.scope == "action" else _half_score(offline[a].to_numpy(), subs[a]["all"])
         blends[a] = ActionBlend(
             method=method, weights=dict(zip(names, map(float, full[a].weights))),

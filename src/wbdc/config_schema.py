@@ -330,7 +330,7 @@ class SubmitConfig:
 @dataclass
 class BlendConfig:
     models: Union[list[str], None]
-    methods: list[Literal["prob", "rank"]]
+    methods: list[Literal["prob", "rank", "logit"]]
     scope: Literal["equal", "shared", "action"]
     equal_exclude: Union[list[str], None]
     search: BlendSearch

@@ -12,7 +12,7 @@ simply by leaving ``run_info_*.json`` files under the root (``.pipeline/`` is se
      "blend": {...},                                              # day 14, held out
      "insample": {"models": {name: {...}}, "blend": {...}},       # day 14, in-sample
      "oracle": {...} | null, "online": {...} | null,
-     "blend_weights": {action: {name: w}}, "blend_method": {action: "prob" | "rank"},
+     "blend_weights": {action: {name: w}}, "blend_method": {action: "prob" | "rank" | "logit"},
      "online_source": name | null, "models_online": {name: {...}} | null,
      "stage_runtimes": {"<folder>/<stage>": {"seconds": s, "peak_rss_mb": mb}}}
 

@@ -311,7 +311,9 @@ def main() -> int:
             return (data, lambda: fit_offline(data, st, actions, progress=progress),
                     lambda b: fit_online(data, fs, st, actions, best_iteration=b,
                                          fixed_rounds=args.rounds, progress=progress),
-                    lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds, cache), info)
+                    # read block by block, nothing kept: the training rows (and the binned
+                    # union) may still be held when the offline trees predict
+                    lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds), info)
 
         loaded: list[int] = []
         info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)

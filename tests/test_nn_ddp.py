@@ -27,7 +27,7 @@ SMALL = ["--set", "nn.embedding.dim=4", "--set", "nn.embedding.bag_dim=4",
          "--set", "nn.threads=1", "--set", "nn.train.epochs=2",
          # one epoch all the same: nn.train.max_rows cuts it, on one process and on the ranks
          "--set", "nn.train.max_rows=1",
-         # every row on both (neg_rate auto would down-sample on one process only: DDP trains every row)
+         # every row on both (the ranks' down-sampling is tested on its own below)
          "--set", "nn.train.neg_rate=null",
          # the stage comparison below is calibrated on tiny's shuffle noise without the history
          # block (more parameters, noisier on 4 rows per user); DDP with the history block is
@@ -233,6 +233,49 @@ def test_two_ddp_ranks_follow_one_process_step_for_step(tiny_root, dask_client):
     assert np.abs(one - one.mean(0)).max() > 1e-3
 
 
+def test_each_rank_samples_its_own_rows_with_no_action_and_the_steps_stay_equal(tiny_root_3_buckets):
+    """nn.train.neg_rate on the ranks: each share keeps every row of its blocks with an action
+    and round(rate x its rows without), nothing outside its blocks, a fresh draw per pass,
+    streamed or in memory; the ranks' counts make the equal step count."""
+    from wbdc.nn.data import Encoder, NegativeSampled, ShardRows, StreamedRows, select_features
+    from wbdc.nn.distributed import EqualSteps, shard_blocks
+
+    root, _ = tiny_root_3_buckets
+    store = _store(root)
+    sel = select_features(store, {"categorical": ["userid", "feedid"], "extra_categorical": False,
+                                  "dense": [], "dense_exclude": [], "multi_hot": [],
+                                  "max_list_len": 4, "pretrained": []})
+    days = [d for d in store.days if d <= 13]
+    full = StreamedRows(store, None, days, True, buffer_rows=20_000, prefetch=False)
+    full.encoder = Encoder.fit_days(store, days, sel)
+    bits = full.labels_bits
+    shards = shard_blocks([b[3] for b in full.blocks], 2, seed=7)
+    masks = [ShardRows(full, s).row_mask() for s in shards]
+    assert not (masks[0] & masks[1]).any() and (masks[0] | masks[1]).all()
+    rate, bs, lens, steps = 0.5, 500, [], []
+    for r, (s, mask) in enumerate(zip(shards, masks)):
+        share = ShardRows(full, s)
+        pos, neg = int(((bits != 0) & mask).sum()), int(((bits == 0) & mask).sum())
+        streamed = NegativeSampled(share, rate, within=mask)
+        in_memory = NegativeSampled(share.materialize(), rate)
+        assert len(streamed) == len(in_memory) == pos + round(rate * neg) < mask.sum()
+        lens.append(len(streamed))
+        g = torch.Generator().manual_seed(r)
+        first, second = streamed.keep(g), streamed.keep(g)
+        for keep in (first, second):
+            assert keep.sum() == len(streamed) and not (keep & ~mask).any()
+            assert (keep[(bits != 0) & mask]).all()
+        assert not np.array_equal(first, second)
+        # the rows a streamed pass yields are exactly the kept ones, labels and all
+        rows = sum(len(b["labels"]) for b in streamed.epoch_batches(bs, torch.Generator().manual_seed(3)))
+        assert rows == len(streamed)
+        steps.append(-(-len(streamed) // bs))
+    for r, s in enumerate(shards):
+        es = EqualSteps(NegativeSampled(ShardRows(full, s), rate, within=masks[r]), lens, sum(lens),
+                        full.label_means())
+        assert sum(1 for _ in es.epoch_batches(bs, torch.Generator().manual_seed(r))) == min(steps)
+
+
 # ------------------------------------------------------------------------------ the stage
 
 @pytest.fixture(scope="module")
@@ -309,3 +352,30 @@ def test_ddp_stage_scores_like_one_process(ddp_runs):
     store = _store(root)
     again = weighted_uauc(store.load_labels(14), pred, pred["userid"].to_numpy())["weighted"]
     assert again == pytest.approx(s_ddp["offline_insample"]["weighted"], abs=1e-6)
+
+
+def test_the_ranks_down_sample_as_one_process_does(tiny_root_3_buckets, tmp_path):
+    """nn.train.neg_rate auto on local:2: one epoch over nn.train.max_rows (1 here) makes every
+    rank keep its rows with an action and the rate's share of the others, as one process would;
+    the pass's rows add up over the ranks, and the run scores and writes its files."""
+    from wbdc.nn.data import StreamedRows
+    from wbdc.nn.pipeline import AUTO_NEG_FLOOR
+
+    src, _ = tiny_root_3_buckets
+    root = tmp_path / "root"
+    shutil.copytree(src / "data", root / "data")
+    shutil.copytree(src / "features", root / "features")
+    r = run_stage("train_nn.py", root, "--arch", "mmoe", "--mode", "offline", "--preset", "tiny",
+                  "--seed", "7", *SMALL, "--set", "nn.train.neg_rate=auto", "--set", "cluster.address=local:2")
+    assert r.returncode == 0, r.stderr[-3000:]
+    line = next(x for x in r.stderr.splitlines() if "down-sampled" in x)
+    assert (f"rows with no action down-sampled to {AUTO_NEG_FLOOR:.4g} per pass on every rank "
+            "(nn.train.neg_rate auto: one epoch of") in line
+    n_pass = int(line.split("a pass sees ")[1].split(" of them")[0].replace(",", ""))
+    bits = StreamedRows(_store(root), None, [d for d in _store(root).days if d <= 13], True).labels_bits
+    pos, neg = int((bits != 0).sum()), int((bits == 0).sum())
+    assert abs(n_pass - (pos + AUTO_NEG_FLOOR * neg)) <= 2 and n_pass < len(bits)   # rounded per rank
+    scores = json.loads((root / "models" / "mmoe" / "scores.json").read_text())
+    assert scores["n_train_rows"] == n_pass and scores["distributed"]["world_size"] == 2
+    pred = pd.read_parquet(root / "models" / "mmoe" / "pred_offline.parquet")[list(ACTIONS)].to_numpy()
+    assert np.isfinite(pred).all() and (pred > 0).all() and (pred < 1).all()

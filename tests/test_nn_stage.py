@@ -148,9 +148,10 @@ def test_neg_rate_trains_on_a_share_of_the_rows_with_no_action_and_says_so(nn_ro
     assert r.returncode == 0, r.stderr[-3000:]
     assert f"the encoder's statistics of {len(cached)} of {len(cached) + 1} days read from" in r.stderr
     assert (root / "models" / "mmoe" / "pred_online.parquet").exists()
-    # refused in one line, before any work: a share outside (0, 1], or beside a Dask cluster
-    for sets in (["--set", "nn.train.neg_rate=0"],
-                 ["--set", "nn.train.neg_rate=0.5", "--set", "cluster.address=local:1"]):
+    # refused in one line, before any work: a share outside (0, 1] (on a Dask cluster the ranks
+    # sample too: test_nn_ddp.py)
+    for sets in (["--set", "nn.train.neg_rate=0"], ["--set", "nn.train.neg_rate=1.5"],
+                 ["--set", "nn.train.neg_rate=0", "--set", "cluster.address=local:1"]):
         r = _run(root, "--arch", "sb", "--mode", "offline", *SMALL, *sets)
         assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-2000:]
         assert "nn.train.neg_rate: " in r.stderr and "Traceback" not in r.stderr

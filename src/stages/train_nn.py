@@ -85,14 +85,10 @@ def main(argv: list[str] | None = None) -> int:
     from wbdc.nn.models import parse_funnels
     from wbdc.schema import ACTIONS
     parse_funnels(cfg["nn"]["funnels"], list(ACTIONS))     # a bad funnel stops here, in one line
-    from wbdc.cluster import parse_address
-    from wbdc.config import ConfigError
     from wbdc.nn.pipeline import neg_rate
     from wbdc.nn.trainer import TrainConfig
     TrainConfig.from_dict({**cfg["nn"]["train"], "seed": 0})   # a bad nn.train value stops here
-    if neg_rate(cfg["nn"]["train"]) not in (None, "auto") and parse_address(cfg.get("cluster", {}).get("address")):
-        raise ConfigError("nn.train.neg_rate: not available with a Dask cluster (cluster.address); "
-                          "the distributed nets train on every row")
+    neg_rate(cfg["nn"]["train"])                               # and a bad nn.train.neg_rate
     store = FeatureStore(paths)
     cfgs = seed_configs(cfg)
     online_epochs = cfg["nn"]["online"].get("epochs")

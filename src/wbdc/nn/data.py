@@ -908,6 +908,15 @@ class ShardRows(StreamedRows):
     def materialize(self) -> EncodedArrays:
         return self.materialize_with_positions()[0]
 
+    def row_mask(self) -> np.ndarray:
+        """bool over the full rows: the rows of this share's blocks (their row keys read once,
+        no other column)."""
+        mask = np.zeros(self.full.n, bool)
+        for d, i, g, _ in self.blocks:
+            df = self.store.read_row_group(d, i, g, columns=[])
+            mask[self.day_offset[d] + df[self.row_key].to_numpy(np.int64)] = True
+        return mask
+
 
 # ------------------------------------------------------------------------------ negative sampling
 
@@ -933,13 +942,17 @@ class NegativeSampled:
     their per-user ranks).
     """
 
-    def __init__(self, rows: EncodedArrays | StreamedRows, rate: float):
+    def __init__(self, rows: EncodedArrays | StreamedRows, rate: float, within: np.ndarray | None = None):
+        """``within`` (bool over the rows of ``label_bits(rows)``): only those rows are sampled
+        from, the others never kept (one DDP rank's blocks of the full streamed rows)."""
         if not 0.0 < float(rate) <= 1.0:
             raise ValueError(f"negative sampling rate must be in (0, 1], got {rate!r}")
         self.rows, self.rate = rows, float(rate)
         bits = label_bits(rows)
+        if within is not None:
+            bits = np.where(within, bits, 0).astype(bits.dtype)
         self.any_action = bits != 0
-        self.negatives = np.flatnonzero(~self.any_action)
+        self.negatives = np.flatnonzero(~self.any_action if within is None else ~self.any_action & within)
         self.n_negatives_kept = int(round(self.rate * len(self.negatives)))
         self.n = int(self.any_action.sum()) + self.n_negatives_kept
         counts = [int(((bits >> i) & 1).sum()) for i in range(len(ACTIONS))]

@@ -49,7 +49,7 @@ import torch.distributed as dist
 from ..cluster import ClusterError, worker_addresses
 from ..io import InputError
 from ..schema import ACTIONS, LAST_TRAIN_DAY, TEST_DAY
-from .data import EncodedArrays, Encoder, StreamedRows, ShardRows, select_features
+from .data import EncodedArrays, Encoder, NegativeSampled, StreamedRows, ShardRows, select_features
 from .models import count_parameters
 
 LR_SCALES = ("none", "sqrt", "linear")
@@ -280,7 +280,7 @@ def _fit_encoder(store, shard: ShardRows, selection, cfg: dict) -> Encoder:
 def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int, labels_eval: bool):
     """This rank's training share (EqualSteps), its evaluation share and the full evaluation
     rows (ids and labels only, read on rank 0), plus the encoder and the rows plan."""
-    from .pipeline import plan_rows
+    from .pipeline import plan_rows, sampling_rate
     from ..features.store import ROW_GROUP_ROWS
 
     nn_cfg = cfg["nn"]
@@ -298,7 +298,18 @@ def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int,
     full.encoder = mine.encoder = enc
     source = mine if plan.train_streamed else mine.materialize()
     shard_rows = [sum(sizes[k] for k in s) for s in shards]
-    train = EqualSteps(source, shard_rows, full.n, full.label_means(), full.aux_means())
+    label_means, sampled = full.label_means(), ""
+    rate, why = sampling_rate(nn_cfg["train"], full.n, lambda: full.labels_bits)
+    if rate is not None:
+        # each rank keeps its rows with an action and draws round(rate x its others) afresh each
+        # pass, as one process draws from all of them; the step count follows the kept rows
+        source = NegativeSampled(source, rate, within=mine.row_mask() if plan.train_streamed else None)
+        shard_rows = [int(n) for n in _all_gather(len(source))]
+        bits = full.labels_bits
+        label_means = [float(((bits >> i) & 1).sum()) / max(1, sum(shard_rows)) for i in range(len(ACTIONS))]
+        sampled = (f"; rows with no action down-sampled to {rate:.4g} per pass on every rank "
+                   f"({why}): a pass sees {sum(shard_rows):,} of them")
+    train = EqualSteps(source, shard_rows, sum(shard_rows), label_means, full.aux_means())
     # evaluation day: contiguous runs of blocks; the full rows' ids (and labels) on rank 0 only
     efull = StreamedRows(store, enc, [eval_day], labels_eval and spec.rank == 0, buffer_rows, prefetch,
                          ids=spec.rank == 0)
@@ -312,7 +323,7 @@ def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int,
     bs = int(nn_cfg["train"]["batch_size"])
     steps = train.steps_per_epoch(bs)
     dropped = sum(max(0, n - steps * bs) for n in shard_rows)
-    _log(spec, f"days {days[0]}..{days[-1]}: {full.n:,} training rows in {len(full.blocks)} blocks, "
+    _log(spec, f"days {days[0]}..{days[-1]}: {full.n:,} training rows in {len(full.blocks)} blocks{sampled}, "
                f"per rank {shard_rows}; {steps} steps of {bs} rows per rank and epoch "
                f"(equal steps: {dropped:,} rows of the larger shares left out per epoch); "
                f"day {eval_day}: {efull.n:,} rows in {len(efull.blocks)} blocks, rank 0 predicts "

@@ -300,20 +300,30 @@ def auto_neg_rate(n_rows: int, n_negatives: int, max_rows: int | None) -> float 
     return float(min(1.0, max(AUTO_NEG_FLOOR, (int(max_rows) - n_pos) / n_negatives)))
 
 
-def negative_sampled(rows, train_cfg: dict):
-    """The training rows as the trainer sees them: ``rows``, or with ``nn.train.neg_rate`` the
-    rows with no action down-sampled afresh each pass (:class:`NegativeSampled`)."""
+def sampling_rate(train_cfg: dict, n_rows: int, bits) -> tuple[float | None, str]:
+    """The share of the rows with no action a pass keeps (None: every row) and why, for
+    ``n_rows`` training rows whose label bits ``bits()`` gives (read only for ``auto`` above
+    ``nn.train.max_rows``): one process and the DDP ranks (all of them, from the full rows)
+    decide alike."""
     rate = neg_rate(train_cfg)
     why = "nn.train.neg_rate"
     if rate == "auto":
         cap = train_cfg.get("max_rows")
-        offline_epochs(train_cfg, len(rows))           # a bad max_rows is refused here first
-        if cap is None or len(rows) <= int(cap):
-            return rows
-        n_neg = int((label_bits(rows) == 0).sum())
-        rate = auto_neg_rate(len(rows), n_neg, cap)
-        why = f"nn.train.neg_rate auto: one epoch of {len(rows):,} rows is over nn.train.max_rows {int(cap):,}"
+        offline_epochs(train_cfg, n_rows)              # a bad max_rows is refused here first
+        if cap is None or n_rows <= int(cap):
+            return None, ""
+        rate = auto_neg_rate(n_rows, int((bits() == 0).sum()), cap)
+        why = f"nn.train.neg_rate auto: one epoch of {n_rows:,} rows is over nn.train.max_rows {int(cap):,}"
     if rate is None or rate >= 1.0:
+        return None, ""
+    return float(rate), why
+
+
+def negative_sampled(rows, train_cfg: dict):
+    """The training rows as the trainer sees them: ``rows``, or with ``nn.train.neg_rate`` the
+    rows with no action down-sampled afresh each pass (:class:`NegativeSampled`)."""
+    rate, why = sampling_rate(train_cfg, len(rows), lambda: label_bits(rows))
+    if rate is None:
         return rows
     out = NegativeSampled(rows, rate)
     n_neg = len(out.negatives)

@@ -104,8 +104,8 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
     fit_on, pred_off, info)``: ``fit_off()`` -> OfflineResult, ``fit_on(best_iteration)`` ->
     OnlineResult, ``pred_off(boosters, rounds)`` -> the test rows predicted by offline boosters
     (``lgb.online_predict`` offline or both: the offline trees, in memory after the fit or read
-    from their files), ``info`` what the sample is (for scores.json).  A seed's boosters are written, and its data
-    freed, before the next seed's is read; a bag's predictions are the seeds' mean.  ``best``:
+    from their files), ``info`` what the sample is (for scores.json).  A seed's boosters are
+    written, and its data freed, before the next seed's is read; a bag's predictions are the seeds' mean.  ``best``:
     the offline best iterations of an earlier run (``--mode online``; per seed in a bag).
     Returns the first seed's ``info``."""
     seeds = settings.fit_seeds

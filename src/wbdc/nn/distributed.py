@@ -30,6 +30,7 @@ the stage writes the same files).  On the workers:
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import socket
@@ -299,13 +300,14 @@ def _open_rows(store, cfg: dict, spec: RankSpec, days: list[int], eval_day: int,
     source = mine if plan.train_streamed else mine.materialize()
     shard_rows = [sum(sizes[k] for k in s) for s in shards]
     label_means, sampled = full.label_means(), ""
-    rate, why = sampling_rate(nn_cfg["train"], full.n, lambda: full.labels_bits)
+    bits = functools.cache(lambda: full.labels_bits)   # every day's labels, joined once if asked
+    rate, why = sampling_rate(nn_cfg["train"], full.n, bits)
     if rate is not None:
         # each rank keeps its rows with an action and draws round(rate x its others) afresh each
         # pass, as one process draws from all of them; the step count follows the kept rows
         source = NegativeSampled(source, rate, within=mine.row_mask() if plan.train_streamed else None)
         shard_rows = [int(n) for n in _all_gather(len(source))]
-        bits = full.labels_bits
+        bits = bits()
         label_means = [float(((bits >> i) & 1).sum()) / max(1, sum(shard_rows)) for i in range(len(ACTIONS))]
         sampled = (f"; rows with no action down-sampled to {rate:.4g} per pass on every rank "
                    f"({why}): a pass sees {sum(shard_rows):,} of them")

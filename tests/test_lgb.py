@@ -590,8 +590,10 @@ def _offline_trees_on_the_test_day(root: Path, actions) -> pd.DataFrame:
 
 def test_online_predict_offline_and_both_use_the_offline_trees(tiny_lgb, tmp_path):
     """lgb.online_predict: offline writes the offline trees' test predictions and refits
-    nothing; both writes the mean of those and the refit's (the default run's, reproduced);
-    a value outside refit / offline / both is refused in one line."""
+    nothing (--mode online reads no training row and calibrates at the rates the trees were
+    fitted with, recorded in scores.json, whatever lgb.neg_rate now says); both writes the mean
+    of those and the refit's (the default run's, reproduced); a value outside refit / offline /
+    both, or a scores.json without the fit's rates, is refused in one line."""
     import shutil
 
     from conftest import TINY_SEED
@@ -607,9 +609,13 @@ def test_online_predict_offline_and_both_use_the_offline_trees(tiny_lgb, tmp_pat
         for f in [root / "models" / "lgb" / "scores.json",
                   *(root / "models" / "lgb").glob("model_offline_*.txt")]:
             shutil.copy(f, own / "models" / "lgb" / f.name)
+        # offline: a changed rate in the config must not recalibrate the existing trees
+        moved = ["--set", "lgb.neg_rate.like=0.05", "--set", "lgb.neg_rate.follow=0.5"] if mode == "offline" else []
         r = _stage(own, "--seed", str(TINY_SEED), "--mode", "online", "--actions", ",".join(acts),
-                   "--set", f"lgb.online_predict={mode}")
+                   "--set", f"lgb.online_predict={mode}", *moved)
         assert r.returncode == 0, r.stderr[-4000:]
+        info = json.loads((own / "models" / "lgb" / "run_info_train_lgb.json").read_text())
+        assert (info["loaded_train_rows"] == 0) == (mode == "offline"), info["loaded_train_rows"]
         new = pd.read_parquet(own / "models" / "lgb" / "pred_online.parquet")
         pd.testing.assert_frame_equal(new[["userid", "feedid"]], ref[["userid", "feedid"]])
         want = plain[acts] if mode == "offline" else (plain[acts] + ref[acts].astype(np.float64)) / 2
@@ -623,6 +629,12 @@ def test_online_predict_offline_and_both_use_the_offline_trees(tiny_lgb, tmp_pat
     r = _stage(own, "--mode", "online", "--set", "lgb.online_predict=refitt")
     assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
     assert "lgb.online_predict" in r.stderr and "refit" in r.stderr
+    bare = json.loads((own / "models" / "lgb" / "scores.json").read_text())
+    del bare["neg_rate"]
+    (own / "models" / "lgb" / "scores.json").write_text(json.dumps(bare))
+    r = _stage(own, "--mode", "online", "--actions", ",".join(acts), "--set", "lgb.online_predict=offline")
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0, r.stderr
+    assert "scores.json" in r.stderr and "neg_rate" in r.stderr and "--mode offline" in r.stderr
 
 
 def test_a_seed_bag_is_the_mean_of_its_seeds_scored_cross_fitted(tiny_lgb, tmp_path):

@@ -30,7 +30,9 @@ import argparse
 import os
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
+from types import SimpleNamespace
 
 # OpenMP threads that spin-wait between LightGBM's parallel regions (and numba's, during the
 # uAUC feval) starve each other on a shared 2-core machine: measured on tiny, 60 rounds took
@@ -52,6 +54,9 @@ from wbdc.lgb import (LgbSettings, OnlineResult, average_offline, average_online
 from wbdc.metrics import mean_predictions  # noqa: E402
 from wbdc.paths import Paths  # noqa: E402
 from wbdc.runinfo import StageRun  # noqa: E402
+
+# what scores.json says of the sample a fit read (the offline trees' rates calibrate their predictions)
+FIT_INFO = ("features", "categorical", "train_days", "neg_rate", "max_train_rows", "calibrated")
 
 ROUNDS_NOTE = {
     "rows": "online_rounds = round(best_iteration * online_train_rows / offline_train_rows) "
@@ -266,28 +271,40 @@ def main() -> int:
 
     scores: dict = {}
     best = None
-    if args.mode == "online" and args.rounds is None:
+    # --mode online with lgb.online_predict offline fits nothing: the offline trees predict the
+    # test rows, calibrated by the rates they were fitted with (scores.json), no sample is read
+    refit = not (args.mode == "online" and settings.online_predict == "offline")
+    fitted: dict = {}
+    if args.mode == "online" and (args.rounds is None or not refit):
         prev = out / "scores.json"
         if not prev.exists():
             raise FileNotFoundError(f"{prev}: missing; run src/stages/train_lgb.py --mode offline "
                                     "first (it records the best iterations) or pass --rounds")
         scores = read_json(prev)
-        if len(settings.fit_seeds) > 1:      # a bag: each seed refits for its own best iterations
-            best = scores.get("seed_best_iteration", {})
-            lacking = [f"seed {s}: {a}" for s in settings.fit_seeds for a in actions
-                       if a not in best.get(str(s), {})]
+        fitted = {k: scores[k] for k in FIT_INFO if k in scores}
+        if not refit:
+            lacking = sorted(set(FIT_INFO) - set(fitted)) or [a for a in actions
+                                                             if a not in fitted["neg_rate"]]
+            if lacking:
+                raise FileNotFoundError(f"{prev}: the offline fit's {lacking} not recorded; run "
+                                        "src/stages/train_lgb.py --mode offline first")
         else:
-            best = scores.get("best_iteration", {})
-            lacking = [a for a in actions if a not in best]
-        if lacking:
-            raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
-                                    "--mode offline for them first (with the same lgb.seeds) or pass --rounds")
+            if len(settings.fit_seeds) > 1:      # a bag: each seed refits for its own best iterations
+                best = scores.get("seed_best_iteration", {})
+                lacking = [f"seed {s}: {a}" for s in settings.fit_seeds for a in actions
+                           if a not in best.get(str(s), {})]
+            else:
+                best = scores.get("best_iteration", {})
+                lacking = [a for a in actions if a not in best]
+            if lacking:
+                raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
+                                        "--mode offline for them first (with the same lgb.seeds) or pass --rounds")
         scores = {k: scores[k] for k in ("offline", "offline_insample", "best_iteration",
                                          "half_best_iteration", "seeds", "seed_best_iteration",
                                          "train_rows") if k in scores}
 
     with StageRun("train_lgb", out) as run, \
-            client_for(cfg, log=lambda m: print(f"[train_lgb] {m}", file=sys.stderr)) as client:
+            client_for(cfg if refit else {}, log=lambda m: print(f"[train_lgb] {m}", file=sys.stderr)) as client:
         if client is not None:
             scores = run_on_cluster(client, args, cfg, fs, settings, actions, scores, best, out, run)
             print(summary(scores, actions), file=sys.stderr)
@@ -315,8 +332,15 @@ def main() -> int:
                     # union) may still be held when the offline trees predict
                     lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds), info)
 
+        def predict_only(st):
+            st = replace(st, neg_rate={**st.neg_rate, **fitted["neg_rate"]})
+            loaded.append(0)
+            return (SimpleNamespace(settings=st), None, None,
+                    lambda boosters, rounds: predict_test_offline(fs, st, boosters, rounds), dict(fitted))
+
         loaded: list[int] = []
-        info = fit_and_write(args, settings, actions, out, scores, best, seconds, load)
+        info = fit_and_write(args, settings, actions, out, scores, best, seconds,
+                             load if refit else predict_only)
         scores = {"actions": actions, **info, **scores}
         write_json(scores, out / "scores.json")
         write_json(cfg, out / "config.json")

@@ -80,8 +80,9 @@ def test_cluster_chunks_hold_exactly_the_single_machine_sample(tiny_root, dask_c
     data.close()
     text = booster.model_to_string()
     assert booster.current_iteration() == 3
-    for p in ("[tree_learner: data]", "[min_data_in_leaf: 100]", "[num_leaves: 63]",
-              "[feature_fraction: 0.7]", "[lambda_l2: 5]", "[seed: 7]"):
+    for p in ("[tree_learner: data]", f"[min_data_in_leaf: {s.params['min_data_in_leaf']}]",
+              f"[num_leaves: {s.params['num_leaves']}]", f"[feature_fraction: {s.params['feature_fraction']:g}]",
+              "[lambda_l2: 5]", "[seed: 7]"):
         assert p in text, p
 
 

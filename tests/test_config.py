@@ -108,10 +108,10 @@ def test_a_partial_section_keeps_its_other_keys():
 
 def test_config_file_deep_merges_and_refuses_typos(tmp_path):
     good = tmp_path / "good.yaml"
-    good.write_text("nn:\n  train:\n    epochs: 2\nlgb:\n  params:\n    num_leaves: 15\n")
+    good.write_text("nn:\n  train:\n    epochs: 2\nlgb:\n  params:\n    num_leaves: 31\n")
     cfg = resolve_argv(["--config", str(good)])
     base = default_config()
-    assert cfg["nn"]["train"]["epochs"] == 2 and cfg["lgb"]["params"]["num_leaves"] == 15
+    assert cfg["nn"]["train"]["epochs"] == 2 and cfg["lgb"]["params"]["num_leaves"] == 31
     assert cfg["nn"]["train"]["lr"] == base["nn"]["train"]["lr"]          # the rest kept
     # --set wins over --config
     assert resolve_argv(["--config", str(good), "--set", "nn.train.epochs=5"])["nn"]["train"]["epochs"] == 5

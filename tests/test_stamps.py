@@ -40,7 +40,7 @@ def _changed(a: dict, b: dict) -> list[str]:
     ("nn.ple.n_levels=1", ["ple", *AFTER]),
     ("nn.train.epochs=1", [*NETS, *AFTER]),
     ("nn.embedding.dim=8", [*NETS, *AFTER]),
-    ("lgb.params.num_leaves=15", ["lgb", *AFTER]),
+    ("lgb.params.num_leaves=31", ["lgb", *AFTER]),
     ("lgb.num_boost_round=10", ["lgb", *AFTER]),
     ("blend.search.max_evals=20", AFTER),
     ("features.pca.dim=8", ["features", *ALL, *AFTER]),
@@ -62,7 +62,7 @@ def test_the_example_keys_exist_and_differ_from_the_defaults():
     """Guard for the matrix above: each assignment that must rerun something changes a value."""
     cfg = default_config()
     assert cfg["nn"]["mmoe"]["n_experts"] != 2 and cfg["nn"]["ple"]["n_levels"] != 1
-    assert cfg["nn"]["train"]["epochs"] != 1 and cfg["lgb"]["params"]["num_leaves"] != 15
+    assert cfg["nn"]["train"]["epochs"] != 1 and cfg["lgb"]["params"]["num_leaves"] != 31
     assert cfg["features"]["pca"]["dim"] != 8 and cfg["blend"]["search"]["max_evals"] != 20
     assert cfg["nn"]["embedding"]["dim"] != 8
 

@@ -110,9 +110,9 @@ def fit_and_write(args, settings, actions, out: Path, scores: dict, best, second
     OnlineResult, ``pred_off(boosters, rounds)`` -> the test rows predicted by offline boosters
     (``lgb.online_predict`` offline or both: the offline trees, in memory after the fit or read
     from their files), ``info`` what the sample is (for scores.json).  A seed's boosters are
-    written, and its data freed, before the next seed's is read; a bag's predictions are the seeds' mean.  ``best``:
-    the offline best iterations of an earlier run (``--mode online``; per seed in a bag).
-    Returns the first seed's ``info``."""
+    written, and its data freed, before the next seed's is read; a bag's predictions are the
+    seeds' mean.  ``best``: the offline best iterations of an earlier run (``--mode online``; per
+    seed in a bag).  Returns the first seed's ``info``."""
     seeds = settings.fit_seeds
     bag = len(seeds) > 1
     predict = settings.online_predict
@@ -288,17 +288,16 @@ def main() -> int:
             if lacking:
                 raise FileNotFoundError(f"{prev}: the offline fit's {lacking} not recorded; run "
                                         "src/stages/train_lgb.py --mode offline first")
+        elif len(settings.fit_seeds) > 1:      # a bag: each seed refits for its own best iterations
+            best = scores.get("seed_best_iteration", {})
+            lacking = [f"seed {s}: {a}" for s in settings.fit_seeds for a in actions
+                       if a not in best.get(str(s), {})]
         else:
-            if len(settings.fit_seeds) > 1:      # a bag: each seed refits for its own best iterations
-                best = scores.get("seed_best_iteration", {})
-                lacking = [f"seed {s}: {a}" for s in settings.fit_seeds for a in actions
-                           if a not in best.get(str(s), {})]
-            else:
-                best = scores.get("best_iteration", {})
-                lacking = [a for a in actions if a not in best]
-            if lacking:
-                raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
-                                        "--mode offline for them first (with the same lgb.seeds) or pass --rounds")
+            best = scores.get("best_iteration", {})
+            lacking = [a for a in actions if a not in best]
+        if lacking:
+            raise FileNotFoundError(f"{prev}: no offline best iteration for {lacking}; run "
+                                    "--mode offline for them first (with the same lgb.seeds) or pass --rounds")
         scores = {k: scores[k] for k in ("offline", "offline_insample", "best_iteration",
                                          "half_best_iteration", "seeds", "seed_best_iteration",
                                          "train_rows") if k in scores}
